@@ -1,0 +1,13 @@
+"""bmz: learned compression for MRI.
+
+>>> import bmz
+>>> data = bmz.compress(volume, quality=5)     # 2-D or 3-D integer array, slices along axis 0
+>>> volume2 = bmz.decompress(data)              # same dtype and shape
+"""
+
+__version__ = "0.1.0"
+
+from . import errors  # noqa: E402
+from .api import compress, decode_file, decompress, encode_file, info  # noqa: E402
+
+__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "errors", "__version__"]

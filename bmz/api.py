@@ -1,0 +1,276 @@
+"""bmz's Python API: arrays ↔ ``.bmz`` bytes, files ↔ files. The CLI is a thin layer on this.
+
+>>> data = bmz.compress(volume, quality=5)        # volume: 2-D or 3-D integer array, slices on axis 0
+>>> back = bmz.decompress(data)                    # same dtype and shape
+>>> part = bmz.decompress(data, slices=range(10, 20))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .bitstream import BmzReader, BmzWriter
+from .errors import BmzError, FormatError, InputError
+
+DEFAULT_QUALITY = 5
+#: the format of slice chunks (bmz.codec.pipeline); bump when it changes
+CHUNK_FORMAT = 1
+
+
+@dataclass
+class CodingReport:
+    """What an encode or decode did: sizes and rates."""
+
+    path: str | None
+    shape: tuple
+    dtype: str
+    n_bytes: int
+    raw_bytes: int
+    slice_bytes: list[int] = field(default_factory=list)
+    #: filled by ``encode_file(..., verify=True)``: the written file decoded and compared
+    psnr: float | None = None
+    max_error: int | None = None
+
+    @property
+    def bpp(self) -> float:
+        return 8.0 * self.n_bytes / max(1, int(np.prod(self.shape)))
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / max(1, self.n_bytes)
+
+
+def _check_array(array: np.ndarray, name: str = "array") -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype == bool:
+        raise InputError(f"{name}: boolean arrays are not supported; convert to uint8")
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f":
+            raise InputError(f"{name}: dtype {a.dtype} is floating point; bmz encodes integer images "
+                             f"(round or cast to an integer dtype first)")
+        raise InputError(f"{name}: dtype {a.dtype} is not an integer image dtype")
+    if a.ndim not in (2, 3):
+        raise InputError(f"{name}: shape {a.shape} — bmz encodes 2-D images and 3-D volumes "
+                         f"(slices along axis 0)")
+    if a.size == 0:
+        raise InputError(f"{name}: empty array of shape {a.shape}")
+    vmin, vmax = int(a.min()), int(a.max())
+    if vmax - vmin > 65535:
+        raise InputError(f"{name}: value range {vmin}..{vmax} needs more than 16 bits; "
+                         f"bmz encodes bit depths 1 to 16")
+    return a
+
+
+def _quality_index(model, quality: int) -> int:
+    if not isinstance(quality, (int, np.integer)) or not 1 <= quality <= model.n_qualities:
+        raise InputError(f"quality must be an integer from 1 to {model.n_qualities}, got {quality!r}")
+    return int(quality) - 1
+
+
+def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
+               source: str, source_meta: dict | None, progress: bool, force: bool,
+               name: str) -> CodingReport:
+    from .codec import pipeline, zoo
+
+    a = _check_array(array, name)
+    vol = a if a.ndim == 3 else a[None]
+    mapping = pipeline.intensity_mapping(vol)
+    model_name = model_name or zoo.DEFAULT_MODEL
+    model, sha = zoo.load_model(model_name)
+    qi = _quality_index(model, quality)
+    meta = {
+        "bmz_version": __version__,
+        "shape": list(a.shape),
+        "dtype": a.dtype.str,
+        "source": source,
+        "source_meta": source_meta or {},
+        "intensity": mapping,
+        "codec": {"model": model_name, "weights_sha256": sha, "quality": int(quality),
+                  "chunk_format": CHUNK_FORMAT},
+    }
+    slices: Iterable[int] = range(vol.shape[0])
+    if progress and vol.shape[0] > 1:
+        from tqdm import tqdm
+
+        slices = tqdm(slices, desc="encode", unit="slice", leave=False)
+    sizes = []
+    with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
+        for k in slices:
+            chunk = pipeline.encode_slice(model, vol[k], mapping, qi)
+            sizes.append(len(chunk))
+            w.add(chunk)
+    # n_bytes is filled in by the caller that knows where the bytes went
+    return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
+
+
+def compress(array: np.ndarray, quality: int = DEFAULT_QUALITY, model: str | None = None, *,
+             source: str = "numpy", source_meta: dict | None = None) -> bytes:
+    """Encode a 2-D or 3-D integer array (slices along axis 0) → a complete ``.bmz`` file as bytes."""
+    import io
+
+    buf = io.BytesIO()
+    _encode_to(buf, array, quality, model, source, source_meta, progress=False, force=True,
+               name="array")
+    return buf.getvalue()
+
+
+def _slice_list(n: int, slices) -> list[int]:
+    if slices is None:
+        return list(range(n))
+    if isinstance(slices, slice):
+        return list(range(n))[slices]
+    if isinstance(slices, (int, np.integer)):
+        slices = [slices]
+    out = []
+    for k in slices:
+        k = int(k)
+        if not -n <= k < n:
+            raise InputError(f"slice {k} out of range: the volume has {n} slices")
+        out.append(k % n)
+    return out
+
+
+def _open(src) -> BmzReader:
+    """Open a ``.bmz`` path, bytes or file object; a missing or unreadable path is an InputError."""
+    if isinstance(src, (str, os.PathLike)):
+        if not os.path.exists(src):
+            raise InputError(f"{src}: no such file")
+        if os.path.isdir(src):
+            raise InputError(f"{src}: is a folder, expected a .bmz file")
+        try:
+            return BmzReader(src)
+        except OSError as e:
+            raise InputError(f"{src}: cannot read: {e.strerror or e}") from None
+    return BmzReader(src)
+
+
+def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
+                   skip_damaged: bool = False) -> tuple[np.ndarray, dict, list[int]]:
+    """Decode ``slices`` of an open reader → (array (k, H, W), meta, damaged slice indices)."""
+    from .codec import pipeline
+
+    meta = reader.meta
+    try:
+        shape = tuple(int(s) for s in meta["shape"])
+        dtype = np.dtype(meta["dtype"])
+        mapping = meta["intensity"]
+        codec = meta["codec"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{reader.name}: metadata lacks or has a bad field: {e}") from None
+    if codec.get("chunk_format") != CHUNK_FORMAT:
+        raise FormatError(f"{reader.name}: slice chunk format {codec.get('chunk_format')} is not "
+                          f"supported by bmz {__version__}")
+    n = shape[0] if len(shape) == 3 else 1
+    if reader.n_slices != n:
+        raise FormatError(f"{reader.name}: index holds {reader.n_slices} slices, metadata says {n}")
+    hw = shape[-2:]
+    ks = _slice_list(n, slices)
+    out = np.empty((len(ks), *hw), dtype=dtype)
+    damaged: list[int] = []
+    it: Iterable = enumerate(ks)
+    if progress and len(ks) > 1:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=len(ks), desc="decode", unit="slice", leave=False)
+    model = None
+    with pipeline.single_thread():
+        for i, k in it:
+            try:
+                chunk = reader.chunk(k)
+                if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
+                    from .codec import zoo
+
+                    model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+                try:
+                    qi = int(codec["quality"]) - 1
+                    out[i] = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+                except (ValueError, RuntimeError, IndexError) as e:
+                    raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
+            except FormatError:
+                if not skip_damaged:
+                    raise
+                damaged.append(k)
+                out[i] = mapping["min"]
+    return out, meta, damaged
+
+
+def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None) -> np.ndarray:
+    """Decode ``.bmz`` bytes → the array in its original dtype and shape (a 2-D original comes back
+    2-D when all slices are decoded). ``slices`` selects slices (int, slice, or indices)."""
+    with BmzReader(data, name="<bytes>") as r:
+        arr, meta, _ = _decode_reader(r, slices)
+    if slices is None and len(meta["shape"]) == 2:
+        return arr[0]
+    return arr
+
+
+def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int = DEFAULT_QUALITY,
+                model: str | None = None, series: str | None = None, force: bool = True,
+                progress: bool = False, verify: bool = False) -> CodingReport:
+    """Read a NIfTI / DICOM / ``.npy`` image and write its ``.bmz`` file (atomically).
+
+    With ``verify``, the written file is decoded and compared with the input: the report's
+    ``psnr`` (peak = volume max − min) and ``max_error`` are filled in."""
+    from . import io as bio
+    from ._fileutil import check_output_path
+
+    check_output_path(dst, force=force)  # fail before the work, not after
+    vol = bio.read(src, series=series)
+    # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
+    rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force, str(src))
+    rep.path = str(dst)
+    rep.n_bytes = os.path.getsize(dst)
+    if verify:
+        from . import metrics
+
+        with _open(dst) as r:
+            back, _, _ = _decode_reader(r, None, progress)
+        rep.psnr = metrics.psnr(vol.data, back)
+        rep.max_error = metrics.max_abs_error(vol.data, back)
+    return rep
+
+
+def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
+                slices: int | slice | Sequence[int] | None = None, force: bool = True,
+                progress: bool = False, skip_damaged: bool = False) -> tuple[CodingReport, list[int]]:
+    """Decode a ``.bmz`` file to ``dst`` (.nii, .nii.gz, .npy by suffix) → (report, damaged slices).
+
+    A NIfTI original is restored with its header, affine and dtype."""
+    from . import io as bio
+    from ._fileutil import check_output_path
+
+    check_output_path(dst, force=force)  # fail before the work, not after
+    with _open(src) as r:
+        arr, meta, damaged = _decode_reader(r, slices, progress, skip_damaged)
+    vol = bio.Volume(data=arr, source=meta.get("source", "numpy"), meta=meta.get("source_meta", {}),
+                     path=str(src))
+    bio.write(vol, dst, force=force)
+    rep = CodingReport(str(dst), tuple(arr.shape), arr.dtype.str, os.path.getsize(src), arr.nbytes)
+    return rep, damaged
+
+
+def info(src: str | os.PathLike | bytes) -> dict:
+    """Header facts of a ``.bmz`` file without decoding (no torch import)."""
+    with _open(src) as r:
+        meta = r.meta
+        sizes = r.chunk_sizes()
+        size = r.file_size
+    shape = meta.get("shape", [])
+    n_vox = int(np.prod(shape)) if shape else 0
+    raw = n_vox * np.dtype(meta.get("dtype", "u1")).itemsize
+    return {
+        "shape": shape, "dtype": meta.get("dtype"), "source": meta.get("source"),
+        "model": meta.get("codec", {}).get("model"), "quality": meta.get("codec", {}).get("quality"),
+        "weights_sha256": meta.get("codec", {}).get("weights_sha256"),
+        "intensity": meta.get("intensity"), "bytes": size,
+        "bpp": 8.0 * size / max(1, n_vox), "ratio": raw / max(1, size),
+        "slice_bytes": sizes, "bmz_version": meta.get("bmz_version"),
+    }
+
+
+__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "CodingReport", "BmzError"]

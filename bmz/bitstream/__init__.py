@@ -1,0 +1,6 @@
+"""The ``.bmz`` file container: signature, versioned header, JSON metadata, per-slice chunks
+with an index for random access, CRC-32 on every block. See ``docs/FORMAT.md``."""
+
+from .container import FORMAT_VERSION, MAGIC, BmzReader, BmzWriter, is_bmz, pack
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "pack", "BmzWriter", "BmzReader", "is_bmz"]

@@ -1,0 +1,169 @@
+"""``bmz`` command line: a thin layer on :mod:`bmz.api`.
+
+Every failure prints one line ``bmz: error: …`` (which file, which slice, what is wrong) and exits
+with the error class's code (see :mod:`bmz.errors`); nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import BmzError, InputError
+
+
+def _fail(e: BaseException) -> None:
+    code = getattr(e, "exit_code", 1)
+    click.echo(f"bmz: error: {e}", err=True)
+    sys.exit(code)
+
+
+def _parse_slices(text: str | None):
+    """``A:B`` (Python slice, end exclusive), ``A:B:S``, ``K`` or ``K,L,M`` → slice / list."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            return slice(*parts)
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise InputError(f"--slices {text!r}: expected A:B, A:B:STEP, K or K,L,M") from None
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BmzError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            click.echo("bmz: interrupted; no output written", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bmz")
+def main() -> None:
+    """bmz: learned compression for MRI (NIfTI, DICOM, NumPy ↔ .bmz)."""
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.option("-o", "--output", "dst", required=True, type=click.Path(), help="output .bmz file")
+@click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. 8 (best); default 5")
+@click.option("-m", "--model", default=None, help="model name (default: the flagship)")
+@click.option("--series", default=None, help="DICOM folder with several series: the one to encode (UID or number)")
+@click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
+@click.option("--verify", is_flag=True, help="decode the written file and report PSNR and max error")
+@click.option("--quiet", is_flag=True, help="no progress bar, no summary")
+def encode(src, dst, quality, model, series, force, verify, quiet) -> None:
+    """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
+    from . import api
+
+    rep = api.encode_file(src, dst, quality=quality or api.DEFAULT_QUALITY, model=model,
+                          series=series, force=force, progress=not quiet, verify=verify)
+    if not quiet:
+        click.echo(f"{dst}: {rep.n_bytes} bytes from {rep.raw_bytes} raw, shape {list(rep.shape)} "
+                   f"{rep.dtype}, {rep.bpp:.3f} bpp, ratio {rep.ratio:.1f}:1")
+        if verify:
+            click.echo(f"verified: PSNR {rep.psnr:.2f} dB (peak = volume max - min), "
+                       f"max abs error {rep.max_error}")
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.option("-o", "--output", "dst", required=True, type=click.Path(),
+              help="output file: .nii, .nii.gz or .npy")
+@click.option("--slices", default=None, help="decode only these slices: A:B (end exclusive), K or K,L,M")
+@click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
+@click.option("--skip-damaged", is_flag=True, help="decode what is intact; damaged slices are reported and filled with the minimum")
+@click.option("--quiet", is_flag=True)
+def decode(src, dst, slices, force, skip_damaged, quiet) -> None:
+    """Decode a .bmz file SRC (all slices, or a range read by random access)."""
+    from . import api
+
+    rep, damaged = api.decode_file(src, dst, slices=_parse_slices(slices), force=force,
+                                   progress=not quiet, skip_damaged=skip_damaged)
+    if damaged:
+        click.echo(f"bmz: warning: {src}: damaged slices not recovered: "
+                   f"{', '.join(map(str, damaged))}", err=True)
+    if not quiet:
+        click.echo(f"{dst}: shape {list(rep.shape)} {rep.dtype}")
+    if damaged:
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(src, as_json) -> None:
+    """Show what a .bmz file holds, without decoding it."""
+    from . import api
+
+    d = api.info(src)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    sizes = d["slice_bytes"]
+    click.echo(f"file      {src}")
+    click.echo(f"shape     {d['shape']}  dtype {d['dtype']}  source {d['source']}")
+    click.echo(f"model     {d['model']}  quality {d['quality']}  weights sha256 {str(d['weights_sha256'])[:16]}…")
+    i = d["intensity"] or {}
+    click.echo(f"intensity stored {i.get('min')}..{i.get('max')} ({i.get('bits')} bits) ↔ [0, 1]")
+    click.echo(f"size      {d['bytes']} bytes  {d['bpp']:.4f} bpp  ratio {d['ratio']:.1f}:1")
+    if sizes:
+        click.echo(f"slices    {len(sizes)}: min {min(sizes)} / mean {sum(sizes) / len(sizes):.0f} / "
+                   f"max {max(sizes)} bytes")
+
+
+@main.command()
+@click.option("--model", "model_name", default="hyperprior", show_default=True)
+@click.option("--lambdas", default=None, help="comma-separated λ, one per quality level (variable-rate models)")
+@click.option("--data", multiple=True, help="training folders (default ../shared/data/train)")
+@click.option("--val", "val_data", multiple=True, help="validation folders (default ../shared/data/val)")
+@click.option("--steps", default=100000, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--lr", default=2e-4, show_default=True, type=float)
+@click.option("--resume", default=None, type=click.Path(exists=True), help="checkpoint to continue from")
+@click.option("--threads", default=None, type=int)
+@click.option("--checkpoint-minutes", default=5.0, show_default=True, type=float)
+@click.option("-o", "--output", "out", required=True, help="output stem, e.g. models/hyperprior")
+def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, threads,
+          checkpoint_minutes, out) -> None:
+    """Train a model; writes OUT.ckpt (resumable, every few minutes) and OUT.log; when --steps is reached, also the frozen OUT.pt and its card OUT.json (see `bmz export`)."""
+    from pathlib import Path
+
+    from .train import train as run
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    run(model_name, out, list(data) or [str(root / "train")], list(val_data) or [str(root / "val")],
+        steps, resume=resume, batch_size=batch_size, lr=lr, threads=threads,
+        checkpoint_minutes=checkpoint_minutes,
+        lambdas=[float(v) for v in lambdas.split(",")] if lambdas else None)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("-o", "--output", "out", required=True, help="output stem, e.g. models/hyperprior")
+@click.option("--val", "val_root", default=None, type=click.Path(exists=True),
+              help="validation folder to measure the card's RD on (default ../shared/data/val if present)")
+def export(checkpoint, out, val_root) -> None:
+    """Freeze a training CHECKPOINT into shipped weights OUT.pt and its model card OUT.json."""
+    from pathlib import Path
+
+    from .train import export as run
+
+    default_val = Path(__file__).resolve().parents[2] / "shared" / "data" / "val"
+    val = val_root or (str(default_val) if default_val.is_dir() else None)
+    weights = run(checkpoint, out, val_root=val)
+    click.echo(f"{weights}: written with its model card {weights.with_suffix('.json')}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,223 @@
+"""Learned single-channel image codecs and their registry.
+
+Every model follows one contract (see :class:`BmzModel`):
+
+* ``forward(x, q)`` — training path: returns ``{"x_hat", "likelihoods"}`` with an *estimated* rate;
+  ``x`` is a batch ``(B, 1, H, W)`` of slices mapped to ``[0, 1]``, ``q`` a ``(B,)`` tensor of quality
+  indices (variable-rate models) — one set of weights serves every quality.
+* ``compress_slice(x, q) -> bytes`` / ``decompress_slice(data, shape, q) -> x_hat`` — the real
+  bitstream of one slice (``x`` of shape ``(1, 1, H, W)`` with H, W multiples of ``downsampling``).
+* ``freeze()`` — after training: builds the CDF tables and the integer hyper-synthesis, once. A
+  frozen model never recomputes them, so every machine uses the very same tables.
+
+Names are kebab-case and unique; :func:`register_model` refuses duplicates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+
+from ..errors import UnknownModelError
+from . import entropy
+
+_REGISTRY: dict[str, Callable[..., "BmzModel"]] = {}
+
+
+def register_model(name: str):
+    """Class decorator registering a model under a unique kebab-case ``name``."""
+
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered")
+        if name != name.lower() or "_" in name or " " in name:
+            raise ValueError(f"model names are kebab-case, got {name!r}")
+        cls.model_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, **config) -> "BmzModel":
+    """Instantiate the architecture registered as ``name`` with ``config``."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; known models: {', '.join(model_names())}"
+        ) from None
+    return cls(**config)
+
+
+def conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2, output_padding=s - 1)
+
+
+class BmzModel(nn.Module):
+    """Base class: configuration, quality levels and the shared contract."""
+
+    model_name = "?"
+    downsampling = 64
+
+    def __init__(self, lambdas: list[float]):
+        super().__init__()
+        self.lambdas = [float(v) for v in lambdas]
+
+    @property
+    def n_qualities(self) -> int:
+        return len(self.lambdas)
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Like ``nn.Module.load_state_dict``, but CDF tables (whose size is only known after
+        ``freeze()``) take the stored shape instead of failing on a size mismatch."""
+        for name, buf in list(self.named_buffers()):
+            if name.rsplit(".", 1)[-1] in ("_offset", "_quantized_cdf", "_cdf_length") \
+                    and name in state_dict and buf.shape != state_dict[name].shape:
+                mod_name, attr = name.rsplit(".", 1)
+                setattr(self.get_submodule(mod_name), attr, torch.empty_like(state_dict[name]))
+        return super().load_state_dict(state_dict, strict=strict)
+
+    def aux_loss(self) -> torch.Tensor:
+        return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
+
+
+@register_model("hyperprior")
+class GainedScaleHyperprior(BmzModel):
+    r"""Ballé et al. 2018 scale hyperprior, single channel, with gain units for variable rate
+    and an integer hyper-synthesis for bit-exact decoding.
+
+    J. Ballé, D. Minnen, S. Singh, S. J. Hwang, N. Johnston, "Variational image compression with a
+    scale hyperprior", ICLR 2018; gain units after Z. Cui et al., "Asymmetric gained deep image
+    compression with continuous rate adaptation", CVPR 2021; integer hyper-synthesis after
+    J. Ballé, N. Johnston, D. Minnen, "Integer networks for data compression with latent-variable
+    models", ICLR 2019.
+
+    ::
+
+        x ─g_a─► y ──×gain[q]──► Q ─► ŷ ──×inv_gain[q]──► g_s ─► x̂
+                 │                    ▲ (Gaussian, σ from ŝ + log2 gain[q])
+                 └─|·|─h_a─► z ─► Q ─► ẑ ─h_s─► log2 σ
+
+    g_a: conv5↓2 GDN conv5↓2 GDN conv5↓2 GDN conv5↓2 (1→N→N→N→M);  g_s: the mirror with IGDN.
+    h_a: conv3 ReLU conv5↓2 ReLU conv5↓2 (M→N);  h_s: deconv5↑2 ReLU deconv5↑2 ReLU conv3 (N→M),
+    predicting log2 σ of the *ungained* latent, so that the scale of the gained latent is exactly
+    ``h_s(ẑ) + log2 gain[q]`` — an addition that the integer decoder does in fixed point.
+    """
+
+    def __init__(self, N: int = 64, M: int = 96, lambdas: list[float] | None = None,
+                 log2_scale_min: float = math.log2(0.11), log2_scale_max: float = 10.0,
+                 scale_levels: int = 76):
+        lambdas = lambdas or [0.004 * 2.5**i for i in range(8)]
+        super().__init__(lambdas)
+        self.N, self.M = N, M
+        self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+                                 deconv(N, N), GDN(N, inverse=True), deconv(N, 1))
+        self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.ReLU(inplace=True), conv(N, N), nn.ReLU(inplace=True),
+                                 conv(N, N))
+        self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(inplace=True), deconv(N, N), nn.ReLU(inplace=True),
+                                 conv(N, M, 3, 1))
+        q = torch.arange(self.n_qualities, dtype=torch.float32)
+        spread = (q - (self.n_qualities - 1) / 2) * 0.66
+        self.log2_gain = nn.Parameter(spread[:, None].repeat(1, M))
+        self.log2_inv_gain = nn.Parameter(-spread[:, None].repeat(1, M))
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.log2_scale_min, self.log2_scale_max = float(log2_scale_min), float(log2_scale_max)
+        self.scale_levels = int(scale_levels)
+        table = np.exp2(np.linspace(self.log2_scale_min, self.log2_scale_max, self.scale_levels))
+        self.gaussian_conditional = GaussianConditional(table.tolist(), scale_bound=float(table[0]))
+        self.int_hs = entropy.IntegerHyperSynthesis(self.h_s, self.log2_gain, self.log2_scale_min,
+                                                    self.log2_scale_max, self.scale_levels)
+        # decoder-side inverse gains, frozen as float32 values (no exp2 at decode time)
+        self.register_buffer("dec_inv_gain", torch.ones(self.n_qualities, M))
+
+    def config(self) -> dict:
+        return {"N": self.N, "M": self.M, "lambdas": self.lambdas,
+                "log2_scale_min": self.log2_scale_min, "log2_scale_max": self.log2_scale_max,
+                "scale_levels": self.scale_levels}
+
+    # ---- training path -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, q: torch.Tensor) -> dict:
+        y = self.g_a(x)
+        lg = self.log2_gain[q][:, :, None, None]
+        z = self.h_a(torch.abs(y))
+        z_hat, z_lik = self.entropy_bottleneck(z)
+        log2_sigma = (self.h_s(z_hat) + lg).clamp(self.log2_scale_min, self.log2_scale_max)
+        y_hat, y_lik = self.gaussian_conditional(y * torch.exp2(lg), torch.exp2(log2_sigma))
+        x_hat = self.g_s(y_hat * torch.exp2(self.log2_inv_gain[q][:, :, None, None]))
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    # ---- shipping ------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Build CDF tables and integer hyper-synthesis from the current weights (after training)."""
+        self.entropy_bottleneck.update(force=True, update_quantiles=True)
+        self.gaussian_conditional.update()
+        self.int_hs.build()
+        inv = np.exp2(self.log2_inv_gain.detach().double().numpy()).astype(np.float32)
+        self.dec_inv_gain.copy_(torch.from_numpy(inv))
+        self._coders = None
+
+    @property
+    def coders(self) -> tuple["entropy.TableCoder", "entropy.TableCoder"]:
+        """Entropy coders over the frozen tables (z: factorized prior, y: Gaussian table)."""
+        if getattr(self, "_coders", None) is None:
+            self._coders = (entropy.TableCoder.from_entropy_model(self.entropy_bottleneck),
+                            entropy.TableCoder.from_entropy_model(self.gaussian_conditional))
+        return self._coders
+
+    # ---- bitstream -----------------------------------------------------------------------
+    def _z_medians(self) -> torch.Tensor:
+        return self.entropy_bottleneck.quantiles[:, 0, 1].detach()
+
+    @torch.no_grad()
+    def compress_slice(self, x: torch.Tensor, q: int) -> bytes:
+        """Encode one slice ``(1, 1, H, W)`` → bytes: ``u32 len(z) | z stream | y stream``."""
+        z_coder, y_coder = self.coders
+        y = self.g_a(x)
+        z = self.h_a(torch.abs(y))
+        med = self._z_medians()[None, :, None, None]
+        z_sym = torch.round(z - med).to(torch.int32)
+        z_hat = z_sym.to(torch.float32) + med
+        z_idx = torch.arange(z.shape[1], dtype=torch.int32)[None, :, None, None].expand_as(z_sym)
+        z_bytes = z_coder.encode(z_sym, z_idx)
+        y_idx = self.int_hs.indexes(z_hat, q)
+        y_sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]).to(torch.int32)
+        y_bytes = y_coder.encode(y_sym, y_idx)
+        return len(z_bytes).to_bytes(4, "little") + z_bytes + y_bytes
+
+    @torch.no_grad()
+    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
+        """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
+        z_coder, y_coder = self.coders
+        H, W = shape
+        if len(data) < 4:
+            raise ValueError("slice payload shorter than its 4-byte header")
+        nz = int.from_bytes(data[:4], "little")
+        if nz > len(data) - 4:
+            raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
+        zshape = (1, self.N, H // 64, W // 64)
+        z_idx = torch.arange(self.N, dtype=torch.int32)[None, :, None, None].expand(zshape)
+        z_sym = z_coder.decode(data[4:4 + nz], z_idx)
+        z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
+        y_idx = self.int_hs.indexes(z_hat, q)
+        y_sym = y_coder.decode(data[4 + nz:], y_idx)
+        y_hat = y_sym.to(torch.float32) * self.dec_inv_gain[q][None, :, None, None]
+        return self.g_s(y_hat)

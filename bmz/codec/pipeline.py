@@ -1,0 +1,114 @@
+"""From stored integer slices to chunk bytes and back.
+
+Intensity mapping (exact, written in the file): for a volume with stored values in
+``[vmin, vmax]``, the network sees ``x = (v - vmin) / (vmax - vmin)`` in float32, and a decoded
+``x̂`` maps back to ``clip(rint(float64(x̂) · (vmax - vmin)) + vmin, vmin, vmax)`` in the original
+dtype. PSNR on the network's scale is therefore PSNR with peak = volume max − min.
+
+Slices are padded to a multiple of the model's downsampling factor by repeating edge pixels and
+cropped after decoding. A slice whose values are all equal is stored as that value alone.
+
+Chunk layout (one per slice), first byte = kind:
+
+* ``0x00`` constant: int64 little-endian stored value.
+* ``0x01`` learned: the model's slice payload (see the model's ``compress_slice``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+
+CHUNK_CONSTANT = 0
+CHUNK_LEARNED = 1
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the transforms on one thread: float convolutions may sum in another order on more
+    threads and change a voxel by one; one slice at a time on one thread gives the identical
+    array whatever the caller's thread setting, batch or order (and is as fast for MRI-sized
+    slices). The entropy decoder's indices do not need this: they are integer-exact anyway."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def bit_depth(vmin: int, vmax: int) -> int:
+    """Bits needed for the values' range: ``ceil(log2(vmax - vmin + 1))`` (at least 1)."""
+    return max(1, math.ceil(math.log2(int(vmax) - int(vmin) + 1)))
+
+
+def intensity_mapping(data: np.ndarray) -> dict:
+    """The exact mapping of a volume's stored values to [0, 1]: offset, scale, bit depth."""
+    if data.size == 0:
+        raise ValueError("empty array")
+    vmin, vmax = int(data.min()), int(data.max())
+    return {"offset": vmin, "scale": vmax - vmin, "bits": bit_depth(vmin, vmax), "min": vmin, "max": vmax}
+
+
+def to_unit(data: np.ndarray, mapping: dict) -> np.ndarray:
+    """Stored values → float32 in [0, 1] (all zeros when the volume is constant)."""
+    x = data.astype(np.float64) - mapping["offset"]
+    if mapping["scale"] > 0:
+        x /= mapping["scale"]
+    return x.astype(np.float32)
+
+
+def from_unit(x: np.ndarray, mapping: dict, dtype: np.dtype) -> np.ndarray:
+    """Network output → stored values, clipped to the volume's range, in ``dtype``."""
+    v = np.rint(x.astype(np.float64) * mapping["scale"]) + mapping["offset"]
+    return np.clip(v, mapping["min"], mapping["max"]).astype(dtype)
+
+
+def pad_to_multiple(s: np.ndarray, m: int) -> np.ndarray:
+    H, W = s.shape
+    ph, pw = (-H) % m, (-W) % m
+    if ph == 0 and pw == 0:
+        return np.ascontiguousarray(s)
+    return np.pad(s, ((0, ph), (0, pw)), mode="edge")
+
+
+def padded_shape(shape: tuple[int, int], m: int) -> tuple[int, int]:
+    return (shape[0] + (-shape[0]) % m, shape[1] + (-shape[1]) % m)
+
+
+def encode_slice(model, s: np.ndarray, mapping: dict, quality: int) -> bytes:
+    """One stored-value slice (H, W) → chunk bytes."""
+    if s.size and (s == s.flat[0]).all():
+        return bytes([CHUNK_CONSTANT]) + int(s.flat[0]).to_bytes(8, "little", signed=True)
+    x = pad_to_multiple(to_unit(s, mapping), model.downsampling)
+    payload = model.compress_slice(torch.from_numpy(x)[None, None], quality)
+    return bytes([CHUNK_LEARNED]) + payload
+
+
+def decode_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, quality: int,
+                 dtype: np.dtype) -> np.ndarray:
+    """Chunk bytes → stored-value slice (H, W) in ``dtype``. Raises ValueError on a bad chunk."""
+    if not chunk:
+        raise ValueError("empty chunk")
+    kind = chunk[0]
+    H, W = shape
+    if kind == CHUNK_CONSTANT:
+        if len(chunk) != 9:
+            raise ValueError(f"constant chunk of {len(chunk)} bytes, expected 9")
+        value = int.from_bytes(chunk[1:9], "little", signed=True)
+        if not mapping["min"] <= value <= mapping["max"]:
+            raise ValueError(f"constant value {value} outside the volume range")
+        return np.full(shape, value, dtype=dtype)
+    if kind == CHUNK_LEARNED:
+        if model is None:
+            raise ValueError("learned chunk but no model")
+        x_hat = model.decompress_slice(chunk[1:], padded_shape(shape, model.downsampling), quality)
+        return from_unit(x_hat[0, 0, :H, :W].numpy(), mapping, dtype)
+    raise ValueError(f"unknown chunk kind {kind}")

@@ -1,0 +1,130 @@
+"""Shipped weights: finding, verifying, freezing and describing them.
+
+A shipped model is two files side by side in a models folder:
+
+* ``NAME.pt`` — ``{"format": "bmz-weights/1", "model_name", "config", "state_dict"}`` saved by
+  :func:`save_frozen` after ``model.freeze()``: the CDF tables and integer hyper-synthesis are part
+  of the state dict, so loading never recomputes them.
+* ``NAME.json`` — the model card: architecture, config, qualities with λ and measured RD, training
+  data and steps, normalisation, licence and the SHA-256 of ``NAME.pt``.
+
+Models folders searched, in order: ``$BMZ_MODEL_PATH`` (``os.pathsep``-separated), the ``models/``
+folder of a source checkout, and ``<sys.prefix>/share/bmz/models`` (a wheel install).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import ModelError, ModelMismatchError, UnknownModelError
+
+DEFAULT_MODEL = "hyperprior"
+
+
+def model_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("BMZ_MODEL_PATH", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parents[2] / "models")
+    dirs.append(Path(sys.prefix) / "share" / "bmz" / "models")
+    return [d for d in dirs if d.is_dir()]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=32)
+def _sha256_cached(path: str, _mtime_ns: int, _size: int) -> str:
+    """SHA-256 of a file, recomputed whenever its modification time or size changes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def available_models() -> dict[str, Path]:
+    """Shipped model name → weights path (first folder wins)."""
+    found: dict[str, Path] = {}
+    for d in model_dirs():
+        for p in sorted(d.glob("*.pt")):
+            if p.with_suffix(".json").is_file():
+                found.setdefault(p.stem, p)
+    return found
+
+
+def find_weights(name: str) -> Path:
+    found = available_models()
+    if name not in found:
+        where = ", ".join(str(d) for d in model_dirs()) or "no models folder found"
+        known = ", ".join(sorted(found)) or "none"
+        raise UnknownModelError(f"no shipped weights for model {name!r} (searched {where}); "
+                                f"available: {known}")
+    return found[name]
+
+
+def read_card(name: str) -> dict:
+    return json.loads(find_weights(name).with_suffix(".json").read_text())
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, sha: str):
+    import torch
+
+    from .models import build_model
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != "bmz-weights/1":
+        raise ModelError(f"{path}: not a bmz weights file")
+    model = build_model(blob["model_name"], **blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_model(name: str, expect_sha256: str | None = None):
+    """The frozen model ``name``, verified against its card (and ``expect_sha256`` if given).
+
+    Raises :class:`ModelMismatchError` when the weights differ from what the card or the file
+    being decoded says — decoding with other weights would give garbage."""
+    path = find_weights(name)
+    sha = sha256_file(path)
+    card_sha = json.loads(path.with_suffix(".json").read_text()).get("sha256")
+    if card_sha != sha:
+        raise ModelMismatchError(f"{path}: SHA-256 {sha[:12]}… does not match its model card "
+                                 f"({str(card_sha)[:12]}…); reinstall the model files")
+    if expect_sha256 is not None and expect_sha256 != sha:
+        raise ModelMismatchError(
+            f"this file was encoded with {name!r} weights {expect_sha256[:12]}…, but the installed "
+            f"{name!r} weights are {sha[:12]}… ({path}); install the bmz version or model files "
+            f"it was written with")
+    return _load(str(path), sha), sha
+
+
+def save_frozen(model, path: str | os.PathLike) -> str:
+    """Freeze ``model`` (CDF tables, integer hyper-synthesis) and write it atomically; → SHA-256."""
+    import torch
+
+    from .._fileutil import atomic_output
+
+    model = model.cpu().eval()
+    model.freeze()
+    blob = {"format": "bmz-weights/1", "model_name": model.model_name, "config": model.config(),
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    with atomic_output(path) as f:
+        torch.save(blob, f)
+    return sha256_file(path)
+
+
+def write_card(path: str | os.PathLike, card: dict) -> None:
+    from .._fileutil import atomic_output
+
+    with atomic_output(path) as f:
+        f.write((json.dumps(card, indent=2, sort_keys=False) + "\n").encode())

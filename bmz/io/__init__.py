@@ -1,0 +1,303 @@
+"""Reading and writing the images bmz encodes: NIfTI, DICOM and NumPy ``.npy``.
+
+Every reader returns a :class:`Volume`: the STORED integer values of the image as an array of
+slices ``(n_slices, H, W)`` (slices always along axis 0, values never rescaled), plus a
+JSON-serialisable ``meta`` dict holding everything needed to rebuild the original file (it is
+stored verbatim in the ``.bmz`` container).
+
+Public API::
+
+    read(path, series=None) -> Volume        # .nii, .nii.gz, .npy, a DICOM file or a DICOM folder
+    write(volume, path, force=True) -> None  # .nii, .nii.gz or .npy, chosen by the output suffix
+    list_series(folder) -> list[dict]        # the DICOM series in a folder
+
+Layout of ``meta`` by source (each source's module documents its part in detail):
+
+* NIfTI: ``{"nifti": {...}}`` -- on-disk header bytes, bytes up to ``vox_offset`` (extensions),
+  version, original shape and dtype (see :mod:`bmz.io.nifti`).
+* DICOM: ``{"dicom": {...}, "bits_stored": int, "photometric": str}`` -- the DICOM-JSON of every
+  slice without the pixel data, de-duplicated (elements shared by most slices stored once in
+  ``common``; rebuild the per-slice dicts with :func:`bmz.io.dicom.dicom_datasets`), file meta,
+  slice order and geometry (see :mod:`bmz.io.dicom`).
+* NumPy: ``{"npy": {"dtype": str, "ndim": 2|3, "fortran_order": bool}}`` (see
+  :mod:`bmz.io.numpy`).
+
+A volume may be written to any supported format whatever its source (a DICOM series to
+``.nii.gz``, a NIfTI to ``.npy``...). Where the source recorded an original dtype that bmz had to
+convert (float with integer values, bool), writing restores it when the output format allows.
+
+Shared rules (:func:`as_integer_array`): integer dtypes are taken as they are, 32/64-bit ones only
+if their values fit 16 bits; float arrays only if every value is a finite integer (they are cast to
+the smallest integer dtype that holds them and the original dtype is recorded); bool becomes
+uint8 0/1; complex, object, string and structured (RGB) dtypes are refused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, OutputError
+
+__all__ = ["Volume", "read", "write", "list_series", "SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS"]
+
+#: Human-readable list of the formats :func:`read` accepts (used in error messages).
+SUPPORTED_INPUTS = "NIfTI (.nii, .nii.gz), DICOM (a file or a folder of one series), NumPy (.npy)"
+#: Human-readable list of the formats :func:`write` produces (used in error messages).
+SUPPORTED_OUTPUTS = ".nii, .nii.gz or .npy"
+
+
+@dataclass
+class Volume:
+    """An image as bmz encodes it.
+
+    Attributes:
+        data: integer array ``(n_slices, H, W)`` of the STORED values (never rescaled), in the
+            dtype stored on disk (uint8, int8, uint16, int16, int32, uint32...; possibly
+            big-endian such as ``'>i2'``).
+        source: ``'nifti'``, ``'dicom'`` or ``'numpy'``.
+        meta: JSON-serialisable dict (str/int/float/bool/list/dict/None; bytes as base64 str) with
+            everything needed to rebuild the original file.
+        path: the file or folder it was read from, if any.
+    """
+
+    data: np.ndarray
+    source: str
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices (``data.shape[0]``)."""
+        return int(self.data.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# dtype rules shared by the readers and writers
+# --------------------------------------------------------------------------------------------
+
+_SMALL_INTS = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
+
+
+def smallest_int_dtype(lo: int, hi: int) -> np.dtype | None:
+    """The smallest of uint8, int8, uint16, int16 holding ``[lo, hi]``, or ``None``."""
+    for dt in _SMALL_INTS:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    return None
+
+
+def as_integer_array(arr: np.ndarray, where: str) -> tuple[np.ndarray, str | None]:
+    """Check that ``arr`` holds an integer image bmz can encode; convert it if needed.
+
+    Returns ``(array, original_dtype)`` where ``original_dtype`` is ``None`` when the array is
+    returned unchanged (an integer dtype), or the original ``dtype.str`` when it was converted
+    (bool -> uint8; float with integer values -> smallest fitting integer dtype).
+
+    Raises :class:`InputError` naming ``where`` for non-integer floats, NaN/inf, negative zeros,
+    values outside 16 bits, complex/object/string/structured (e.g. RGB) dtypes and empty arrays.
+    """
+    dt = arr.dtype
+    if arr.size == 0:
+        raise InputError(f"{where}: empty image (shape {_shape_str(arr.shape)})")
+    if dt.fields is not None or dt.kind == "V":
+        raise InputError(
+            f"{where}: structured/RGB dtype {dt} is not supported; bmz encodes single-channel "
+            "integer images"
+        )
+    if dt.kind == "b":
+        return arr.astype(np.uint8), dt.str
+    if dt.kind in "iu":
+        if dt.itemsize > 2:
+            lo, hi = int(arr.min()), int(arr.max())
+            if smallest_int_dtype(lo, hi) is None:
+                raise InputError(
+                    f"{where}: {dt.name} values span [{lo}, {hi}], outside the 16-bit range bmz "
+                    "encodes"
+                )
+        return arr, None
+    if dt.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{where}: has NaN or infinite values ({dt.name}); bmz encodes integer images")
+        rounded = np.round(arr)
+        if not np.array_equal(rounded, arr):
+            raise InputError(
+                f"{where}: has non-integer values ({dt.name}); bmz encodes integer images"
+            )
+        if np.any(np.signbit(arr) & (arr == 0)):
+            raise InputError(
+                f"{where}: has negative zeros (-0.0) in a {dt.name} image, which an integer "
+                "encoding cannot restore exactly"
+            )
+        lo, hi = int(arr.min()), int(arr.max())
+        target = smallest_int_dtype(lo, hi)
+        if target is None:
+            raise InputError(
+                f"{where}: {dt.name} values span [{lo}, {hi}], outside the 16-bit range bmz encodes"
+            )
+        return arr.astype(target), dt.str
+    raise InputError(f"{where}: dtype {dt} is not supported; bmz encodes integer images")
+
+
+def cast_exact(arr: np.ndarray, dtype: np.dtype | str, where: str) -> np.ndarray:
+    """Cast ``arr`` to ``dtype`` if every value survives unchanged, else raise
+    :class:`OutputError` naming ``where``."""
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype:
+        return arr
+    out = arr.astype(dtype)
+    if dtype.kind == "b":
+        ok = np.array_equal(out.astype(arr.dtype), arr)
+    else:
+        ok = np.array_equal(out, arr)
+    if not ok:
+        raise OutputError(
+            f"{where}: values of the {arr.dtype.name} data do not fit the output dtype {dtype}"
+        )
+    return out
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+# --------------------------------------------------------------------------------------------
+# format detection
+# --------------------------------------------------------------------------------------------
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return path.suffix.lower()
+
+
+def _sniff(path: Path) -> str:
+    """Guess the format of the file at ``path``: ``'nifti'``, ``'numpy'``, ``'dicom'`` or
+    ``'unknown'`` (by content first, then by suffix)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(544)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if head[:6] == b"\x93NUMPY":
+        return "numpy"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head[:2] == b"\x1f\x8b":  # gzip: look at the NIfTI magic inside
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(544)
+        except (OSError, EOFError):
+            return "unknown"
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+        return "nifti"
+    if len(head) >= 8 and head[4:7] in (b"n+2", b"ni2"):
+        return "nifti"
+    suffix = _suffix(path)
+    if suffix in (".dcm", ".dicom", ".ima"):
+        return "dicom"
+    return "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+from . import dicom as _dicom  # noqa: E402  (the submodules use the helpers above)
+from . import nifti as _nifti  # noqa: E402
+from . import numpy as _numpy  # noqa: E402
+
+
+def read(path: str | os.PathLike, series: str | None = None) -> Volume:
+    """Read an image file or DICOM folder into a :class:`Volume`.
+
+    Args:
+        path: a ``.nii``/``.nii.gz`` file (NIfTI-1 or -2), a ``.npy`` file, a DICOM file, or a
+            folder holding DICOM files (searched recursively).
+        series: for a DICOM folder with several series, which one: a SeriesInstanceUID, a unique
+            prefix of one, or a SeriesNumber. Only valid for DICOM input.
+
+    Raises:
+        InputError: the path does not exist, is not a supported format, or holds an image bmz
+            cannot encode (the message names the file and the reason).
+        MissingDependencyError: a compressed DICOM needs a decoder package that is not installed.
+    """
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return _dicom.read_dicom(p, series=series)
+    kind = _sniff(p)
+    if kind == "unknown" and _suffix(p) == "":
+        # a DICOM file without the 128-byte preamble and without a suffix (e.g. "IM0001")
+        ds = _dicom._open(p, strict=False)
+        if ds is not None and _dicom._is_image(ds):
+            kind = "dicom"
+    if kind == "unknown":
+        suffix = _suffix(p)
+        if suffix in (".nii", ".nii.gz"):
+            raise InputError(f"{p}: not a valid NIfTI file (no NIfTI header found)")
+        if suffix == ".npy":
+            raise InputError(f"{p}: not a valid .npy file (no NumPy header found)")
+        raise InputError(f"{p}: unknown or unsupported file format; bmz reads {SUPPORTED_INPUTS}")
+    if series is not None and kind != "dicom":
+        raise InputError(f"{p}: series= (--series) applies to DICOM input only")
+    if kind == "nifti":
+        return _nifti.read_nifti(p)
+    if kind == "numpy":
+        return _numpy.read_npy(p)
+    return _dicom.read_dicom(p, series=series)
+
+
+def write(volume: Volume, path: str | os.PathLike, force: bool = True) -> None:
+    """Write ``volume`` to ``path``; the format follows the suffix: ``.nii``, ``.nii.gz`` or
+    ``.npy``. The file appears atomically (complete or not at all).
+
+    A NIfTI-origin volume written to NIfTI gets back its original header bytes (same affine,
+    scaling, dtype and byte order); any other volume gets a new header (see
+    :func:`bmz.io.nifti.write_nifti`). ``force=False`` refuses to overwrite an existing file.
+
+    Raises:
+        OutputError: unsupported output suffix (e.g. DICOM), folder missing, file exists without
+            ``force``, or data that cannot be stored in the output dtype.
+    """
+    p = Path(os.fspath(path))
+    if not isinstance(volume, Volume):
+        raise TypeError(f"write() expects a bmz.io.Volume, got {type(volume).__name__}")
+    data = volume.data
+    if not isinstance(data, np.ndarray) or data.ndim != 3:
+        raise OutputError(
+            f"{p}: Volume.data must be an array of slices (n_slices, H, W), got "
+            f"{getattr(data, 'shape', type(data).__name__)}"
+        )
+    suffix = _suffix(p)
+    if suffix in (".nii", ".nii.gz"):
+        _nifti.write_nifti(volume, p, force=force)
+    elif suffix == ".npy":
+        _numpy.write_npy(volume, p, force=force)
+    else:
+        what = "DICOM output is not supported yet; " if suffix in (".dcm", ".dicom", ".ima", "") else ""
+        raise OutputError(f"{p}: {what}cannot write '{suffix or p.name}'; write {SUPPORTED_OUTPUTS}")
+
+
+def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The DICOM image series found (recursively) in ``folder``.
+
+    Returns one dict per series, sorted by SeriesNumber then UID: ``{"uid": str,
+    "description": str, "series_number": int | None, "n_files": int, "modality": str}``.
+    Files that are not DICOM, or DICOM without pixel data, are ignored.
+    """
+    p = Path(os.fspath(folder))
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if not p.is_dir():
+        raise InputError(f"{p}: not a folder")
+    return _dicom.list_series(p)

@@ -1,0 +1,98 @@
+"""NumPy ``.npy`` reading and writing.
+
+Reading (:func:`read_npy`): a 2-D array ``(H, W)`` becomes one slice ``(1, H, W)``; a 3-D array is
+taken as slices along axis 0: slice ``k`` is ``arr[k]`` (an ``(H, W, 3)`` array is H slices of
+``(W, 3)``; bmz never treats a last axis of 3 as RGB in a ``.npy``). Other ranks are refused. Files are loaded with ``allow_pickle=False``.
+
+dtypes follow :func:`bmz.io.as_integer_array`: integer dtypes as they are (byte order kept), 32/64
+bit only within 16-bit values; ``bool`` is accepted as uint8 0/1; float only when every value is a
+finite integer (cast to the smallest integer dtype); complex, object, string and structured
+dtypes are refused. The original dtype is recorded, so writing restores bool/float.
+
+``meta["npy"] = {"dtype": original dtype str, "ndim": 2 | 3, "fortran_order": bool}``.
+
+Writing (:func:`write_npy`) restores, for a ``.npy``-origin volume, the original dtype, rank (a
+2-D array comes back 2-D when there is one slice) and memory order. For a NIfTI-origin volume the
+original on-disk dtype is restored (e.g. ``'>i2'``, or float32 for an integer-valued float file);
+other volumes are written in their data dtype. The array written is always ``(n_slices, H, W)``
+(slices along axis 0), so reading it back gives the same ``data``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._fileutil import atomic_output
+from ..errors import InputError
+from . import Volume, as_integer_array, cast_exact
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, fortran_order and dtype from the ``.npy`` header."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                return fmt.read_array_header_1_0(f)
+            if version == (2, 0):
+                return fmt.read_array_header_2_0(f)
+            return fmt._read_array_header(f, version)  # type: ignore[attr-defined]  # v3.0
+    except (ValueError, OSError, SyntaxError, EOFError) as exc:
+        raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+
+
+def read_npy(path: Path) -> Volume:
+    """Read a 2-D or 3-D integer (or integer-valued float, or bool) ``.npy`` array."""
+    path = Path(path)
+    shape, fortran_order, dtype = _read_header(path)
+    if dtype.hasobject:
+        raise InputError(f"{path}: object dtype arrays are not supported (and never unpickled)")
+    if dtype.fields is not None or dtype.kind == "V":
+        raise InputError(
+            f"{path}: structured/RGB dtype {dtype} is not supported; bmz encodes single-channel "
+            "integer images"
+        )
+    if dtype.kind == "c":
+        raise InputError(f"{path}: complex dtype {dtype} is not supported; bmz encodes integer images")
+    if len(shape) not in (2, 3):
+        raise InputError(
+            f"{path}: {len(shape)}-D array {'x'.join(map(str, shape)) or 'scalar'}; bmz encodes "
+            "2-D (H, W) and 3-D (slices, H, W) arrays"
+        )
+    if any(s == 0 for s in shape):
+        raise InputError(f"{path}: empty array (shape {'x'.join(map(str, shape))})")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read the .npy data ({exc})") from None
+    data = arr[np.newaxis] if arr.ndim == 2 else arr
+    data, _ = as_integer_array(np.ascontiguousarray(data), str(path))
+    meta = {"npy": {"dtype": dtype.str, "ndim": len(shape), "fortran_order": bool(fortran_order)}}
+    return Volume(data=data, source="numpy", meta=meta, path=str(path))
+
+
+def write_npy(volume: Volume, path: Path, force: bool = True) -> None:
+    """Write ``volume`` as a ``.npy`` file (slices along axis 0), atomically."""
+    path = Path(path)
+    data = volume.data
+    meta = volume.meta if isinstance(volume.meta, dict) else {}
+    dtype = data.dtype
+    ndim = 3
+    fortran = False
+    npy = meta.get("npy")
+    nifti = meta.get("nifti")
+    if isinstance(npy, dict):
+        dtype = np.dtype(npy.get("dtype", dtype))
+        ndim = int(npy.get("ndim", 3))
+        fortran = bool(npy.get("fortran_order", False))
+    elif isinstance(nifti, dict) and nifti.get("dtype"):
+        dtype = np.dtype(nifti["dtype"])
+    arr = cast_exact(data, dtype, str(path))
+    if ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    arr = np.asfortranarray(arr) if fortran else np.ascontiguousarray(arr)
+    with atomic_output(path, force=force) as f:
+        np.lib.format.write_array(f, arr, allow_pickle=False)

@@ -1,0 +1,140 @@
+"""The ``bmz`` command line on real files: encode/decode/info round trips, random access, and bad
+inputs refused with one clear line, a non-zero exit and no output left behind."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bmz.cli import main
+
+IXI = "val/ixi_nichart/t1/IXI128-HH-1470_T1.nii.gz"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def encoded(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    out = d / "scan.bmz"
+    r = run("encode", shared_data / IXI, "-o", out, "--quality", 4, "--quiet")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_encode_reports_and_verifies(shared_data, tmp_path):
+    out = tmp_path / "s.bmz"
+    r = run("encode", shared_data / IXI, "-o", out, "--verify")
+    assert r.exit_code == 0, r.output
+    assert "bpp" in r.output and "ratio" in r.output and "PSNR" in r.output
+    assert out.stat().st_size > 100
+
+
+def test_decode_restores_nifti(shared_data, encoded, tmp_path):
+    back = tmp_path / "back.nii.gz"
+    r = run("decode", encoded, "-o", back)
+    assert r.exit_code == 0, r.output
+    a, b = nib.load(shared_data / IXI), nib.load(back)
+    assert b.header.binaryblock == a.header.binaryblock
+    np.testing.assert_array_equal(b.affine, a.affine)
+    assert b.get_data_dtype() == a.get_data_dtype() and b.shape == a.shape
+    ua, ub = np.asarray(a.dataobj.get_unscaled()), np.asarray(b.dataobj.get_unscaled())
+    rmse = np.sqrt(np.mean((ua.astype(float) - ub) ** 2))
+    assert rmse < 0.1 * (ua.max() - ua.min())
+
+
+def test_decode_slices_random_access(encoded, tmp_path):
+    full, part = tmp_path / "full.npy", tmp_path / "part.npy"
+    assert run("decode", encoded, "-o", full).exit_code == 0
+    r = run("decode", encoded, "--slices", "10:20", "-o", part)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(part), np.load(full)[10:20])
+
+
+def test_info_json(encoded):
+    r = run("info", encoded, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["shape"] == [90, 120, 120] and d["model"] == "hyperprior" and d["quality"] == 4
+    assert len(d["slice_bytes"]) == 90 and 0 < d["bpp"] < 8 and d["ratio"] > 1
+    assert run("info", encoded).exit_code == 0
+
+
+def test_npy_2d_round_trip(shared_data, tmp_path):
+    from bmz import io
+
+    img = io.read(shared_data / IXI).data[45]
+    src, enc, back = tmp_path / "slice.npy", tmp_path / "slice.bmz", tmp_path / "back.npy"
+    np.save(src, img)
+    assert run("encode", src, "-o", enc, "--quiet").exit_code == 0
+    assert run("decode", enc, "-o", back, "--quiet").exit_code == 0
+    out = np.load(back)
+    assert out.shape == img.shape and out.dtype == img.dtype
+
+
+def test_existing_output_needs_force(encoded, tmp_path):
+    out = tmp_path / "x.npy"
+    out.write_bytes(b"keep me")
+    r = run("decode", encoded, "-o", out)
+    assert r.exit_code != 0 and "--force" in r.output
+    assert out.read_bytes() == b"keep me"
+    assert run("decode", encoded, "-o", out, "--force", "--slices", "0").exit_code == 0
+
+
+def _bad_inputs(shared_data, tmp_path):
+    float_nii = tmp_path / "float.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32), np.eye(4)),
+             float_nii)
+    rgb = tmp_path / "rgb.nii"
+    rgb_arr = np.zeros((8, 8, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb_arr, np.eye(4)), rgb)
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 4, 4), np.uint8))
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("not an image")
+    return {
+        "non-integer": float_nii,
+        "rgb": rgb,
+        "4-d": shared_data / "train/pypi_nibabel/example4d.nii.gz",
+        "empty": empty,
+        "missing": tmp_path / "no_such_scan.nii.gz",
+        "mislabelled": text,
+    }
+
+
+@pytest.mark.parametrize("case", ["non-integer", "rgb", "4-d", "empty", "missing", "mislabelled"])
+def test_bad_input_clear_error_no_output(shared_data, tmp_path, case):
+    src = _bad_inputs(shared_data, tmp_path)[case]
+    out = tmp_path / "out.bmz"
+    r = run("encode", src, "-o", out)
+    assert r.exit_code not in (0, None), r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("bmz: error: ") and src.name in line, r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.bmz")]
+
+
+def test_damaged_file_exits_nonzero_without_output(encoded, tmp_path):
+    data = bytearray(encoded.read_bytes())
+    data[len(data) - 300] ^= 0x01  # inside the last slice's chunk
+    bad = tmp_path / "bad.bmz"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out.npy"
+    r = run("decode", bad, "-o", out)
+    assert r.exit_code == 3 and "slice 89" in r.output, r.output
+    assert not out.exists()
+    r = run("decode", bad, "-o", out, "--skip-damaged")
+    assert r.exit_code == 3 and "89" in r.output
+    assert out.exists()  # everything else recovered
+    truncated = tmp_path / "cut.bmz"
+    truncated.write_bytes(bytes(data[: len(data) // 2]))
+    r = run("decode", truncated, "-o", tmp_path / "cut.npy")
+    assert r.exit_code == 3 and "bmz: error:" in r.output
+    assert not (tmp_path / "cut.npy").exists()
