@@ -129,13 +129,15 @@ def info(src, as_json) -> None:
 @click.option("--val", "val_data", multiple=True, help="validation folders (default ../shared/data/val)")
 @click.option("--steps", default=100000, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--lr", default=2e-4, show_default=True, type=float)
+@click.option("--lr", default=None, type=float, help="base learning rate (default 2e-4, or the checkpoint's when resuming)")
 @click.option("--resume", default=None, type=click.Path(exists=True), help="checkpoint to continue from")
 @click.option("--threads", default=None, type=int)
 @click.option("--checkpoint-minutes", default=5.0, show_default=True, type=float)
+@click.option("--max-minutes", default=None, type=float, help="stop (with a checkpoint) after this long")
+@click.option("--until", default=None, type=int, help="stop (with a checkpoint) at this step")
 @click.option("-o", "--output", "out", required=True, help="output stem, e.g. models/hyperprior")
 def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, threads,
-          checkpoint_minutes, out) -> None:
+          checkpoint_minutes, max_minutes, until, out) -> None:
     """Train a model; writes OUT.ckpt (resumable, every few minutes) and OUT.log; when --steps is reached, also the frozen OUT.pt and its card OUT.json (see `bmz export`)."""
     from pathlib import Path
 
@@ -144,7 +146,7 @@ def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, th
     root = Path(__file__).resolve().parents[2] / "shared" / "data"
     run(model_name, out, list(data) or [str(root / "train")], list(val_data) or [str(root / "val")],
         steps, resume=resume, batch_size=batch_size, lr=lr, threads=threads,
-        checkpoint_minutes=checkpoint_minutes,
+        checkpoint_minutes=checkpoint_minutes, until=until, max_minutes=max_minutes,
         lambdas=[float(v) for v in lambdas.split(",")] if lambdas else None)
 
 

@@ -268,11 +268,16 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, val_root: str | os.P
 
 
 def train(model_name: str, out: str, data: list[str], val_data: list[str], steps: int,
-          resume: str | None = None, batch_size: int = 8, lr: float = 2e-4, seed: int = 0,
+          resume: str | None = None, batch_size: int = 8, lr: float | None = None, seed: int = 0,
           checkpoint_minutes: float = 5.0, validate_every: int = 500, threads: int | None = None,
-          model_config: dict | None = None, lambdas: list[float] | None = None) -> Path:
+          model_config: dict | None = None, lambdas: list[float] | None = None,
+          until: int | None = None, max_minutes: float | None = None) -> Path:
     """Train ``model_name``; write the checkpoint ``OUT.ckpt`` (resumable) and, when ``steps`` is
-    reached, the frozen weights ``OUT.pt`` (see :mod:`bmz.codec.zoo` for the card)."""
+    reached, the frozen weights ``OUT.pt`` and its card ``OUT.json`` (see :func:`export`).
+
+    ``until`` (a step) and ``max_minutes`` stop this run early with a checkpoint, without touching
+    the learning-rate schedule, which is set by ``steps``: resuming continues exactly as if the run
+    had never stopped. SIGTERM / SIGINT do the same."""
     from tqdm import tqdm
 
     if threads:
@@ -307,7 +312,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=lr)
+    opt = torch.optim.Adam(main_params, lr=lr or 2e-4)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
     step, history = 0, []
@@ -318,7 +323,13 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         sched.load_state_dict(state["sched"])
         _set_rng_state(state["rng"], sampler)
         step, history = state["step"], state["history"]
-        log.info("resumed %s at step %d", resume, step)
+        if lr is not None:  # an explicit --lr on resume replaces the checkpoint's base rate
+            sched.base_lrs = [lr]
+            for g in opt.param_groups:
+                g["initial_lr"] = lr
+        for g, base in zip(opt.param_groups, sched.base_lrs):  # the schedule of this run's --steps
+            g["lr"] = base * lr_factor(step, steps)
+        log.info("resumed %s at step %d (base lr %.2e)", resume, step, sched.base_lrs[0])
 
     def save_checkpoint():
         _atomic_torch_save({"model_name": model_name, "model_config": config, "seed": seed,
@@ -336,7 +347,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     model.train()
-    last_ckpt = time.time()
+    started = last_ckpt = time.time()
     bar = tqdm(total=steps, initial=step, desc=f"train {model_name}", mininterval=5)
     stats = []
     while step < steps:
@@ -371,6 +382,10 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
             last_ckpt = time.time()
         if stop["signal"] is not None:
             log.info("signal %s at step %d: checkpoint and stop", stop["signal"], step)
+            break
+        if (until is not None and step >= until) or (
+                max_minutes is not None and time.time() - started > max_minutes * 60):
+            log.info("stop requested at step %d: checkpoint and stop", step)
             break
     bar.close()
     save_checkpoint()
