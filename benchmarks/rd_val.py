@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import datetime as _dt
 import math
 import os
@@ -476,6 +477,30 @@ def plot(path: Path, curves: list[dict], ref_rows: list[dict], groups) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def update_cards(models: dict[str, str], curves: list[dict], comps: dict, info: dict) -> None:
+    """Record each model's measured RD (group means per quality) in its model card."""
+    from bmz.codec import zoo
+
+    for name, sha in models.items():
+        card_path = zoo.find_weights(name).with_suffix(".json")
+        card = json.loads(card_path.read_text())
+        if card.get("sha256") != sha:
+            continue
+        card["rd_val"] = [
+            {"group": c["group"], "quality": int(float(c["param"])), "n_volumes": c["n_volumes"],
+             "bpp": round(c["bpp"], 4), "psnr": round(c["psnr"], 3), "ssim": round(c["ssim"], 4),
+             "ms_ssim": None if c["ms_ssim"] is None else round(c["ms_ssim"], 4)}
+            for c in curves if c["curve"] == f"bmz/{name}"]
+        card["rd_val_vs_jpeg2000"] = {
+            g: {"bd_rate_psnr_pct": c["bd_rate_psnr"], "bd_rate_ssim_pct": c["bd_rate_ssim"]}
+            for (g, cid), c in comps.items() if cid == f"bmz/{name}"}
+        card["rd_val_measured"] = {"by": "benchmarks/rd_val.py", "date": info["date"],
+                                   "bpp": "whole .bmz bytes of the array (container and codec "
+                                          "metadata included) x 8 / voxels",
+                                   "psnr": "peak = volume max - min, from the volume MSE"}
+        zoo.write_card(card_path, card)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -491,6 +516,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-bmz", action="store_true", help="skip bmz models (JPEG 2000 only)")
     ap.add_argument("--fresh", action="store_true", help="ignore rows cached in rd_val_points.csv")
     ap.add_argument("--reference", type=Path, default=REFERENCE_CSV, help="classical_val.csv")
+    ap.add_argument("--update-cards", action="store_true",
+                    help="write each model's measured group curves into its model card (rd_val)")
     return ap.parse_args(argv)
 
 
@@ -628,6 +655,8 @@ def main(argv=None) -> int:
             checks[g] = reference_check(jc, [r for r in ref_rows if r["group"] == REF_GROUP[g]])
 
     write_report(args.out / "rd_val.md", info, curves, comps, checks, vols, errors)
+    if args.update_cards:
+        update_cards(models, curves, comps, info)
     plot(args.out / "rd_val.png", curves, ref_rows, groups)
 
     # ---- console summary

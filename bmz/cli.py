@@ -153,17 +153,12 @@ def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, th
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("-o", "--output", "out", required=True, help="output stem, e.g. models/hyperprior")
-@click.option("--val", "val_root", default=None, type=click.Path(exists=True),
-              help="validation folder to measure the card's RD on (default ../shared/data/val if present)")
-def export(checkpoint, out, val_root) -> None:
-    """Freeze a training CHECKPOINT into shipped weights OUT.pt and its model card OUT.json."""
-    from pathlib import Path
-
+def export(checkpoint, out) -> None:
+    """Freeze a training CHECKPOINT into shipped weights OUT.pt and its model card OUT.json
+    (then measure it: python benchmarks/rd_val.py --update-cards)."""
     from .train import export as run
 
-    default_val = Path(__file__).resolve().parents[2] / "shared" / "data" / "val"
-    val = val_root or (str(default_val) if default_val.is_dir() else None)
-    weights = run(checkpoint, out, val_root=val)
+    weights = run(checkpoint, out)
     click.echo(f"{weights}: written with its model card {weights.with_suffix('.json')}")
 
 

@@ -177,48 +177,11 @@ def validate(model, val: list[np.ndarray], qualities: list[int]) -> dict:
     return res
 
 
-def val_inputs(val_root: str | os.PathLike) -> dict[str, list[Path]]:
-    """The validation inputs by group: 8-bit (IXI NIfTI + the studyforrest DICOM slab) and the
-    native 12-bit Prisma DICOM series."""
-    root = Path(val_root)
-    return {
-        "val-8bit": sorted((root / "ixi_nichart" / "t1").glob("*.nii.gz"))
-        + [root / "datalad_example_dicom_structural"],
-        "prisma-12bit": [root / "dcm_qa_decubitus" / "HFS_t1_fl2d_sag"],
-    }
+def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "") -> Path:
+    """Freeze a training checkpoint into shipped weights ``OUT.pt`` and its model card ``OUT.json``.
 
-
-def measure_rd(model_name: str, groups: dict[str, list[Path]], qualities: list[int]) -> list[dict]:
-    """Real-codec RD through the public API: per quality and group, the mean over volumes of the
-    whole ``.bmz`` file's bpp (container and metadata included) and of PSNR (peak = volume
-    max − min, from the volume MSE)."""
-    import tempfile
-
-    from . import api, metrics
-    from . import io as bio
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for group, paths in groups.items():
-            vols = [(p, bio.read(p).data) for p in paths if p.exists()]
-            for q in qualities:
-                pts = []
-                for p, data in vols:
-                    dst = Path(tmp) / "x.bmz"
-                    api.encode_file(p, dst, quality=q, model=model_name)
-                    back = api.decompress(dst.read_bytes())
-                    pts.append((metrics.bpp(dst.stat().st_size, data.size), metrics.psnr(data, back)))
-                if pts:
-                    rows.append({"quality": q, "group": group, "n_volumes": len(pts),
-                                 "bpp": round(float(np.mean([x[0] for x in pts])), 4),
-                                 "psnr": round(float(np.mean([x[1] for x in pts])), 3)})
-    return rows
-
-
-def export(ckpt: str | os.PathLike, out: str | os.PathLike, val_root: str | os.PathLike | None = None,
-           description: str = "") -> Path:
-    """Freeze a training checkpoint into shipped weights ``OUT.pt`` and its model card ``OUT.json``
-    (with RD measured on ``val_root`` through the real codec, if given)."""
+    The card's measured RD (``rd_val``) is written by ``benchmarks/rd_val.py --update-cards``,
+    which measures every shipped model through the real codec on ``val/``."""
     from .codec import zoo
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -249,21 +212,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, val_root: str | os.P
         "sha256": sha,
         "rd_val": [],
     }
-    from .codec.zoo import write_card
-
-    write_card(weights.with_suffix(".json"), card)
-    if val_root is not None:
-        old = os.environ.get("BMZ_MODEL_PATH")
-        os.environ["BMZ_MODEL_PATH"] = str(weights.parent) + (os.pathsep + old if old else "")
-        try:
-            card["rd_val"] = measure_rd(out_p.stem, val_inputs(val_root),
-                                        list(range(1, model.n_qualities + 1)))
-        finally:
-            if old is None:
-                os.environ.pop("BMZ_MODEL_PATH", None)
-            else:
-                os.environ["BMZ_MODEL_PATH"] = old
-        write_card(weights.with_suffix(".json"), card)
+    zoo.write_card(weights.with_suffix(".json"), card)
     return weights
 
 
@@ -392,5 +341,5 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     for s, h in old_handlers.items():
         signal.signal(s, h)
     if step >= steps:  # finished: ship frozen weights and the model card beside the checkpoint
-        export(ckpt_p, out_p, val_root=val_data[0] if val_data else None)
+        export(ckpt_p, out_p)
     return ckpt_p
