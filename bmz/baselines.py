@@ -5,32 +5,45 @@ Method (the one behind ``shared/REFERENCE.md`` and ``classical_val.csv``, so num
 * B = ``ceil(log2(max - min + 1))`` of the whole volume (:func:`bmz.codec.pipeline.bit_depth`);
 * each slice (axis 0 of ``Volume.data``, i.e. the last NIfTI axis) is coded as its own image of
   ``stored - min``, as ``uint8`` when B ≤ 8 else ``uint16`` (declaring B bits where the codec
-  allows it);
-* every byte the codec writes counts (headers included: a PACS stores them);
+  allows it; each codec's docstring says what it declares);
+* every byte the codec writes counts (headers included: a PACS stores them); the per-image header
+  part is also estimated (:meth:`SliceCodec.header_bytes`) so rates can be given without it;
 * decoded values are clamped to ``[0, 2^B - 1]``, shifted back by ``min`` and cast to the
-  volume's dtype; lossless settings are checked bit-exact (:class:`LosslessMismatch` if not).
+  volume's dtype; lossless settings are checked bit-exact (:class:`LosslessMismatch` if not);
+* a bit depth a codec (or one of its settings) cannot code raises :class:`UnsupportedBitDepth`.
 
-Codecs live in a small registry (:data:`CODECS`, :func:`get_codec`): each is a
-:class:`SliceCodec` with ``settings`` (a sweep of :class:`Setting`), ``encode(img, setting, bits)
--> bytes`` and ``decode(data, bits) -> array``. Add JPEG, HTJ2K, JPEG-LS, JPEG XL, AVIF by
-subclassing :class:`SliceCodec` and decorating with :func:`register` (mind REFERENCE.md §2's traps).
+Codecs live in a registry (:data:`CODECS`, :func:`get_codec`, CLI aliases in :data:`ALIASES`):
+each is a :class:`SliceCodec` with a settings sweep (:meth:`SliceCodec.settings_for` — the
+reference csv's ``setting``/``param`` values, extended for B > 8 where the 8-bit sweep does not
+reach ~0.1 bpp), ``encode(img, setting, bits) -> bytes`` and ``decode(data, bits) -> array``.
+All run single-threaded. Versions (for caches): :meth:`SliceCodec.version`.
 
-JPEG 2000 (OpenJPEG through ``imagecodecs.jpeg2k_encode``; mapping read from imagecodecs'
-``_jpeg2k.pyx``, measured with 2026.1.14 / openjpeg 2.5.4 — 2021 releases differed): ``level`` is
-OpenJPEG's *fixed-quality* target — ``tcp_distoratio[0] = level`` with ``cp_fixed_quality = 1``,
-a single quality layer, irreversible 9/7 wavelet, RPCL order, 256×256 precincts and
-``min(6, int(log2(min(H, W)) - 2))`` resolutions — i.e. a target PSNR in dB *relative to the
-declared precision's peak* ``2^prec - 1`` (so the declared bit depth matters: an 11-bit image
-declared as 16-bit gets targets ~30 dB too low, hence ``bitspersample=B``). ``level`` None/0
-(anything outside 1…1000) is lossless: reversible 5/3. We write a raw J2K codestream
-(``codecformat='J2K'``: 129 B of headers per lossless 120×120 slice, 143 B lossy — the per-slice
-header the reference reports); imagecodecs' default JP2 container would add ~85 B per slice.
+Codecs (imagecodecs 2026.1.14; each class documents its mapping and traps — REFERENCE.md §2):
+
+==========  ==========================================================================
+JPEG        libjpeg-turbo (``jpeg8``): 8-bit baseline with optimised Huffman tables for
+            B ≤ 8, 12-bit extended (SOF1) for 9–12 bits, lossy refused above 12 bits;
+            lossless = SOF3 (predictor 1) at B bits (2–16).
+JPEG2000    OpenJPEG: fixed-quality PSNR targets, raw J2K codestream, B declared.
+HTJ2K       OpenJPH: int16 input (lossy wraps in uint8/uint16), quantisation step, clamp.
+JPEG-LS     CharLS: NEAR sweep; raw codestream (imagecodecs' SPIFF header stripped) — and
+            ``lossless-ic`` as imagecodecs writes it; precision declared 8 or 16 bits.
+JPEG-XL     libjxl: distance sweep declared at 16 bits for B > 8, lossless at B bits.
+AVIF        libavif/aom: R=G=B with 4:0:0, 8/10/12 bits (smallest holding B), quality sweep.
+==========  ==========================================================================
+
+Header estimates (``bpp_nohdr``): JPEG and JPEG-LS — parse the markers, everything but the
+entropy-coded segments is header; JPEG 2000 / HTJ2K — parse the codestream, main header plus
+tile-part headers (everything but the bytes after SOD); AVIF — parse the ISOBMFF boxes, everything
+but the ``mdat`` payload; JPEG XL (a bit-packed codestream without byte-aligned markers) — the size
+of a 1×1 image coded with the same setting and declared depth.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterable
 
 import numpy as np
@@ -38,13 +51,19 @@ import numpy as np
 from .codec.pipeline import bit_depth
 
 __all__ = [
-    "Setting", "SliceCodec", "CodedVolume", "LosslessMismatch", "CODECS", "register",
-    "get_codec", "codec_input", "code_volume", "sweep", "JPEG2000",
+    "Setting", "SliceCodec", "CodedVolume", "LosslessMismatch", "UnsupportedBitDepth", "CODECS",
+    "ALIASES", "register", "get_codec", "canonical_name", "codec_input", "code_volume", "sweep",
+    "JPEG", "JPEG2000", "HTJ2K", "JPEGLS", "JPEGXL", "AVIF",
+    "jpeg_marker_header_bytes", "j2k_header_bytes", "isobmff_header_bytes",
 ]
 
 
 class LosslessMismatch(RuntimeError):
     """A lossless setting did not decode bit-exact."""
+
+
+class UnsupportedBitDepth(ValueError):
+    """The codec (or this setting of it) cannot code images of this bit depth."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +82,14 @@ class Setting:
 
 class SliceCodec:
     """A classical 2-D codec. Subclasses set ``name``/``label``/``settings`` and implement
-    :meth:`encode`, :meth:`decode` (and :meth:`version`)."""
+    :meth:`encode`, :meth:`decode` (and :meth:`version`, :meth:`header_bytes`,
+    :meth:`settings_for`, :meth:`check_bits` where the defaults do not fit)."""
 
     name: str = ""
     label: str = ""
     settings: tuple[Setting, ...] = ()
+    #: bit depths the codec codes at all (lossless and lossy)
+    max_bits: int = 16
 
     def __init__(self, threads: int = 1):
         self.threads = int(threads)
@@ -81,15 +103,35 @@ class SliceCodec:
     def version(self) -> str:
         return ""
 
-    def setting(self, name: str) -> Setting:
-        for s in self.settings:
+    def settings_for(self, bits: int) -> tuple[Setting, ...]:
+        """The sweep for images of ``bits`` bits (default: :attr:`settings`)."""
+        return self.settings
+
+    def check_bits(self, bits: int, setting: Setting) -> None:
+        """Raise :class:`UnsupportedBitDepth` if ``setting`` cannot code ``bits``-bit images."""
+        if not 1 <= bits <= self.max_bits:
+            raise UnsupportedBitDepth(f"{self.name}: cannot code {bits}-bit images "
+                                      f"(1..{self.max_bits} bits)")
+
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        """Estimated per-image header bytes of the coded image ``data`` (0 if unknown)."""
+        return 0
+
+    def setting(self, name: str, bits: int | None = None) -> Setting:
+        pool = self.settings if bits is None else self.settings_for(bits)
+        for s in pool:
+            if s.name == name:
+                return s
+        for s in self.settings_for(16):  # settings that exist only at higher bit depths
             if s.name == name:
                 return s
         raise KeyError(f"{self.name}: no setting {name!r}; known: "
-                       f"{', '.join(s.name for s in self.settings)}")
+                       f"{', '.join(s.name for s in pool)}")
 
 
 CODECS: dict[str, type[SliceCodec]] = {}
+#: lower-case command-line names → registry names
+ALIASES: dict[str, str] = {}
 
 
 def register(cls: type[SliceCodec]) -> type[SliceCodec]:
@@ -97,14 +139,176 @@ def register(cls: type[SliceCodec]) -> type[SliceCodec]:
     if not cls.name or cls.name in CODECS:
         raise ValueError(f"baseline codec name {cls.name!r} is empty or already registered")
     CODECS[cls.name] = cls
+    ALIASES[cls.name.lower().replace("-", "")] = cls.name
     return cls
 
 
+def canonical_name(name: str) -> str:
+    """``jpegls`` / ``JPEG-LS`` / ``jpeg-ls`` → ``JPEG-LS`` (KeyError naming the known ones)."""
+    if name in CODECS:
+        return name
+    key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
+    if key in ALIASES:
+        return ALIASES[key]
+    raise KeyError(f"unknown baseline codec {name!r}; known: "
+                   f"{', '.join(sorted(ALIASES))}")
+
+
 def get_codec(name: str, threads: int = 1) -> SliceCodec:
-    try:
-        return CODECS[name](threads=threads)
-    except KeyError:
-        raise KeyError(f"unknown baseline codec {name!r}; known: {', '.join(CODECS)}") from None
+    return CODECS[canonical_name(name)](threads=threads)
+
+
+def _ic():
+    import imagecodecs
+
+    return imagecodecs
+
+
+def _ic_version(lib: str) -> str:
+    ic = _ic()
+    return f"imagecodecs {ic.__version__}, {getattr(ic, lib + '_version')()}"
+
+
+def _fmt_param(v: float) -> str:
+    return f"{v:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# header estimates
+# ----------------------------------------------------------------------------------------------
+
+
+def jpeg_marker_header_bytes(data: bytes) -> int:
+    """Bytes of a JPEG / JPEG-LS stream outside its entropy-coded segments (SOI, APPn, DQT, DHT,
+    SOF, LSE, SOS headers, EOI...). Entropy-coded data runs from the end of an SOS segment to the
+    next marker: ``0xFF`` followed by a byte ≥ 0x80 other than RST0–7 (JPEG stuffs ``FF 00``,
+    JPEG-LS stuffs a 0 bit after ``FF``, so neither looks like a marker)."""
+    b = bytes(data)
+    n = len(b)
+    i, payload = 0, 0
+    while i + 1 < n:
+        if b[i] != 0xFF:
+            i += 1
+            continue
+        m = b[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m in (0xD8, 0xD9, 0x01) or 0xD0 <= m <= 0xD7:  # standalone markers
+            i += 2
+            continue
+        if i + 4 > n:
+            break
+        seg = int.from_bytes(b[i + 2:i + 4], "big")
+        i += 2 + seg
+        if m == 0xDA:  # SOS: entropy-coded data follows
+            j = i
+            while j + 1 < n and not (b[j] == 0xFF and b[j + 1] >= 0x80
+                                     and not 0xD0 <= b[j + 1] <= 0xD7):
+                j += 1
+            payload += j - i
+            i = j
+    return max(0, n - payload)
+
+
+def j2k_header_bytes(data: bytes) -> int:
+    """Bytes of a JPEG 2000 / HTJ2K codestream that are not tile data: the main header (SOC up to
+    the first SOT), each tile-part's header (SOT up to and including SOD) and EOC."""
+    b = bytes(data)
+    n = len(b)
+    if b[:2] != b"\xff\x4f":
+        return 0
+    i, payload = 2, 0
+    while i + 4 <= n:
+        m = int.from_bytes(b[i:i + 2], "big")
+        if m == 0xFF90:  # SOT
+            psot = int.from_bytes(b[i + 6:i + 10], "big")
+            start = i
+            j = i + 2 + int.from_bytes(b[i + 2:i + 4], "big")
+            while j + 2 <= n and int.from_bytes(b[j:j + 2], "big") != 0xFF93:  # SOD
+                j += 2 + int.from_bytes(b[j + 2:j + 4], "big")
+            j += 2
+            end = start + psot if psot else (n - 2 if b[-2:] == b"\xff\xd9" else n)
+            payload += max(0, end - j)
+            i = end
+        elif m == 0xFFD9:  # EOC
+            break
+        else:
+            i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return max(0, n - payload)
+
+
+def isobmff_header_bytes(data: bytes) -> int:
+    """Bytes of an ISOBMFF file (AVIF, HEIF) outside the ``mdat`` boxes' payload."""
+    b = bytes(data)
+    n = len(b)
+    i, payload = 0, 0
+    while i + 8 <= n:
+        size = int.from_bytes(b[i:i + 4], "big")
+        typ = b[i + 4:i + 8]
+        hdr = 8
+        if size == 1:
+            size = int.from_bytes(b[i + 8:i + 16], "big")
+            hdr = 16
+        elif size == 0:
+            size = n - i
+        if size < hdr:
+            break
+        if typ == b"mdat":
+            payload += size - hdr
+        i += size
+    return max(0, n - payload)
+
+
+# ----------------------------------------------------------------------------------------------
+# JPEG (libjpeg-turbo)
+# ----------------------------------------------------------------------------------------------
+
+JPEG_QUALITIES = (1, 3, 5, 8, 12, 20, 30, 45, 60, 75, 85, 92, 96, 99, 100)
+
+
+@register
+class JPEG(SliceCodec):
+    """JPEG via libjpeg-turbo (``imagecodecs.jpeg8_encode``).
+
+    Lossy ``qNN``: quality NN with optimised Huffman tables (what the reference did: its q20/q75
+    rates match optimised tables, not the standard ones, which cost ~170 B more per image);
+    8-bit baseline (SOF0) for B ≤ 8, 12-bit extended (SOF1, ``uint16`` input) for 9–12 bits — the
+    12-bit JPEG PACS use for MR; B > 12 is refused (:class:`UnsupportedBitDepth`): libjpeg-turbo
+    has no 16-bit lossy mode. ``lossless``: SOF3 (ITU-T T.81 lossless, predictor 1) declaring
+    B bits (2–16)."""
+
+    name = "JPEG"
+    label = "JPEG (libjpeg-turbo)"
+    settings = tuple(Setting(f"q{q}", q) for q in JPEG_QUALITIES) + (
+        Setting("lossless", 0, lossless=True),)
+
+    def check_bits(self, bits: int, setting: Setting) -> None:
+        super().check_bits(bits, setting)
+        if not setting.lossless and bits > 12:
+            raise UnsupportedBitDepth(
+                f"JPEG: lossy JPEG codes 8-bit (baseline) or 12-bit (extended) samples; this "
+                f"volume needs {bits} bits (use lossless JPEG, JPEG 2000 or JPEG-LS)")
+
+    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
+        ic = _ic()
+        self.check_bits(bits, setting)
+        img = np.ascontiguousarray(img)
+        if setting.lossless:
+            return bytes(ic.jpeg8_encode(img, lossless=True, predictor=1,
+                                         bitspersample=max(2, bits)))
+        bps = 8 if bits <= 8 else 12
+        return bytes(ic.jpeg8_encode(img, level=int(setting.param), optimize=True,
+                                     bitspersample=bps))
+
+    def decode(self, data: bytes, bits: int) -> np.ndarray:
+        return _ic().jpeg8_decode(data)
+
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        return jpeg_marker_header_bytes(data)
+
+    def version(self) -> str:
+        return _ic_version("jpeg8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +320,18 @@ J2K_PSNR_TARGETS = (18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48, 52, 56, 60, 65, 
 
 @register
 class JPEG2000(SliceCodec):
-    """JPEG 2000 via OpenJPEG (imagecodecs): fixed-quality PSNR targets ``psnrNN`` and lossless."""
+    """JPEG 2000 via OpenJPEG (``imagecodecs.jpeg2k_encode``): fixed-quality targets ``psnrNN``
+    and lossless.
+
+    Mapping read from imagecodecs' ``_jpeg2k.pyx``, measured with 2026.1.14 / openjpeg 2.5.4:
+    ``level`` is OpenJPEG's *fixed-quality* target — ``tcp_distoratio[0] = level`` with
+    ``cp_fixed_quality = 1``, a single quality layer, irreversible 9/7 wavelet, RPCL order,
+    256×256 precincts and ``min(6, int(log2(min(H, W)) - 2))`` resolutions — i.e. a target PSNR in
+    dB *relative to the declared precision's peak* ``2^prec - 1`` (so the declared bit depth
+    matters: an 11-bit image declared as 16-bit gets targets ~30 dB too low, hence
+    ``bitspersample=B``). ``lossless``: reversible 5/3. We write a raw J2K codestream
+    (``codecformat='J2K'``: 129 B of headers per lossless 120×120 slice, 143 B lossy — the
+    per-slice header the reference reports); the JP2 container would add ~85 B per slice."""
 
     name = "JPEG2000"
     label = "JPEG 2000 (OpenJPEG)"
@@ -124,25 +339,245 @@ class JPEG2000(SliceCodec):
         Setting("lossless", 0, lossless=True),)
 
     def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        import imagecodecs
-
+        ic = _ic()
+        self.check_bits(bits, setting)
         img = np.ascontiguousarray(img)
-        # declare the true bit depth inside the container type (imagecodecs honours 1..7 for
-        # uint8 and 9..15 for uint16); it sets the fixed-quality PSNR peak and the lossless cost
+        # imagecodecs honours 1..7 for uint8 and 9..15 for uint16
         bps = bits if (bits < 8 or 8 < bits < 16) else None
         level = None if setting.lossless else setting.param
-        return bytes(imagecodecs.jpeg2k_encode(img, level=level, codecformat="J2K",
-                                               bitspersample=bps, numthreads=self.threads))
+        return bytes(ic.jpeg2k_encode(img, level=level, codecformat="J2K",
+                                      bitspersample=bps, numthreads=self.threads))
 
     def decode(self, data: bytes, bits: int) -> np.ndarray:
-        import imagecodecs
+        return _ic().jpeg2k_decode(data, numthreads=self.threads)
 
-        return imagecodecs.jpeg2k_decode(data, numthreads=self.threads)
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        return j2k_header_bytes(data)
 
     def version(self) -> str:
-        import imagecodecs
+        return _ic_version("jpeg2k")
 
-        return f"imagecodecs {imagecodecs.__version__}, {imagecodecs.jpeg2k_version()}"
+
+# ----------------------------------------------------------------------------------------------
+# HTJ2K (OpenJPH)
+# ----------------------------------------------------------------------------------------------
+
+#: (name, step): ``param = step / 256`` is OpenJPH's ``qstep`` for an int16 image
+HTJ2K_STEPS = (0.6, 0.4, 0.25, 0.15, 0.1, 0.06, 0.04, 0.025, 0.015, 0.01, 0.006, 0.004)
+#: coarser steps added for B > 8 (the 8-bit sweep starts near 1 bpp on 12-bit data)
+HTJ2K_STEPS_HI = (9.6, 6, 4, 2.5, 1.6, 1.0)
+
+
+@register
+class HTJ2K(SliceCodec):
+    """High-throughput JPEG 2000 via OpenJPH (``imagecodecs.htj2k_encode``).
+
+    The image goes in as ``int16`` (signed 16-bit SIZ): OpenJPH's lossy path does not clamp, and
+    a ``uint8``/``uint16`` image decodes with values wrapped (255 → 0); the int16 output is
+    clamped to ``[0, 2^B - 1]`` by :func:`code_volume`. ``stepS`` passes ``qstep = S / 256`` (the
+    reference's ``param``) — a step relative to the int16 range, so the same setting is ~16×
+    finer relative to a 12-bit volume's range; hence coarser steps for B > 8. imagecodecs has no
+    bit-depth argument: the declared precision is 16 bits (signed). B = 16 goes in as int32.
+    ``lossless``: reversible 5/3."""
+
+    name = "HTJ2K"
+    label = "HTJ2K (OpenJPH)"
+    settings = tuple(Setting(f"step{_fmt_param(s)}", s / 256.0) for s in HTJ2K_STEPS) + (
+        Setting("lossless", 0, lossless=True),)
+
+    def settings_for(self, bits: int) -> tuple[Setting, ...]:
+        if bits <= 8:
+            return self.settings
+        hi = tuple(Setting(f"step{_fmt_param(s)}", s / 256.0) for s in HTJ2K_STEPS_HI)
+        return hi + self.settings
+
+    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
+        ic = _ic()
+        self.check_bits(bits, setting)
+        x = np.ascontiguousarray(img, dtype=np.int16 if bits <= 15 else np.int32)
+        if setting.lossless:
+            return bytes(ic.htj2k_encode(x, reversible=True))
+        return bytes(ic.htj2k_encode(x, level=float(setting.param)))
+
+    def decode(self, data: bytes, bits: int) -> np.ndarray:
+        return _ic().htj2k_decode(data)
+
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        return j2k_header_bytes(data)
+
+    def version(self) -> str:
+        return _ic_version("htj2k")
+
+
+# ----------------------------------------------------------------------------------------------
+# JPEG-LS (CharLS)
+# ----------------------------------------------------------------------------------------------
+
+JLS_NEAR = (64, 32, 16, 8, 4, 2, 1)
+
+
+def strip_spiff(data: bytes) -> bytes:
+    """A JPEG-LS stream without its SPIFF header (APP8 segments right after SOI).
+
+    imagecodecs/CharLS writes a SPIFF header (44 B: the APP8 header and its end-of-directory
+    entry); the JPEG-LS codestream a PACS stores in DICOM is the bare SOI…EOI stream (27 B of
+    headers for an 8-bit image, what the reference's JPEG-LS rows count)."""
+    b = bytes(data)
+    if b[:2] != b"\xff\xd8":
+        return b
+    i = 2
+    while b[i:i + 2] == b"\xff\xe8":
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return b[:2] + b[i:]
+
+
+@register
+class JPEGLS(SliceCodec):
+    """JPEG-LS via CharLS (``imagecodecs.jpegls_encode``): ``nearN`` (maximum error N) and
+    ``lossless``, stored as the bare codestream (:func:`strip_spiff`); ``lossless-ic`` keeps the
+    SPIFF header imagecodecs writes (the reference's row of that name).
+
+    Precision: imagecodecs' ``jpegls_encode(data, level)`` has no bit-depth argument; CharLS
+    declares the container's 8 or 16 bits (SOF55 P = 16 and an LSE with MAXVAL = 65535 for
+    ``uint16``). For 9–15-bit data that costs ~1–3 % against declaring B (REFERENCE.md §2;
+    pyjpegls can declare B); for 8-bit data (all of val's 8-bit group) it is exact. NEAR is in
+    stored-value units, so for B > 8 the sweep adds NEAR 128 and 255 (the largest JPEG-LS allows)
+    where the range admits them."""
+
+    name = "JPEG-LS"
+    label = "JPEG-LS (CharLS)"
+    settings = tuple(Setting(f"near{n}", n) for n in JLS_NEAR) + (
+        Setting("lossless", 0, lossless=True), Setting("lossless-ic", 0, lossless=True))
+
+    def settings_for(self, bits: int) -> tuple[Setting, ...]:
+        top = (1 << bits) - 1
+        hi = tuple(Setting(f"near{n}", n) for n in (255, 128) if bits > 8 and n <= top // 2)
+        return hi + self.settings
+
+    def check_bits(self, bits: int, setting: Setting) -> None:
+        super().check_bits(bits, setting)
+        if setting.param and int(setting.param) > min(255, ((1 << bits) - 1) // 2):
+            raise UnsupportedBitDepth(f"JPEG-LS: NEAR {setting.param} exceeds "
+                                      f"min(255, MAXVAL/2) for {bits}-bit data")
+
+    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
+        ic = _ic()
+        self.check_bits(bits, setting)
+        img = np.ascontiguousarray(img)
+        data = bytes(ic.jpegls_encode(img, level=int(setting.param) or None))
+        return data if setting.name == "lossless-ic" else strip_spiff(data)
+
+    def decode(self, data: bytes, bits: int) -> np.ndarray:
+        return _ic().jpegls_decode(data)
+
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        return jpeg_marker_header_bytes(data)
+
+    def version(self) -> str:
+        return _ic_version("jpegls")
+
+
+# ----------------------------------------------------------------------------------------------
+# JPEG XL (libjxl)
+# ----------------------------------------------------------------------------------------------
+
+JXL_DISTANCES = (25, 18, 13, 9, 6.5, 4.5, 3, 2, 1.5, 1, 0.75, 0.5, 0.35, 0.2, 0.1, 0.06, 0.03)
+
+
+@register
+class JPEGXL(SliceCodec):
+    """JPEG XL via libjxl (``imagecodecs.jpegxl_encode``), naked codestream, default effort.
+
+    ``dD``: lossy at Butteraugli distance D; B ≤ 8 as 8-bit, B > 8 as the ``uint16`` values
+    declared 16-bit (REFERENCE.md §2: lossy is better declared at 16 bits; on 8-bit data the
+    reference's ``JPEG-XL/u16`` rows equal its 8-bit ones). ``lossless``: modular lossless
+    declaring the true bit depth B."""
+
+    name = "JPEG-XL"
+    label = "JPEG XL (libjxl)"
+    settings = tuple(Setting(f"d{_fmt_param(d)}", d) for d in JXL_DISTANCES) + (
+        Setting("lossless", 0, lossless=True),)
+
+    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
+        ic = _ic()
+        self.check_bits(bits, setting)
+        img = np.ascontiguousarray(img)
+        if setting.lossless:
+            return bytes(ic.jpegxl_encode(img, lossless=True, bitspersample=bits,
+                                          numthreads=self.threads))
+        bps = 8 if img.dtype == np.uint8 else 16
+        return bytes(ic.jpegxl_encode(img, distance=float(setting.param), bitspersample=bps,
+                                      numthreads=self.threads))
+
+    def decode(self, data: bytes, bits: int) -> np.ndarray:
+        return _ic().jpegxl_decode(data, numthreads=self.threads)
+
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        return _jxl_1x1_bytes(setting, bits)
+
+    def version(self) -> str:
+        return _ic_version("jpegxl")
+
+
+@lru_cache(maxsize=256)
+def _jxl_1x1_bytes(setting: Setting, bits: int) -> int:
+    one = np.zeros((1, 1), dtype=np.uint8 if bits <= 8 else np.uint16)
+    return len(JPEGXL().encode(one, setting, bits))
+
+
+# ----------------------------------------------------------------------------------------------
+# AVIF (libavif + aom)
+# ----------------------------------------------------------------------------------------------
+
+AVIF_QUALITIES = (0, 8, 16, 25, 35, 45, 55, 65, 72, 80, 86, 91, 95, 98, 99)
+
+
+def avif_depth(bits: int) -> int:
+    """AVIF sample depth for B-bit data: the smallest of 8/10/12 holding B (10-bit AVIF silently
+    clips values above 1023, so a 10-bit container is never used for larger values)."""
+    for d in (8, 10, 12):
+        if bits <= d:
+            return d
+    raise UnsupportedBitDepth(f"AVIF: samples of at most 12 bits; this volume needs {bits} bits")
+
+
+@register
+class AVIF(SliceCodec):
+    """AVIF via libavif/aom (``imagecodecs.avif_encode``), default speed.
+
+    The grayscale path is unreliable (REFERENCE.md §2), so each slice goes in as R = G = B with
+    4:0:0 subsampling (``pixelformat='400'``), at depth 8, 10 or 12 (:func:`avif_depth`); B > 12
+    is refused. ``qNN``: libavif quality NN; ``lossless``: quality 100 (libavif then codes
+    losslessly; checked bit-exact)."""
+
+    name = "AVIF"
+    label = "AVIF (libavif/aom)"
+    max_bits = 12
+    settings = tuple(Setting(f"q{q}", q) for q in AVIF_QUALITIES) + (
+        Setting("lossless", 100, lossless=True),)
+
+    def check_bits(self, bits: int, setting: Setting) -> None:
+        avif_depth(bits)
+
+    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
+        ic = _ic()
+        depth = avif_depth(bits)
+        img = np.ascontiguousarray(img, dtype=np.uint8 if depth == 8 else np.uint16)
+        rgb = np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+        return bytes(ic.avif_encode(rgb, level=int(setting.param), bitspersample=depth,
+                                    pixelformat="400", numthreads=self.threads))
+
+    def decode(self, data: bytes, bits: int) -> np.ndarray:
+        d = np.asarray(_ic().avif_decode(data, numthreads=self.threads))
+        if d.ndim == 3:  # R = G = B (the lossless path may come back as RGB)
+            d = d[..., 0]
+        return d
+
+    def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
+        return isobmff_header_bytes(data)
+
+    def version(self) -> str:
+        return _ic_version("avif")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,16 +585,21 @@ class JPEG2000(SliceCodec):
 # ----------------------------------------------------------------------------------------------
 
 
-def codec_input(vol: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """``(stored - min as uint8/uint16, min, B)`` for a volume (n, H, W) of stored values."""
+def codec_input(vol: np.ndarray, vmin: int | None = None,
+                bits: int | None = None) -> tuple[np.ndarray, int, int]:
+    """``(stored - min as uint8/uint16, min, B)`` for a volume (n, H, W) of stored values.
+
+    ``vmin``/``bits`` default to the array's own; pass the whole volume's to code a few of its
+    slices exactly as they are coded within it."""
     v = np.asarray(vol)
-    vmin, vmax = int(v.min()), int(v.max())
-    bits = bit_depth(vmin, vmax)
+    if vmin is None or bits is None:
+        vmin, vmax = int(v.min()), int(v.max())
+        bits = bit_depth(vmin, vmax)
     if bits > 16:
-        raise ValueError(f"value range {vmin}..{vmax} needs {bits} bits; baselines handle ≤ 16")
+        raise UnsupportedBitDepth(f"value range needs {bits} bits; baselines handle ≤ 16")
     dt = np.uint8 if bits <= 8 else np.uint16
     x = (v.astype(np.int64) - vmin).astype(dt)
-    return x, vmin, bits
+    return x, int(vmin), int(bits)
 
 
 @dataclass
@@ -173,6 +613,8 @@ class CodedVolume:
     enc_s: float
     dec_s: float
     recon: np.ndarray = field(repr=False)
+    #: estimated per-image header bytes, summed over slices (see :meth:`SliceCodec.header_bytes`)
+    header_bytes: int = 0
 
     @property
     def n_bytes(self) -> int:
@@ -180,18 +622,22 @@ class CodedVolume:
 
 
 def code_volume(codec: SliceCodec, vol: np.ndarray, setting: Setting | str,
-                clock: Callable[[], float] = time.perf_counter) -> CodedVolume:
+                clock: Callable[[], float] = time.perf_counter, vmin: int | None = None,
+                bits: int | None = None) -> CodedVolume:
     """Encode and decode every slice of ``vol`` (n, H, W) with ``codec`` at ``setting``.
 
     Returns sizes, wall times (encode: the codec calls over all slices; decode: codec calls plus
-    clamp/shift/cast) and the reconstruction in ``vol``'s dtype. Raises
-    :class:`LosslessMismatch` if a lossless setting is not bit-exact."""
-    if isinstance(setting, str):
-        setting = codec.setting(setting)
+    clamp/shift/cast), the header estimate and the reconstruction in ``vol``'s dtype. Raises
+    :class:`UnsupportedBitDepth` when the codec cannot code this bit depth and
+    :class:`LosslessMismatch` if a lossless setting is not bit-exact. ``vmin``/``bits``: the whole
+    volume's, when ``vol`` is a part of it."""
     v = np.asarray(vol)
     if v.ndim == 2:
         v = v[None]
-    x, vmin, bits = codec_input(v)
+    x, vmin, bits = codec_input(v, vmin, bits)
+    if isinstance(setting, str):
+        setting = codec.setting(setting, bits)
+    codec.check_bits(bits, setting)
     top = (1 << bits) - 1
     info = np.iinfo(v.dtype)
     streams: list[bytes] = []
@@ -211,12 +657,16 @@ def code_volume(codec: SliceCodec, vol: np.ndarray, setting: Setting | str,
     if setting.lossless and not np.array_equal(recon, v):
         bad = int(np.count_nonzero(recon != v))
         raise LosslessMismatch(f"{codec.name} {setting.name}: not bit-exact ({bad} voxels differ)")
+    hdr = sum(codec.header_bytes(s, setting, bits) for s in streams)
     return CodedVolume(codec.name, setting, bits, [len(s) for s in streams], t1 - t0, t2 - t1,
-                       recon)
+                       recon, hdr)
 
 
 def sweep(codec: SliceCodec, vol: np.ndarray,
           settings: Iterable[Setting | str] | None = None) -> Iterable[CodedVolume]:
-    """:func:`code_volume` over ``settings`` (default: the codec's whole sweep)."""
-    for s in (codec.settings if settings is None else settings):
+    """:func:`code_volume` over ``settings`` (default: the codec's sweep for the volume's B)."""
+    if settings is None:
+        v = np.asarray(vol)
+        settings = codec.settings_for(bit_depth(int(v.min()), int(v.max())))
+    for s in settings:
         yield code_volume(codec, vol, s)

@@ -158,7 +158,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 @torch.no_grad()
 def validate(model, val: list[np.ndarray], qualities: list[int]) -> dict:
-    """Estimated bpp and PSNR on fixed validation slices (padded to a multiple of 64)."""
+    """Estimated bpp and PSNR on fixed validation slices (padded to the model's downsampling multiple)."""
     model.eval()
     res = {}
     for qi in qualities:

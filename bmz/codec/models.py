@@ -116,21 +116,31 @@ class GainedScaleHyperprior(BmzModel):
                  │                    ▲ (Gaussian, σ from ŝ + log2 gain[q])
                  └─|·|─h_a─► z ─► Q ─► ẑ ─h_s─► log2 σ
 
-    g_a: conv5↓2 GDN conv5↓2 GDN conv5↓2 GDN conv5↓2 (1→N→N→N→M);  g_s: the mirror with IGDN.
+    g_a: ``stages`` × conv5↓2 with GDN between (1→N→…→N→M);  g_s: the mirror with IGDN.
     h_a: conv3 ReLU conv5↓2 ReLU conv5↓2 (M→N);  h_s: deconv5↑2 ReLU deconv5↑2 ReLU conv3 (N→M),
     predicting log2 σ of the *ungained* latent, so that the scale of the gained latent is exactly
     ``h_s(ẑ) + log2 gain[q]`` — an addition that the integer decoder does in fixed point.
+
+    Ballé's transforms have 4 stages (16× downsampling, M/256 latent values per pixel); bmz's default
+    is 3 stages (8×, M/64 per pixel): MRI archives want high fidelity (40–55 dB), where 16× with a
+    narrow latent is a dimensional bottleneck that no bit rate can lift.
     """
 
-    def __init__(self, N: int = 64, M: int = 96, lambdas: list[float] | None = None,
+    def __init__(self, N: int = 64, M: int = 128, lambdas: list[float] | None = None,
                  log2_scale_min: float = math.log2(0.11), log2_scale_max: float = 10.0,
-                 scale_levels: int = 76):
+                 scale_levels: int = 76, stages: int = 3):
         lambdas = lambdas or [0.004 * 2.5**i for i in range(8)]
         super().__init__(lambdas)
-        self.N, self.M = N, M
-        self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
-        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
-                                 deconv(N, N), GDN(N, inverse=True), deconv(N, 1))
+        self.N, self.M, self.stages = N, M, int(stages)
+        self.downsampling = 2 ** (self.stages + 2)
+        ga: list[nn.Module] = [conv(1, N)]
+        gs: list[nn.Module] = []
+        for _ in range(self.stages - 2):
+            ga += [GDN(N), conv(N, N)]
+            gs += [deconv(N, N), GDN(N, inverse=True)]
+        ga += [GDN(N), conv(N, M)]
+        self.g_a = nn.Sequential(*ga)
+        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), *gs, deconv(N, 1))
         self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.ReLU(inplace=True), conv(N, N), nn.ReLU(inplace=True),
                                  conv(N, N))
         self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(inplace=True), deconv(N, N), nn.ReLU(inplace=True),
@@ -150,7 +160,7 @@ class GainedScaleHyperprior(BmzModel):
         self.register_buffer("dec_inv_gain", torch.ones(self.n_qualities, M))
 
     def config(self) -> dict:
-        return {"N": self.N, "M": self.M, "lambdas": self.lambdas,
+        return {"N": self.N, "M": self.M, "stages": self.stages, "lambdas": self.lambdas,
                 "log2_scale_min": self.log2_scale_min, "log2_scale_max": self.log2_scale_max,
                 "scale_levels": self.scale_levels}
 
@@ -213,7 +223,7 @@ class GainedScaleHyperprior(BmzModel):
         nz = int.from_bytes(data[:4], "little")
         if nz > len(data) - 4:
             raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
-        zshape = (1, self.N, H // 64, W // 64)
+        zshape = (1, self.N, H // self.downsampling, W // self.downsampling)
         z_idx = torch.arange(self.N, dtype=torch.int32)[None, :, None, None].expand(zshape)
         z_sym = z_coder.decode(data[4:4 + nz], z_idx)
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
