@@ -29,7 +29,7 @@ HTJ2K       OpenJPH: int16 input (lossy wraps in uint8/uint16), quantisation ste
 JPEG-LS     CharLS: NEAR sweep; raw codestream (imagecodecs' SPIFF header stripped) — and
             ``lossless-ic`` as imagecodecs writes it; precision declared 8 or 16 bits.
 JPEG-XL     libjxl: distance sweep declared at 16 bits for B > 8, lossless at B bits.
-AVIF        libavif/aom: R=G=B with 4:0:0, 8/10/12 bits (smallest holding B), quality sweep.
+AVIF        libavif/aom speed 6: R=G=B with 4:0:0, 8/10/12 bits (smallest holding B).
 ==========  ==========================================================================
 
 Header estimates (``bpp_nohdr``): JPEG and JPEG-LS — parse the markers, everything but the
@@ -54,7 +54,8 @@ __all__ = [
     "Setting", "SliceCodec", "CodedVolume", "LosslessMismatch", "UnsupportedBitDepth", "CODECS",
     "ALIASES", "register", "get_codec", "canonical_name", "codec_input", "code_volume", "sweep",
     "JPEG", "JPEG2000", "HTJ2K", "JPEGLS", "JPEGXL", "AVIF",
-    "jpeg_marker_header_bytes", "j2k_header_bytes", "isobmff_header_bytes",
+    "jpeg_marker_header_bytes", "j2k_header_bytes", "isobmff_header_bytes", "strip_spiff",
+    "avif_depth",
 ]
 
 
@@ -530,6 +531,9 @@ def _jxl_1x1_bytes(setting: Setting, bits: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 AVIF_QUALITIES = (0, 8, 16, 25, 35, 45, 55, 65, 72, 80, 86, 91, 95, 98, 99)
+#: aom speed 6: what the reference ran (its 0.7–3 MB/s encode speed); imagecodecs' default is
+#: aom's slowest preset here (0.03–0.06 MB/s, 20–50× slower, +0.5–1 dB at the same rate)
+AVIF_SPEED = 6
 
 
 def avif_depth(bits: int) -> int:
@@ -543,12 +547,13 @@ def avif_depth(bits: int) -> int:
 
 @register
 class AVIF(SliceCodec):
-    """AVIF via libavif/aom (``imagecodecs.avif_encode``), default speed.
+    """AVIF via libavif/aom (``imagecodecs.avif_encode``) at speed 6 (:data:`AVIF_SPEED`).
 
     The grayscale path is unreliable (REFERENCE.md §2), so each slice goes in as R = G = B with
     4:0:0 subsampling (``pixelformat='400'``), at depth 8, 10 or 12 (:func:`avif_depth`); B > 12
-    is refused. ``qNN``: libavif quality NN; ``lossless``: quality 100 (libavif then codes
-    losslessly; checked bit-exact)."""
+    is refused. (A 2-D grayscale array ignores the quality here: every level came out lossless.)
+    ``qNN``: libavif quality NN; ``lossless``: quality 100 with matrix coefficients BT.709 (the
+    default identity matrix of imagecodecs' lossless path forces 4:4:4 and 1.7× the bytes)."""
 
     name = "AVIF"
     label = "AVIF (libavif/aom)"
@@ -564,8 +569,13 @@ class AVIF(SliceCodec):
         depth = avif_depth(bits)
         img = np.ascontiguousarray(img, dtype=np.uint8 if depth == 8 else np.uint16)
         rgb = np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-        return bytes(ic.avif_encode(rgb, level=int(setting.param), bitspersample=depth,
-                                    pixelformat="400", numthreads=self.threads))
+        # lossless: imagecodecs' default for quality 100 is the identity matrix, which forces
+        # 4:4:4 and codes three planes (1.7x the bits); BT.709 (matrix 1) keeps 4:0:0 and Y = R
+        # exactly for R = G = B (checked bit-exact like every lossless setting)
+        kw = {"matrix": 1} if setting.lossless else {}
+        return bytes(ic.avif_encode(rgb, level=int(setting.param), speed=AVIF_SPEED,
+                                    bitspersample=depth, pixelformat="400",
+                                    numthreads=self.threads, **kw))
 
     def decode(self, data: bytes, bits: int) -> np.ndarray:
         d = np.asarray(_ic().avif_decode(data, numthreads=self.threads))

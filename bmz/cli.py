@@ -162,5 +162,42 @@ def export(checkpoint, out) -> None:
     click.echo(f"{weights}: written with its model card {weights.with_suffix('.json')}")
 
 
+@main.command("rd-curve")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="output folder (points.csv/json, curves.csv, bd_rate.*, plots, report.md)")
+@click.option("--codecs", default=",".join(("bmz", "jpeg", "jpeg2000", "htj2k", "jpegls", "jpegxl", "avif")),
+              show_default=True, help="comma list of codecs")
+@click.option("--models", default=None, help="comma list of shipped bmz models (default: all)")
+@click.option("--max-slices", default=None, type=click.IntRange(min=1),
+              help="code only the N middle slices of each volume")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="processes (one volume x codec per task, one thread each)")
+@click.option("--anchor", default=None, help="extra BD-rate anchor: a codec name, bmz or bmz/MODEL (JPEG 2000 always)")
+@click.option("--reuse", is_flag=True, help="keep the points already in OUTDIR/points.csv (same volume, codec version / model SHA-256, setting)")
+@click.option("--quiet", is_flag=True, help="no progress bar, no summary")
+def rd_curve(inputs, outdir, codecs, models, max_slices, jobs, anchor, reuse, quiet) -> None:
+    """Rate-distortion curves of bmz and classical codecs on INPUT files / folders.
+
+    INPUT: NIfTI, .npy, a DICOM file or series folder, or folders of them (searched recursively).
+    Groups: the folder given on the command line x bit depth class (8-bit, >8-bit)."""
+    from . import rdcurve
+
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    res = rdcurve.run(inputs, outdir, codecs=split(codecs), models=split(models),
+                      max_slices=max_slices, jobs=jobs, anchor=anchor, reuse=reuse,
+                      progress=not quiet, command=" ".join(["bmz", *sys.argv[1:]]) or None,
+                      log=lambda m: click.echo(f"bmz: warning: {m}", err=True))
+    if not quiet:
+        click.echo(f"{outdir}: {len(res.rows)} points ({res.n_reused} reused), "
+                   f"{len(res.errors)} error rows, groups: {', '.join(res.groups) or 'none'}")
+        for b in res.bd:
+            if b["anchor"] == rdcurve.J2K:
+                v = b["bd_rate_psnr"]
+                click.echo(f"  {b['group']} {b['curve']}: BD-rate vs JPEG 2000 (PSNR) "
+                           + ("n/a" if v is None else f"{v:+.1f} %"))
+        click.echo(f"report: {outdir}/report.md")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
