@@ -177,6 +177,15 @@ def validate(model, val: list[np.ndarray], qualities: list[int]) -> dict:
     return res
 
 
+def _rel(path: str) -> str:
+    """A data path relative to the repository root when it lies beside it (``../shared/...``)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return os.path.relpath(Path(path).resolve(), root)
+    except ValueError:
+        return str(path)
+
+
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "") -> Path:
     """Freeze a training checkpoint into shipped weights ``OUT.pt`` and its model card ``OUT.json``.
 
@@ -201,7 +210,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
         "loss": "bpp + lambda * 255^2 * MSE on [0,1]-mapped slices (CompressAI convention)",
         "normalisation": "per volume: x = (v - min) / (max - min) of stored values; decode "
                          "clip(rint(x_hat * (max - min)) + min, min, max)",
-        "training": {"data": state.get("data"), "steps": state["step"], "batch_size": state["batch_size"],
+        "training": {"data": [_rel(d) for d in state.get("data") or []], "steps": state["step"], "batch_size": state["batch_size"],
                      "patch": PATCH, "seed": state["seed"],
                      "sampling": "volumes at random (non-IXI x4), slices with content, random 128^2 "
                                  "patches, flips and transposition; quality drawn uniformly per sample",
