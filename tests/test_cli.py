@@ -122,8 +122,11 @@ def test_bad_input_clear_error_no_output(shared_data, tmp_path, case):
 
 
 def test_damaged_file_exits_nonzero_without_output(encoded, tmp_path):
+    from bmz.bitstream import BmzReader
+
     data = bytearray(encoded.read_bytes())
-    data[len(data) - 300] ^= 0x01  # inside the last slice's chunk
+    last = BmzReader(bytes(data)).chunk_sizes()[-1]  # chunks are contiguous; the last ends the file
+    data[len(data) - last // 2] ^= 0x01  # inside the last slice's chunk
     bad = tmp_path / "bad.bmz"
     bad.write_bytes(bytes(data))
     out = tmp_path / "out.npy"

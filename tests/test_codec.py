@@ -58,7 +58,7 @@ def test_ixi_round_trip_quality_floor(ixi, ixi_bmz):
     assert back.dtype == ixi.dtype and back.shape == ixi.shape
     bpp = 8 * len(ixi_bmz) / ixi.size
     # floor well below the measured value (benchmarks/results) but far above garbage (~10 dB)
-    assert psnr(ixi, back) > 30.0, (psnr(ixi, back), bpp)
+    assert psnr(ixi, back) > 38.0, (psnr(ixi, back), bpp)  # measured 44.3 dB at 1.77 bpp
     assert bpp < 2.5
 
 
@@ -76,7 +76,7 @@ def test_prisma_12bit_round_trip(prisma):
     back = api.decompress(data)
     assert back.dtype == prisma.dtype and back.shape == prisma.shape
     assert back.min() >= prisma.min() and back.max() <= prisma.max()
-    assert psnr(prisma, back) > 35.0
+    assert psnr(prisma, back) > 45.0  # measured 52.1 dB at 1.66 bpp
 
 
 def test_random_access_equals_full_decode(ixi, ixi_bmz):
