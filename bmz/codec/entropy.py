@@ -28,6 +28,14 @@ WEIGHT_BITS = 12
 _EXACT_LIMIT = 2.0**52
 
 
+def _conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``m``'s convolution (plain or transposed, same geometry) with weights ``w`` and bias ``b``."""
+    if isinstance(m, nn.ConvTranspose2d):
+        return F.conv_transpose2d(a, w, b, stride=m.stride, padding=m.padding,
+                                  output_padding=m.output_padding)
+    return F.conv2d(a, w, b, stride=m.stride, padding=m.padding)
+
+
 class IntegerHyperSynthesis(nn.Module):
     """Fixed-point twin of a ``h_s`` made of Conv2d / ConvTranspose2d layers and ReLUs.
 
@@ -71,17 +79,9 @@ class IntegerHyperSynthesis(nn.Module):
         n = len(self._layers)
         for i, m in enumerate(self._layers):
             w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
-            if isinstance(m, nn.ConvTranspose2d):
-                acc = F.conv_transpose2d(a, w, b, stride=m.stride, padding=m.padding,
-                                         output_padding=m.output_padding)
-            else:
-                acc = F.conv2d(a, w, b, stride=m.stride, padding=m.padding)
+            acc = _conv(m, a, w, b)
             # exactness guard: a bound on every partial sum (|a| * |w| summed), not only the result
-            bound = F.conv2d(a.abs(), w.abs(), b.abs(), stride=m.stride, padding=m.padding) \
-                if isinstance(m, nn.Conv2d) else \
-                F.conv_transpose2d(a.abs(), w.abs(), b.abs(), stride=m.stride, padding=m.padding,
-                                   output_padding=m.output_padding)
-            if float(bound.max()) >= _EXACT_LIMIT:
+            if float(_conv(m, a.abs(), w.abs(), b.abs()).max()) >= _EXACT_LIMIT:
                 raise OverflowError("integer hyper-synthesis left the exact float64 range")
             a = torch.floor(acc / 2.0**WEIGHT_BITS)
             if i < n - 1:
