@@ -198,6 +198,82 @@ def write_rd_val(path: Path, res, comps: dict, g8: str) -> None:
     path.write_text("\n".join(L))
 
 
+FAMILY_RATES = (0.5, 1.0, 2.0)
+
+
+def family_rows(res, comps: dict, group: str) -> list[dict]:
+    """One row per shipped bmz model on ``group``: quality at matched bpp, BD-rate vs JPEG 2000,
+    coding time per slice, parameters, decoder MACs per pixel, training steps."""
+    from bmz.codec import zoo
+    from bmz.codec.models import decoder_macs_per_pixel
+
+    by = rdcurve.curves_by(res.curves, group)
+    out = []
+    for spec in res.specs:
+        cid = f"bmz/{spec.name}"
+        if spec.kind != "bmz" or spec.error or cid not in by:
+            continue
+        card = zoo.read_card(spec.name)
+        model, _ = zoo.load_model(spec.name)
+        rows = [r for r in res.rows if r.get("group") == group and r.get("codec") == "bmz"
+                and r.get("model") == spec.name and not r.get("error")]
+        enc = [1e3 * float(r["enc_s"]) / float(r["n_slices"]) for r in rows]
+        dec = [1e3 * float(r["dec_s"]) / float(r["n_slices"]) for r in rows]
+        lc = rdcurve.lossy(by[cid])
+        comp = comps.get((group, cid), {})
+        out.append({
+            "model": spec.name, "architecture": card.get("architecture", spec.name),
+            "qualities": len(lc), "bpp_min": min(c["bpp"] for c in lc), "bpp_max": max(c["bpp"] for c in lc),
+            **{f"psnr@{r:g}": v for r, v in zip(FAMILY_RATES, rdcurve.at_rates(by[cid], "psnr", FAMILY_RATES))},
+            **{f"ssim@{r:g}": v for r, v in zip(FAMILY_RATES, rdcurve.at_rates(by[cid], "ssim", FAMILY_RATES))},
+            "bd_rate_psnr_vs_j2k": comp.get("bd_rate_psnr"), "bd_rate_ssim_vs_j2k": comp.get("bd_rate_ssim"),
+            "enc_ms_per_slice": sum(enc) / len(enc) if enc else None,
+            "dec_ms_per_slice": sum(dec) / len(dec) if dec else None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "decoder_macs_per_pixel": decoder_macs_per_pixel(model),
+            "train_steps": (card.get("training") or {}).get("steps"),
+        })
+    out.sort(key=lambda d: (d["bd_rate_psnr_vs_j2k"] is None, d["bd_rate_psnr_vs_j2k"] or 0))
+    return out
+
+
+def write_family(out: Path, res, comps: dict, group: str) -> list[dict]:
+    """``family.md`` / ``family.csv``: every shipped model side by side (the model-zoo table)."""
+    rows = family_rows(res, comps, group)
+    if not rows:
+        return rows
+    fields = list(rows[0])
+    rdcurve.write_csv(out / "family.csv", rows, fields)
+    by = rdcurve.curves_by(res.curves, group)
+    j2k = {r: v for r, v in zip(FAMILY_RATES, rdcurve.at_rates(by[J2K], "psnr", FAMILY_RATES))} if J2K in by else {}
+    L = [f"# The model zoo side by side ({group})", "",
+         "Every shipped model through the real codec (whole `.bmz` bytes), group means over the "
+         f"{group} volumes. PSNR / SSIM at matched bpp are read off each model's curve "
+         "(interpolated in log-rate; – where the model's qualities do not reach that rate). Time "
+         "per slice: one thread, mean over the group's slices (mostly 120×120), model loading "
+         "excluded. Decoder MACs per output pixel count the synthesis (and the hyper-synthesis) "
+         "convolutions and GDN. Models differ in training steps: compare with that column in view.",
+         "", "| model | params | dec MACs/px | steps | bpp range | "
+         + " | ".join(f"PSNR @{r:g}" for r in FAMILY_RATES) + " | "
+         + " | ".join(f"SSIM @{r:g}" for r in FAMILY_RATES)
+         + " | BD-rate vs J2K (PSNR / SSIM) | enc ms/slice | dec ms/slice |",
+         "|---|---|---|---|---|" + "---|" * (2 * len(FAMILY_RATES)) + "---|---|---|"]
+    if j2k:
+        L.append("| JPEG 2000 (anchor) | – | – | – | – | "
+                 + " | ".join(_n(j2k[r]) for r in FAMILY_RATES) + " |"
+                 + " |" * len(FAMILY_RATES) + " 0 % | – | – |")
+    for d in rows:
+        L.append(f"| `{d['model']}` | {d['parameters'] / 1e6:.3g} M | {d['decoder_macs_per_pixel'] / 1e3:.3g} k | "
+                 f"{d['train_steps'] or '–'} | {d['bpp_min']:.2f}–{d['bpp_max']:.2f} | "
+                 + " | ".join(_n(d[f'psnr@{r:g}']) for r in FAMILY_RATES) + " | "
+                 + " | ".join(_n(d[f'ssim@{r:g}'], '{:.3f}') for r in FAMILY_RATES) + " | "
+                 f"{_n(d['bd_rate_psnr_vs_j2k'], '{:+.1f}')} % / {_n(d['bd_rate_ssim_vs_j2k'], '{:+.1f}')} % | "
+                 f"{_n(d['enc_ms_per_slice'], '{:.1f}')} | {_n(d['dec_ms_per_slice'], '{:.1f}')} |")
+    L.append("")
+    (out / "family.md").write_text("\n".join(L))
+    return rows
+
+
 def update_cards(res, comps: dict) -> None:
     """Record each model's measured RD (group means per quality) in its model card."""
     from bmz.codec import zoo
@@ -244,6 +320,7 @@ def main(argv=None) -> int:
     ref_rows = rdcurve.read_reference(args.reference)
     comps = comparisons(res, g8, ref_rows)
     write_rd_val(args.out / "rd_val.md", res, comps, g8)
+    write_family(args.out, res, comps, g8)
     if args.update_cards:
         update_cards(res, comps)
 

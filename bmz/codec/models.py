@@ -231,3 +231,40 @@ class GainedScaleHyperprior(BmzModel):
         y_sym = y_coder.decode(data[4 + nz:], y_idx)
         y_hat = y_sym.to(torch.float32) * self.dec_inv_gain[q][None, :, None, None]
         return self.g_s(y_hat)
+
+
+def decoder_macs_per_pixel(model: BmzModel, size: int = 64) -> float:
+    """Multiply–accumulates of everything the decoder runs (synthesis, and the hyper-synthesis
+    where there is one) per output pixel, counting convolutions and GDN's channel mixing."""
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        k = m.kernel_size[0] * m.kernel_size[1] if hasattr(m, "kernel_size") else 1
+        if isinstance(m, nn.ConvTranspose2d):
+            macs += inp[0].numel() * m.out_channels * k // m.groups
+        elif isinstance(m, nn.Conv2d):
+            macs += out.numel() * m.in_channels * k // m.groups
+        elif isinstance(m, GDN):
+            macs += out.numel() * out.shape[1]
+
+    size = max(size, model.downsampling)
+    with torch.no_grad():  # latent shapes from the analysis side
+        y = model.g_a(torch.zeros(1, 1, size, size))
+        runs = [(model.g_s, torch.zeros_like(y))]
+        if hasattr(model, "h_s"):
+            runs.append((model.h_s, torch.zeros_like(model.h_a(y))))
+    for net, inp in runs:
+        handles = [m.register_forward_hook(hook) for m in net.modules()
+                   if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, GDN))]
+        try:
+            with torch.no_grad():
+                net(inp)
+        finally:
+            for h in handles:
+                h.remove()
+    return macs / float(size * size)
+
+
+# the factorized-prior families register themselves on import
+from . import factorized  # noqa: E402,F401
