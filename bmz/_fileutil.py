@@ -32,7 +32,11 @@ def atomic_output(path: str | os.PathLike, force: bool = True) -> Iterator[Binar
     """Open a temporary file beside ``path`` for binary writing; on success it is renamed to
     ``path`` in one step, on any error it is removed and ``path`` is left untouched."""
     p = check_output_path(path, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent or ".")
+    except OSError as e:  # e.g. a read-only file system, or a folder that refuses new files
+        raise OutputError(f"{p}: cannot create a file in {p.parent or '.'}: "
+                          f"{e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -40,7 +44,10 @@ def atomic_output(path: str | os.PathLike, force: bool = True) -> Iterator[Binar
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp, str(p)):
+            # writing the output failed (disk full, quota, I/O error): nothing was left behind
+            raise OutputError(f"{p}: cannot write: {e.strerror or e}; nothing was written") from None
         raise

@@ -19,7 +19,7 @@ from .errors import BmzError, FormatError, InputError
 
 DEFAULT_QUALITY = 5
 #: the format of slice chunks (bmz.codec.pipeline); bump when it changes
-CHUNK_FORMAT = 1
+CHUNK_FORMAT = 2  # 1: pre-release (CompressAI rANS, float synthesis), never shipped
 
 
 @dataclass
@@ -93,13 +93,13 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
         "codec": {"model": model_name, "weights_sha256": sha, "quality": int(quality),
                   "chunk_format": CHUNK_FORMAT},
     }
-    slices: Iterable[int] = range(vol.shape[0])
-    if progress and vol.shape[0] > 1:
-        from tqdm import tqdm
-
-        slices = tqdm(slices, desc="encode", unit="slice", leave=False)
     sizes = []
     with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
+        slices: Iterable[int] = range(vol.shape[0])
+        if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
+            from tqdm import tqdm
+
+            slices = tqdm(slices, desc="encode", unit="slice", leave=False)
         for k in slices:
             chunk = pipeline.encode_slice(model, vol[k], mapping, qi)
             sizes.append(len(chunk))
@@ -178,24 +178,25 @@ def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
 
         it = tqdm(it, total=len(ks), desc="decode", unit="slice", leave=False)
     model = None
-    with pipeline.single_thread():
-        for i, k in it:
-            try:
-                chunk = reader.chunk(k)
-                if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
-                    from .codec import zoo
+    # no thread pinning: decoding is integer-exact (entropy decoding, hyper-synthesis and the
+    # fixed-point synthesis), so any thread count gives the identical array
+    for i, k in it:
+        try:
+            chunk = reader.chunk(k)
+            if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
+                from .codec import zoo
 
-                    model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
-                try:
-                    qi = int(codec["quality"]) - 1
-                    out[i] = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
-                except (ValueError, RuntimeError, IndexError) as e:
-                    raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
-            except FormatError:
-                if not skip_damaged:
-                    raise
-                damaged.append(k)
-                out[i] = mapping["min"]
+                model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+            try:
+                qi = int(codec["quality"]) - 1
+                out[i] = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+            except (ValueError, RuntimeError, IndexError, OverflowError) as e:
+                raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
+        except FormatError:
+            if not skip_damaged:
+                raise
+            damaged.append(k)
+            out[i] = mapping["min"]
     return out, meta, damaged
 
 
@@ -254,6 +255,31 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
     return rep, damaged
 
 
+def verify(src: str | os.PathLike | bytes) -> dict:
+    """Check every checksum of a ``.bmz`` file without decoding: header, metadata, index (raise
+    :class:`FormatError` when damaged — nothing can be trusted then) and each slice's chunk
+    (reported in ``damaged``). Also says whether the weights the file names are installed here."""
+    with _open(src) as r:
+        damaged = r.verify()
+        meta = r.meta
+        n = r.n_slices
+    codec = meta.get("codec") or {}
+    model_ok, model_note = True, ""
+    if codec.get("model"):
+        from .codec import zoo
+        from .errors import ModelError
+
+        try:
+            path = zoo.find_weights(codec["model"])
+            if zoo.sha256_file(path) != codec.get("weights_sha256"):
+                model_ok, model_note = False, (f"installed {codec['model']!r} weights differ from "
+                                               f"the file's ({str(codec.get('weights_sha256'))[:12]}…)")
+        except ModelError as e:
+            model_ok, model_note = False, str(e)
+    return {"n_slices": n, "damaged": damaged, "ok": not damaged, "model": codec.get("model"),
+            "model_available": model_ok, "model_note": model_note}
+
+
 def info(src: str | os.PathLike | bytes) -> dict:
     """Header facts of a ``.bmz`` file without decoding (no torch import)."""
     with _open(src) as r:
@@ -273,4 +299,4 @@ def info(src: str | os.PathLike | bytes) -> dict:
     }
 
 
-__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "CodingReport", "BmzError"]
+__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "verify", "CodingReport", "BmzError"]

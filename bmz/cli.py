@@ -42,6 +42,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BmzError as e:
             _fail(e)
+        except MemoryError:
+            sub = ctx.invoked_subcommand or ""
+            click.echo(f"bmz: error: {sub}: not enough memory for this input on this machine "
+                       "(nothing was written)", err=True)
+            sys.exit(1)
+        except OSError as e:  # an operating-system failure bmz did not anticipate: one line
+            click.echo(f"bmz: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("bmz: interrupted; no output written", err=True)
             sys.exit(130)
@@ -97,6 +105,38 @@ def decode(src, dst, slices, force, skip_damaged, quiet) -> None:
         click.echo(f"{dst}: shape {list(rep.shape)} {rep.dtype}")
     if damaged:
         sys.exit(3)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def verify(files) -> None:
+    """Check every checksum of .bmz FILES without decoding them.
+
+    Prints one line per file; exits 3 if any file is damaged (naming its slices), 2 if one
+    cannot be read, 0 when all are intact."""
+    from . import api
+
+    worst = 0
+    for f in files:
+        try:
+            r = api.verify(f)
+        except BmzError as e:
+            click.echo(f"{f}: FAILED: {e}", err=True)
+            worst = max(worst, getattr(e, "exit_code", 1))
+            continue
+        if r["ok"]:
+            line = f"{f}: OK ({r['n_slices']} slices, every checksum valid)"
+        else:
+            d = r["damaged"]
+            line = (f"{f}: DAMAGED: {len(d)} of {r['n_slices']} slices fail their checksum: "
+                    + ", ".join(map(str, d[:20])) + (" …" if len(d) > 20 else "")
+                    + "; `bmz decode --skip-damaged` recovers the others")
+            worst = max(worst, 3)
+        if not r["model_available"]:
+            line += f"; cannot be decoded here: {r['model_note']}"
+        click.echo(line, err=not r["ok"])
+    if worst:
+        sys.exit(worst)
 
 
 @main.command()

@@ -177,6 +177,22 @@ def validate(model, val: list[np.ndarray], qualities: list[int]) -> dict:
     return res
 
 
+#: buffers that ``freeze()`` derives from the trained parameters (absent from older checkpoints)
+_DERIVED = ("fx_s.", "dec_inv_gain_fx", "dec_offset_fx")
+#: buffers of earlier bmz versions that nothing reads any more
+_LEGACY = ("dec_inv_gain",)
+
+
+def load_trained_state(model, state_dict: dict) -> None:
+    """Load a training checkpoint's weights; buffers that ``freeze()`` derives may be missing
+    (checkpoints written before they existed), anything else must match exactly."""
+    sd = {k: v for k, v in state_dict.items() if k not in _LEGACY}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith(_DERIVED)] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"checkpoint does not fit {model.model_name}: {', '.join(bad[:8])}")
+
+
 def _rel(path: str) -> str:
     """A data path relative to the repository root when it lies beside it (``../shared/...``)."""
     root = Path(__file__).resolve().parents[1]
@@ -195,7 +211,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = build_model(state["model_name"], **state["model_config"])
-    model.load_state_dict(state["model"])
+    load_trained_state(model, state["model"])
     out_p = Path(out)
     weights = out_p.with_suffix(".pt")
     sha = zoo.save_frozen(model, weights)
@@ -275,7 +291,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
     step, history = 0, []
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_trained_state(model, state["model"])
         opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
         sched.load_state_dict(state["sched"])

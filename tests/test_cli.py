@@ -98,7 +98,27 @@ def _bad_inputs(shared_data, tmp_path):
     np.save(empty, np.zeros((0, 4, 4), np.uint8))
     text = tmp_path / "notes.nii.gz"
     text.write_text("not an image")
+    nan = tmp_path / "nan.npy"
+    arr = np.zeros((2, 8, 8), np.float32)
+    arr[1, 3, 4] = np.nan
+    np.save(nan, arr)
+    inf = tmp_path / "inf.npy"
+    np.save(inf, np.full((2, 8, 8), np.inf))
+    huge = tmp_path / "huge.npy"  # header claims 2 TB, file holds a few bytes: refused unread
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<u2", "fortran_order": False, "shape": (100000, 100000, 100)})
+        f.write(b"\0" * 64)
+    one_d = tmp_path / "line.npy"
+    np.save(one_d, np.arange(10, dtype=np.uint8))
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.array([[0, 70000]], np.int32))
     return {
+        "nan": nan,
+        "inf": inf,
+        "huge-header": huge,
+        "1-d": one_d,
+        "17-bit": wide,
         "non-integer": float_nii,
         "rgb": rgb,
         "4-d": shared_data / "train/pypi_nibabel/example4d.nii.gz",
@@ -108,7 +128,8 @@ def _bad_inputs(shared_data, tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["non-integer", "rgb", "4-d", "empty", "missing", "mislabelled"])
+@pytest.mark.parametrize("case", ["nan", "inf", "huge-header", "1-d", "17-bit", "non-integer", "rgb",
+                                  "4-d", "empty", "missing", "mislabelled"])
 def test_bad_input_clear_error_no_output(shared_data, tmp_path, case):
     src = _bad_inputs(shared_data, tmp_path)[case]
     out = tmp_path / "out.bmz"
@@ -141,3 +162,60 @@ def test_damaged_file_exits_nonzero_without_output(encoded, tmp_path):
     r = run("decode", truncated, "-o", tmp_path / "cut.npy")
     assert r.exit_code == 3 and "bmz: error:" in r.output
     assert not (tmp_path / "cut.npy").exists()
+
+
+def test_verify_checks_every_checksum_without_decoding(encoded, tmp_path, monkeypatch):
+    r = run("verify", encoded)
+    assert r.exit_code == 0 and "OK (90 slices" in r.output, r.output
+    from bmz.bitstream import BmzReader
+
+    data = bytearray(encoded.read_bytes())
+    sizes = BmzReader(bytes(data)).chunk_sizes()
+    data[len(data) - sizes[-1] // 2] ^= 0x10  # inside slice 89
+    data[len(data) - sizes[-1] - sizes[-2] // 2] ^= 0x10  # inside slice 88
+    bad = tmp_path / "bad.bmz"
+    bad.write_bytes(bytes(data))
+    cut = tmp_path / "cut.bmz"
+    cut.write_bytes(bytes(data[:100]))
+    r = run("verify", encoded, bad, cut, tmp_path / "missing.bmz")
+    assert r.exit_code == 3, r.output
+    assert "DAMAGED: 2 of 90 slices fail their checksum: 88, 89" in r.output
+    assert "cut.bmz: FAILED" in r.output and "missing.bmz: FAILED" in r.output
+    # decoding nothing: verify works without the weights; it says they are missing
+    import bmz.api
+
+    monkeypatch.setattr("bmz.codec.zoo.find_weights", lambda name: (_ for _ in ()).throw(
+        bmz.errors.UnknownModelError(f"no shipped weights for model {name!r}")))
+    r = run("verify", encoded)
+    assert r.exit_code == 0 and "cannot be decoded here" in r.output, r.output
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "read-only-fs", "is-a-folder"])
+def test_unwritable_output_is_a_clear_error(shared_data, tmp_path, where):
+    src = tmp_path / "ok.npy"
+    np.save(src, (np.arange(2 * 16 * 16).reshape(2, 16, 16) % 200).astype(np.uint8))
+    out = {"missing-folder": tmp_path / "no" / "such" / "o.bmz",
+           "read-only-fs": "/proc/bmz-test-output.bmz",  # refuses new files even to root
+           "is-a-folder": tmp_path}[where]
+    r = run("encode", src, "-o", out)
+    assert r.exit_code == 5, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("bmz: error: ") and str(out) in line and "Traceback" not in r.output
+
+
+def test_model_file_not_matching_its_card_is_refused(encoded, tmp_path, monkeypatch):
+    import shutil
+
+    from bmz.codec import zoo
+
+    src = zoo.find_weights(zoo.DEFAULT_MODEL)
+    shutil.copy(src.with_suffix(".json"), tmp_path / src.with_suffix(".json").name)
+    data = bytearray(src.read_bytes())
+    data[-100] ^= 0xFF  # a damaged weights file beside an intact card
+    (tmp_path / src.name).write_bytes(bytes(data))
+    monkeypatch.setenv("BMZ_MODEL_PATH", str(tmp_path))
+    out = tmp_path / "out.npy"
+    r = run("decode", encoded, "-o", out)
+    assert r.exit_code == 4, r.output
+    assert "does not match its model card" in r.output and str(tmp_path) in r.output
+    assert not out.exists()

@@ -88,20 +88,22 @@ def test_random_access_equals_full_decode(ixi, ixi_bmz):
 
 
 def test_decoding_is_deterministic(ixi, ixi_bmz):
-    """Same array whatever the slices decoded at once, their order, and 1 or 2 threads."""
+    """Same array whatever the slices decoded at once, their order, and 1 or 2 threads
+    (decoding is integer-exact, so this holds on every machine, too: see test_golden)."""
     threads = torch.get_num_threads()
+    ks = list(range(30, 60))
     try:
         torch.set_num_threads(1)
-        one = api.decompress(ixi_bmz)
+        one = api.decompress(ixi_bmz, slices=ks)
         torch.set_num_threads(2)
-        two = api.decompress(ixi_bmz)
-        rev = api.decompress(ixi_bmz, slices=list(range(ixi.shape[0]))[::-1])[::-1]
-        singles = np.stack([api.decompress(ixi_bmz, slices=[k])[0] for k in range(30, 60)])
+        two = api.decompress(ixi_bmz, slices=ks)
+        rev = api.decompress(ixi_bmz, slices=ks[::-1])[::-1]
+        singles = np.stack([api.decompress(ixi_bmz, slices=[k])[0] for k in ks[:10]])
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(one, two)
     np.testing.assert_array_equal(one, rev)
-    np.testing.assert_array_equal(one[30:60], singles)
+    np.testing.assert_array_equal(one[:10], singles)
 
 
 def test_scale_indices_are_integer_exact(ixi):

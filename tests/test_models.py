@@ -77,7 +77,8 @@ def test_bitstream_decodes_to_the_quantised_forward(name):
         with torch.no_grad():
             ref = m(x, torch.tensor([q]))["x_hat"]
         # eval-mode forward rounds like the coder (medians and all): same latent, same output
-        assert torch.allclose(x_hat, ref, atol=1e-5), (name, q)
+        # fixed-point synthesis: within 1e-3 of the float one (see test_fixedpoint for the bound)
+        assert torch.allclose(x_hat, ref.double(), atol=1e-3), (name, q)
         sizes.append(len(data))
     assert all(s > 0 for s in sizes)
 

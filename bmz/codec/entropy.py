@@ -10,8 +10,8 @@ Two pieces:
   against integer thresholds. The indices that steer the entropy decoder are therefore a pure integer
   function of the stream (Ballé, Johnston & Minnen, ICLR 2019), which removes the CompressAI trap where
   a float scale on the other side of a table boundary makes the rest of the stream decode to garbage.
-* :class:`TableCoder` — CompressAI's rANS coder over frozen, quantised CDF tables (stored with the
-  weights, never recomputed at load), with the tables converted to Python lists once.
+* :class:`TableCoder` — range coding (``constriction``, bounds-checked) over CompressAI's frozen,
+  quantised CDF tables (stored with the weights, never recomputed at load).
 """
 
 from __future__ import annotations
@@ -94,31 +94,111 @@ class IntegerHyperSynthesis(nn.Module):
         return torch.bucketize(s, self.thresholds, right=False).to(torch.int32)
 
 
+def _cs():
+    """``constriction.stream`` (a Rust extension: its submodules are attributes, not packages)."""
+    import constriction
+
+    return constriction.stream
+
+
+#: bit length limit of an escaped value (any int32 value codes; trained latents are a few hundred)
+_ESCAPE_BITS = 33
+
+
 class TableCoder:
-    """rANS coding of int32 symbols with per-element table indices over frozen CDF tables."""
+    """Range coding of int32 symbols with per-element table indices over frozen CDF tables.
+
+    The tables are CompressAI's quantised CDFs (16-bit precision, shipped in the weights file);
+    coding is ``constriction``'s range coder (Rust, bounds-checked: a forged or damaged stream can
+    only decode to some values or raise an error — never read outside its buffer, never crash
+    the process, as CompressAI's C++ rANS decoder does on forged input).
+
+    Stream layout (chunk format 2, see docs/FORMAT.md §10.1): the elements are coded grouped by
+    table index (ascending; in raster order within a table), which the decoder knows before
+    decoding; element value ``v`` of table ``t`` is symbol ``v − offset[t]`` when that lies in
+    ``[0, n_t − 1)`` and otherwise the escape symbol ``n_t − 1``; after all groups, each escaped
+    value (in the same order) follows as ``nb`` = bit length of ``r`` (uniform over 0…33) and the
+    ``nb`` bits of ``r`` (uniform, 16 bits at a time, least significant first), where ``r`` is
+    ``2(v − offset − n_t + 1)`` above the table and ``−2(v − offset) − 1`` below it.
+    """
 
     def __init__(self, cdf: list[list[int]], cdf_length: list[int], offset: list[int]):
         self.cdf, self.cdf_length, self.offset = cdf, cdf_length, offset
+        self._offset = np.asarray(offset, dtype=np.int64)
+        self._n = np.asarray(cdf_length, dtype=np.int64) - 1  # symbols per table, escape included
+        self._models: dict[int, object] = {}
 
     @classmethod
     def from_entropy_model(cls, m) -> "TableCoder":
         if m._quantized_cdf.numel() == 0:
             raise RuntimeError("entropy model has no CDF tables: call model.freeze() first")
         lengths = m._cdf_length.reshape(-1).tolist()
-        # rows trimmed to their own length: the C++ coder copies every table on every call
         cdf = [row[:n] for row, n in zip(m._quantized_cdf.tolist(), lengths)]
         return cls(cdf, lengths, m._offset.reshape(-1).tolist())
 
-    def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
-        from compressai.ans import RansEncoder
+    def _model(self, t: int):
+        mdl = self._models.get(t)
+        if mdl is None:
+            pmf = np.diff(np.asarray(self.cdf[t], dtype=np.float64)) / 65536.0
+            mdl = self._models[t] = _cs().model.Categorical(pmf, perfect=False)
+        return mdl
 
-        return RansEncoder().encode_with_indexes(
-            symbols.reshape(-1).int().tolist(), indexes.reshape(-1).int().tolist(),
-            self.cdf, self.cdf_length, self.offset)
+    def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
+        Uniform, RangeEncoder = _cs().model.Uniform, _cs().queue.RangeEncoder
+        v = symbols.reshape(-1).numpy().astype(np.int64)
+        idx = indexes.reshape(-1).numpy().astype(np.int64)
+        order = np.argsort(idx, kind="stable")
+        v, idx = v[order], idx[order]
+        s = v - self._offset[idx]
+        n = self._n[idx]
+        esc = (s < 0) | (s >= n - 1)
+        s = np.where(esc, n - 1, s).astype(np.int32)
+        enc = RangeEncoder()
+        bounds = np.flatnonzero(np.diff(idx)) + 1
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(idx)]):
+            if b > a:
+                enc.encode(s[a:b], self._model(int(idx[a])))
+        for k in np.flatnonzero(esc):
+            lo = int(v[k] - self._offset[idx[k]])
+            r = -2 * lo - 1 if lo < 0 else 2 * (lo - int(n[k]) + 1)
+            nb = r.bit_length()
+            if nb > _ESCAPE_BITS:
+                raise ValueError(f"latent value {int(v[k])} out of the codable range")
+            enc.encode(nb, Uniform(_ESCAPE_BITS + 1))
+            for sh in range(0, nb, 16):
+                w = min(16, nb - sh)
+                enc.encode((r >> sh) & ((1 << w) - 1), Uniform(max(2, 1 << w)))
+        return enc.get_compressed().astype("<u4").tobytes()
 
     def decode(self, data: bytes, indexes: torch.Tensor) -> torch.Tensor:
-        from compressai.ans import RansDecoder
-
-        values = RansDecoder().decode_with_indexes(
-            bytes(data), indexes.reshape(-1).int().tolist(), self.cdf, self.cdf_length, self.offset)
-        return torch.tensor(values, dtype=torch.int32).reshape(indexes.shape)
+        """Decode values for ``indexes``; raises ValueError on a stream that cannot be decoded."""
+        Uniform, RangeDecoder = _cs().model.Uniform, _cs().queue.RangeDecoder
+        if len(data) % 4:
+            raise ValueError(f"entropy-coded stream of {len(data)} bytes is not a whole number of words")
+        idx = indexes.reshape(-1).numpy().astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self._n)):
+            raise ValueError("table index out of range")
+        order = np.argsort(idx, kind="stable")
+        sidx = idx[order]
+        dec = RangeDecoder(np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32))
+        s = np.empty(len(sidx), dtype=np.int64)
+        bounds = np.flatnonzero(np.diff(sidx)) + 1
+        try:
+            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(sidx)]):
+                if b > a:
+                    s[a:b] = dec.decode(self._model(int(sidx[a])), int(b - a))
+            n = self._n[sidx]
+            v = s + self._offset[sidx]
+            for k in np.flatnonzero(s == n - 1):
+                nb = int(dec.decode(Uniform(_ESCAPE_BITS + 1)))
+                r = 0
+                for sh in range(0, nb, 16):
+                    w = min(16, nb - sh)
+                    r |= int(dec.decode(Uniform(max(2, 1 << w)))) << sh
+                lo = -((r + 1) // 2) if r & 1 else r // 2 + int(n[k]) - 1
+                v[k] = lo + self._offset[sidx[k]]
+        except (RuntimeError, ValueError, OverflowError, AssertionError) as e:  # constriction's
+            raise ValueError(f"entropy-coded stream cannot be decoded ({e})") from None
+        out = np.empty_like(v)
+        out[order] = v
+        return torch.from_numpy(out.astype(np.int32)).reshape(indexes.shape)

@@ -6,8 +6,8 @@ that quality's own factorized density (one :class:`~compressai.entropy_models.En
 per quality, so each rate has a density fitted to its own latent scale); the decoder undoes the
 gain and runs the synthesis ``g_s``. The bitstream of a slice is one rANS stream of
 ``round(y · gain[q] − median[q])`` with a fixed, frozen table per channel: nothing at decode time
-depends on floating-point arithmetic until the synthesis, so every machine parses the very same
-latent.
+depends on floating-point arithmetic, so every machine parses the very same latent; the synthesis
+then runs in fixed point (:mod:`bmz.codec.fixedpoint`), so every machine decodes the same array.
 
 The architectures differ only in ``g_a`` / ``g_s``:
 
@@ -60,7 +60,7 @@ class GainedFactorizedCodec(BmzModel):
         self.log2_gain = nn.Parameter(g)
         self.log2_inv_gain = nn.Parameter(-g.clone())
         self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(self.M) for _ in self.lambdas)
-        self.register_buffer("dec_inv_gain", torch.ones(self.n_qualities, self.M))
+        self._init_fixed_synthesis(self.M)
 
     # ---- training path -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, q: torch.Tensor) -> dict:
@@ -80,8 +80,7 @@ class GainedFactorizedCodec(BmzModel):
     def freeze(self) -> None:
         for eb in self.entropy_bottlenecks:
             eb.update(force=True, update_quantiles=True)
-        inv = np.exp2(self.log2_inv_gain.detach().double().numpy()).astype(np.float32)
-        self.dec_inv_gain.copy_(torch.from_numpy(inv))
+        self._freeze_fixed_synthesis()
         self._coders = None
 
     @property
@@ -109,9 +108,10 @@ class GainedFactorizedCodec(BmzModel):
         H, W = shape
         yshape = (1, self.M, H // self.downsampling, W // self.downsampling)
         idx = torch.arange(self.M, dtype=torch.int32)[None, :, None, None].expand(yshape)
-        sym = self.coders[q].decode(data, idx)
-        y_hat = (sym.to(torch.float32) + self._medians(q)) * self.dec_inv_gain[q][None, :, None, None]
-        return self.g_s(y_hat)
+        return self.synthesize(self.coders[q].decode(data, idx), q)
+
+    def _latent_offsets(self) -> torch.Tensor:
+        return torch.stack([eb.quantiles[:, 0, 1].detach().double() for eb in self.entropy_bottlenecks])
 
 
 @register_model("factorized")

@@ -25,7 +25,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 
 from ..errors import UnknownModelError
-from . import entropy
+from . import entropy, fixedpoint
 
 _REGISTRY: dict[str, Callable[..., "BmzModel"]] = {}
 
@@ -95,6 +95,34 @@ class BmzModel(nn.Module):
                 setattr(self.get_submodule(mod_name), attr, torch.empty_like(state_dict[name]))
         return super().load_state_dict(state_dict, strict=strict)
 
+    # ---- fixed-point decoding (bmz.codec.fixedpoint) -------------------------------------
+    def _init_fixed_synthesis(self, M: int) -> None:
+        """The fixed-point twin of ``self.g_s`` and the integer decoder-side gains (and latent
+        offsets, for priors with medians) in units of 2**-ACT_BITS, all set by ``freeze()``."""
+        self.fx_s = fixedpoint.FixedPointSynthesis(self.g_s)
+        self.register_buffer("dec_inv_gain_fx", torch.zeros(self.n_qualities, M, dtype=torch.int64))
+        self.register_buffer("dec_offset_fx", torch.zeros(self.n_qualities, M, dtype=torch.int64))
+
+    def _latent_offsets(self) -> torch.Tensor:
+        """Per quality and channel, what is added to a decoded symbol before the inverse gain."""
+        return torch.zeros(self.dec_offset_fx.shape, dtype=torch.float64)
+
+    @torch.no_grad()
+    def _freeze_fixed_synthesis(self) -> None:
+        A = fixedpoint.ACT_BITS
+        self.fx_s.build()
+        self.dec_inv_gain_fx.copy_(torch.round(torch.exp2(self.log2_inv_gain.detach().double()) * 2.0**A).long())
+        self.dec_offset_fx.copy_(torch.round(self._latent_offsets() * 2.0**A).long())
+
+    def synthesize(self, sym: torch.Tensor, q: int) -> torch.Tensor:
+        """Decoded integer latent symbols of quality ``q`` → ``x_hat`` (float64, bit-exact):
+        ``a = round((sym + offset) · inv_gain)`` in integers, then the fixed-point synthesis."""
+        A = fixedpoint.ACT_BITS
+        s = sym.to(torch.int64) * 2**A + self.dec_offset_fx[q][None, :, None, None]
+        a = torch.div(s * self.dec_inv_gain_fx[q][None, :, None, None] + 2 ** (A - 1), 2**A,
+                      rounding_mode="floor")
+        return self.fx_s(a)
+
     def aux_loss(self) -> torch.Tensor:
         return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
 
@@ -156,8 +184,7 @@ class GainedScaleHyperprior(BmzModel):
         self.gaussian_conditional = GaussianConditional(table.tolist(), scale_bound=float(table[0]))
         self.int_hs = entropy.IntegerHyperSynthesis(self.h_s, self.log2_gain, self.log2_scale_min,
                                                     self.log2_scale_max, self.scale_levels)
-        # decoder-side inverse gains, frozen as float32 values (no exp2 at decode time)
-        self.register_buffer("dec_inv_gain", torch.ones(self.n_qualities, M))
+        self._init_fixed_synthesis(M)
 
     def config(self) -> dict:
         return {"N": self.N, "M": self.M, "stages": self.stages, "lambdas": self.lambdas,
@@ -181,8 +208,7 @@ class GainedScaleHyperprior(BmzModel):
         self.entropy_bottleneck.update(force=True, update_quantiles=True)
         self.gaussian_conditional.update()
         self.int_hs.build()
-        inv = np.exp2(self.log2_inv_gain.detach().double().numpy()).astype(np.float32)
-        self.dec_inv_gain.copy_(torch.from_numpy(inv))
+        self._freeze_fixed_synthesis()
         self._coders = None
 
     @property
@@ -229,8 +255,7 @@ class GainedScaleHyperprior(BmzModel):
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = y_coder.decode(data[4 + nz:], y_idx)
-        y_hat = y_sym.to(torch.float32) * self.dec_inv_gain[q][None, :, None, None]
-        return self.g_s(y_hat)
+        return self.synthesize(y_sym, q)
 
 
 def decoder_macs_per_pixel(model: BmzModel, size: int = 64) -> float:

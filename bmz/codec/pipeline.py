@@ -29,10 +29,10 @@ CHUNK_LEARNED = 1
 
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
-    """Run the transforms on one thread: float convolutions may sum in another order on more
-    threads and change a voxel by one; one slice at a time on one thread gives the identical
-    array whatever the caller's thread setting, batch or order (and is as fast for MRI-sized
-    slices). The entropy decoder's indices do not need this: they are integer-exact anyway."""
+    """Run the encoder's analysis transform on one thread, so that the same input gives the same
+    bytes whatever the caller's thread setting (float convolutions may sum in another order on
+    more threads). Decoding needs no such pinning: it is integer-exact throughout
+    (:mod:`bmz.codec.entropy`, :mod:`bmz.codec.fixedpoint`)."""
     n = torch.get_num_threads()
     if n == 1:
         yield

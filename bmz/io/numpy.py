@@ -20,6 +20,7 @@ other volumes are written in their data dtype. The array written is always ``(n_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +30,29 @@ from ..errors import InputError
 from . import Volume, as_integer_array, cast_exact
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """Shape, fortran_order and dtype from the ``.npy`` header."""
+def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
+    """Shape, fortran_order, dtype, data offset and file size from the ``.npy`` header."""
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:
             version = fmt.read_magic(f)
             if version == (1, 0):
-                return fmt.read_array_header_1_0(f)
-            if version == (2, 0):
-                return fmt.read_array_header_2_0(f)
-            return fmt._read_array_header(f, version)  # type: ignore[attr-defined]  # v3.0
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                shape, fortran, dtype = fmt._read_array_header(f, version)  # type: ignore[attr-defined]  # v3.0
+            start = f.tell()
+            size = os.fstat(f.fileno()).st_size
     except (ValueError, OSError, SyntaxError, EOFError) as exc:
         raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+    return shape, fortran, dtype, start, size
 
 
 def read_npy(path: Path) -> Volume:
     """Read a 2-D or 3-D integer (or integer-valued float, or bool) ``.npy`` array."""
     path = Path(path)
-    shape, fortran_order, dtype = _read_header(path)
+    shape, fortran_order, dtype, start, size = _read_header(path)
     if dtype.hasobject:
         raise InputError(f"{path}: object dtype arrays are not supported (and never unpickled)")
     if dtype.fields is not None or dtype.kind == "V":
@@ -64,6 +69,10 @@ def read_npy(path: Path) -> Volume:
         )
     if any(s == 0 for s in shape):
         raise InputError(f"{path}: empty array (shape {'x'.join(map(str, shape))})")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - start < need:  # refuse before allocating what the header claims
+        raise InputError(f"{path}: truncated: its header declares a {'x'.join(map(str, shape))} "
+                         f"{dtype} array ({need} bytes) but the file holds {size - start}")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

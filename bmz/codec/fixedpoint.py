@@ -1,0 +1,206 @@
+"""The synthesis transform in fixed point: the same decoded array on every machine.
+
+A float32 convolution sums its products in an order that depends on the thread count, the BLAS,
+the CPU's vector width and the GPU's algorithm choice, so two machines can decode the same stream
+to arrays that differ by one stored unit here and there. :class:`FixedPointSynthesis` replays a
+trained synthesis transform (``nn.Sequential`` of ``Conv2d``, ``ConvTranspose2d``, ``ReLU`` and
+inverse GDN, nested ``Sequential`` allowed) on integers:
+
+* activations are integers in units of ``2**-A`` (``A`` = :data:`ACT_BITS`), weights integers in
+  units of ``2**-F`` (``F`` = :data:`WEIGHT_BITS`), biases in units of ``2**-(A+F)``;
+* a convolution is computed in float64 on those integers. Every partial sum is an integer, and
+  the layer's bound ``max|a| · max_o Σ|W_o|`` (checked on every call) keeps it below ``2**52``, so
+  float64 represents every partial sum exactly and the result is the same in any summation order.
+  When the bound would be exceeded, the input channels are split into groups that each respect it
+  and the group results are added in int64 — still exact;
+* rescaling after a layer is ``floor((s + 2**(F-1)) / 2**F)`` on exact integers; ReLU is
+  ``max(a, 0)``;
+* inverse GDN, ``x · sqrt(β + Σ γ x²)``, is an exact integer norm (as above, with ``a²``), then one
+  IEEE-754 float64 square root and one multiplication, both correctly rounded by the standard on
+  every conforming CPU and GPU, then a floor. No fused or reordered floating-point arithmetic
+  touches a value whose rounding could differ.
+
+The last layer's output is returned as float64 ``s · 2**-(A+F)`` — exact. Together with the
+integer-exact entropy decoding (:mod:`bmz.codec.entropy`), a ``.bmz`` file therefore decodes to the
+identical array on any thread count, batch, slice order, machine or device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.layers import GDN
+
+#: fractional bits of the activations (resolution 2**-14 of a latent unit)
+ACT_BITS = 14
+#: fractional bits of weights and GDN parameters (even: the GDN square root halves it); weights
+#: need this many: at 14 bits the reconstruction of the shipped hyperprior loses 0.5–1 dB at
+#: its top qualities, at 20 bits < 0.01 dB (measured, see benchmarks/fixedpoint.py)
+WEIGHT_BITS = 20
+#: fractional bits of the activations entering a GDN norm (Σ γ x² needs far less resolution
+#: than x itself, and its squares must stay small enough to be summed exactly)
+GDN_ACT_BITS = 8
+#: float64 represents every integer of magnitude below 2**53; keep a bit of margin
+EXACT_LIMIT = 2.0**52
+
+
+class FixedPointError(ValueError):
+    """Activations left the range where fixed-point arithmetic is exact (a damaged or forged
+    stream: a trained model never gets there)."""
+
+
+def _flatten(net: nn.Module) -> list[nn.Module]:
+    ops: list[nn.Module] = []
+    for m in net.children() if isinstance(net, nn.Sequential) else [net]:
+        if isinstance(m, nn.Sequential):
+            ops += _flatten(m)
+        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU)):
+            ops.append(m)
+        elif isinstance(m, GDN):
+            if not m.inverse:
+                raise TypeError("fixed-point synthesis supports inverse GDN only")
+            ops.append(m)
+        else:
+            raise TypeError(f"fixed-point synthesis does not support {type(m).__name__}")
+    return ops
+
+
+def _conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if isinstance(m, nn.ConvTranspose2d):
+        return F.conv_transpose2d(a, w, None, stride=m.stride, padding=m.padding,
+                                  output_padding=m.output_padding, groups=m.groups)
+    if isinstance(m, nn.Conv2d):
+        return F.conv2d(a, w, None, stride=m.stride, padding=m.padding, groups=m.groups)
+    return F.conv2d(a, w)  # GDN: 1×1 over channels
+
+
+_GDN_GEOMETRY = nn.Conv2d(1, 1, 1)  # a GDN norm is a 1×1 convolution over channels
+
+
+def _in_dim(m: nn.Module) -> int:
+    return 0 if isinstance(m, nn.ConvTranspose2d) else 1
+
+
+def _absmax(a: torch.Tensor) -> float:
+    if not a.numel():
+        return 0.0
+    lo, hi = torch.aminmax(a)
+    return max(-float(lo), float(hi))
+
+
+def weight_bound(m: nn.Module, w: torch.Tensor) -> float:
+    """``max_o Σ|W_o|``: with ``max|a|`` it bounds every partial sum of the convolution."""
+    dout = 0 if _in_dim(m) == 1 else 1
+    return float(w.abs().sum(dim=tuple(d for d in range(4) if d != dout)).max())
+
+
+def exact_conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor,
+               wbound: float | None = None) -> torch.Tensor:
+    """The convolution of integer-valued float64 ``a`` with integer weights ``w``, with every
+    partial sum exact (float64 result; integer-valued)."""
+    amax = _absmax(a)
+    din = _in_dim(m)
+    bound = amax * (weight_bound(m, w) if wbound is None else wbound)
+    if bound < EXACT_LIMIT:
+        return _conv(m, a, w)
+    if getattr(m, "groups", 1) != 1:
+        raise FixedPointError("fixed-point synthesis left the exact range (grouped convolution)")
+    # split the input channels into groups that each keep every partial sum exact, add the
+    # group results in int64 (exact), and round the total to float64 once (deterministic)
+    per_in = w.abs().sum(dim=tuple(d for d in range(4) if d != din)) * amax  # bound per channel
+    if float(per_in.max()) >= EXACT_LIMIT:
+        raise FixedPointError("fixed-point synthesis left the exact range "
+                              f"(activation magnitude {amax:.3g})")
+    total, start, acc = 0.0, 0, None
+    n = a.shape[1]
+    for i in range(n + 1):
+        if i == n or total + float(per_in[i]) >= EXACT_LIMIT:
+            sl = slice(start, i)
+            wi = w[:, sl] if din == 1 else w[sl]
+            part = _conv(m, a[:, sl], wi).to(torch.int64)
+            acc = part if acc is None else acc + part
+            start, total = i, 0.0
+        if i < n:
+            total += float(per_in[i])
+    return acc.to(torch.float64)
+
+
+class FixedPointSynthesis(nn.Module):
+    """Fixed-point twin of a synthesis ``net`` (see the module docstring). ``build()`` quantises the
+    float weights once, after training; the integers live in buffers and ship with the weights."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.__dict__["_net"] = net  # a reference, not a second registration of the float net
+        self._ops = _flatten(net)
+        for i, m in enumerate(self._ops):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                self.register_buffer(f"w{i}", torch.zeros(m.weight.shape, dtype=torch.float64))
+                self.register_buffer(f"b{i}", torch.zeros(m.weight.shape[1 - _in_dim(m)] * (
+                    m.groups if isinstance(m, nn.ConvTranspose2d) else 1), dtype=torch.int64))
+            elif isinstance(m, GDN):
+                C = m.beta.shape[0]
+                self.register_buffer(f"w{i}", torch.zeros((C, C, 1, 1), dtype=torch.float64))
+                self.register_buffer(f"b{i}", torch.zeros(C, dtype=torch.int64))
+        # max_o Σ|W_o| per layer (see exact_conv), set by build()
+        self.register_buffer("wbounds", torch.zeros(len(self._ops), dtype=torch.float64))
+        self.register_buffer("built", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def build(self) -> None:
+        A, Fb = ACT_BITS, WEIGHT_BITS
+        for i, m in enumerate(self._ops):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                getattr(self, f"w{i}").copy_(torch.round(m.weight.detach().double() * 2.0**Fb))
+                b = m.bias.detach().double() if m.bias is not None else torch.zeros(
+                    getattr(self, f"b{i}").shape, dtype=torch.float64)
+                getattr(self, f"b{i}").copy_(torch.round(b * 2.0 ** (A + Fb)).long())
+            elif isinstance(m, GDN):
+                C = m.beta.shape[0]
+                gamma = m.gamma_reparam(m.gamma).detach().double().reshape(C, C, 1, 1)
+                beta = m.beta_reparam(m.beta).detach().double()
+                getattr(self, f"w{i}").copy_(torch.round(gamma * 2.0**Fb))
+                getattr(self, f"b{i}").copy_(torch.round(beta * 2.0 ** (2 * GDN_ACT_BITS + Fb)).long())
+        for i, m in enumerate(self._ops):
+            if not isinstance(m, nn.ReLU):
+                self.wbounds[i] = weight_bound(m if not isinstance(m, GDN) else _GDN_GEOMETRY,
+                                               getattr(self, f"w{i}"))
+        self.built.fill_(1)
+
+    def _conv(self, i: int, m: nn.Module, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return exact_conv(m, a, w, float(self.wbounds[i]))
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """Integer input activations ``a`` (units ``2**-ACT_BITS``) → float64 output.
+
+        Values are held in float64 throughout: every one is an integer below 2**53 (so exact)
+        until the last layer, and every operation is either exact or a single IEEE-754 operation
+        (sqrt, multiply), hence identical on every conforming machine."""
+        if int(self.built) != 1:
+            raise RuntimeError("fixed-point synthesis not built: call model.freeze() first")
+        A, Fb, G = ACT_BITS, WEIGHT_BITS, GDN_ACT_BITS
+        half, inv = 2.0 ** (Fb - 1), 2.0**-Fb
+        convs = [i for i, m in enumerate(self._ops) if not isinstance(m, nn.ReLU)]
+        last = convs[-1]
+        a = a.to(torch.float64)
+        for i, m in enumerate(self._ops):
+            if isinstance(m, nn.ReLU):
+                a = torch.clamp_min(a, 0.0)
+                continue
+            w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}").to(torch.float64)
+            if isinstance(m, GDN):
+                g = torch.floor((a + 2.0 ** (A - G - 1)).mul_(2.0 ** -(A - G)))  # units 2**-G
+                if _absmax(g) >= 2.0**26:  # g² must be exact
+                    raise FixedPointError("fixed-point synthesis left the exact range (GDN input)")
+                norm = self._conv(i, m, g.mul_(g), w).add_(b[None, :, None, None])  # 2**-(2G+F)
+                if norm.numel() and float(norm.min()) < 0:
+                    raise FixedPointError("negative GDN norm")
+                a = norm.sqrt_().mul_(a).mul_(2.0 ** -(G + Fb // 2)).add_(0.5).floor_()
+                continue
+            s = self._conv(i, m, a, w).add_(b[None, :, None, None])  # units 2**-(A+F)
+            if i == last:
+                return s.mul_(2.0 ** -(A + Fb))
+            a = s.add_(half).mul_(inv).floor_()
+        return a * 2.0**-A
