@@ -15,7 +15,6 @@ import torch.nn as nn
 from compressai.layers import GDN
 
 from bmz.codec import fixedpoint as fp
-from bmz.codec.entropy import TableCoder
 from bmz.codec.models import build_model
 
 

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN
 
 from . import entropy
-from .models import BmzModel, conv, deconv, register_model
+from .models import BmzModel, gdn_transforms, register_model
 
 #: Default rates of the factorized families: four of the flagship's eight λ (q2, q4, q6, q8).
 FAMILY_LAMBDAS = [0.01, 0.0625, 0.390625, 2.44140625]
@@ -123,14 +122,7 @@ class GainedFactorizedPrior(GainedFactorizedCodec):
         super().__init__(lambdas or FAMILY_LAMBDAS)
         self.N, self.stages = int(N), int(stages)
         self.downsampling = 2 ** self.stages
-        ga: list[nn.Module] = [conv(1, N)]
-        gs: list[nn.Module] = []
-        for _ in range(self.stages - 2):
-            ga += [GDN(N), conv(N, N)]
-            gs += [deconv(N, N), GDN(N, inverse=True)]
-        ga += [GDN(N), conv(N, M)]
-        self.g_a = nn.Sequential(*ga)
-        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), *gs, deconv(N, 1))
+        self.g_a, self.g_s = gdn_transforms(N, M, self.stages)
         self._init_coding(M)
 
     def config(self) -> dict:

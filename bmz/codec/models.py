@@ -68,6 +68,18 @@ def deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2, output_padding=s - 1)
 
 
+def gdn_transforms(N: int, M: int, stages: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """Ballé's analysis / synthesis pair: ``stages`` × conv5↓2 with GDN between (1→N→…→N→M),
+    and the mirror with transposed convolutions and inverse GDN."""
+    ga: list[nn.Module] = [conv(1, N)]
+    gs: list[nn.Module] = []
+    for _ in range(stages - 2):
+        ga += [GDN(N), conv(N, N)]
+        gs += [deconv(N, N), GDN(N, inverse=True)]
+    ga += [GDN(N), conv(N, M)]
+    return nn.Sequential(*ga), nn.Sequential(deconv(M, N), GDN(N, inverse=True), *gs, deconv(N, 1))
+
+
 class BmzModel(nn.Module):
     """Base class: configuration, quality levels and the shared contract."""
 
@@ -161,14 +173,7 @@ class GainedScaleHyperprior(BmzModel):
         super().__init__(lambdas)
         self.N, self.M, self.stages = N, M, int(stages)
         self.downsampling = 2 ** (self.stages + 2)
-        ga: list[nn.Module] = [conv(1, N)]
-        gs: list[nn.Module] = []
-        for _ in range(self.stages - 2):
-            ga += [GDN(N), conv(N, N)]
-            gs += [deconv(N, N), GDN(N, inverse=True)]
-        ga += [GDN(N), conv(N, M)]
-        self.g_a = nn.Sequential(*ga)
-        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), *gs, deconv(N, 1))
+        self.g_a, self.g_s = gdn_transforms(N, M, self.stages)
         self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.ReLU(inplace=True), conv(N, N), nn.ReLU(inplace=True),
                                  conv(N, N))
         self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(inplace=True), deconv(N, N), nn.ReLU(inplace=True),
