@@ -59,6 +59,9 @@ def _check_array(array: np.ndarray, name: str = "array") -> np.ndarray:
                          f"(slices along axis 0)")
     if a.size == 0:
         raise InputError(f"{name}: empty array of shape {a.shape}")
+    if a.shape[-1] * a.shape[-2] > MAX_SLICE_VOXELS:
+        raise InputError(f"{name}: slices of {a.shape[-2]}×{a.shape[-1]} voxels; bmz encodes slices "
+                         f"of at most {MAX_SLICE_VOXELS} voxels (4096×4096)")
     vmin, vmax = int(a.min()), int(a.max())
     if vmax - vmin > 65535:
         raise InputError(f"{name}: value range {vmin}..{vmax} needs more than 16 bits; "
@@ -149,22 +152,59 @@ def _open(src) -> BmzReader:
     return BmzReader(src)
 
 
+#: the largest slice bmz encodes or decodes (4096 × 4096 voxels; MRI slices are ≤ 1024²): a
+#: header claiming more is refused before anything is allocated
+MAX_SLICE_VOXELS = 1 << 24
+
+
+def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, dict]:
+    """The fields decoding relies on, type- and range-checked: a damaged or forged metadata block
+    (with a valid checksum) is a FormatError naming the field, never a crash further on."""
+    def bad(what: str):
+        return FormatError(f"{name}: metadata field {what} is invalid")
+
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) in (2, 3)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+        raise bad(f"'shape' ({shape!r})")
+    if shape[-1] * shape[-2] > MAX_SLICE_VOXELS:
+        raise bad(f"'shape' ({shape!r}: slices larger than {MAX_SLICE_VOXELS} voxels)")
+    try:
+        dtype = np.dtype(meta.get("dtype"))
+    except (TypeError, ValueError):
+        raise bad(f"'dtype' ({meta.get('dtype')!r})") from None
+    if dtype.kind not in "iub" or dtype.itemsize > 8:
+        raise bad(f"'dtype' ({meta.get('dtype')!r}: not an integer type)")
+    mapping = meta.get("intensity")
+    keys = ("min", "max", "offset", "scale", "bits")
+    if not (isinstance(mapping, dict) and all(isinstance(mapping.get(k), int)
+                                              and not isinstance(mapping.get(k), bool) for k in keys)):
+        raise bad(f"'intensity' ({mapping!r})")
+    info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
+    if not (info.min <= mapping["min"] <= mapping["max"] <= info.max and mapping["offset"] == mapping["min"]
+            and mapping["scale"] == mapping["max"] - mapping["min"]):
+        raise bad(f"'intensity' ({mapping!r}: inconsistent or outside {dtype})")
+    codec = meta.get("codec")
+    if not isinstance(codec, dict):
+        raise bad(f"'codec' ({codec!r})")
+    if codec.get("chunk_format") != CHUNK_FORMAT:
+        raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
+                          f"supported by bmz {__version__}")
+    q = codec.get("quality")
+    if not (isinstance(q, int) and not isinstance(q, bool) and 1 <= q <= 64):
+        raise bad(f"'codec.quality' ({q!r})")
+    if not isinstance(codec.get("model"), str) or not isinstance(codec.get("weights_sha256"), str):
+        raise bad("'codec.model' / 'codec.weights_sha256'")
+    return tuple(shape), dtype, mapping, codec
+
+
 def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
                    skip_damaged: bool = False) -> tuple[np.ndarray, dict, list[int]]:
     """Decode ``slices`` of an open reader → (array (k, H, W), meta, damaged slice indices)."""
     from .codec import pipeline
 
     meta = reader.meta
-    try:
-        shape = tuple(int(s) for s in meta["shape"])
-        dtype = np.dtype(meta["dtype"])
-        mapping = meta["intensity"]
-        codec = meta["codec"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"{reader.name}: metadata lacks or has a bad field: {e}") from None
-    if codec.get("chunk_format") != CHUNK_FORMAT:
-        raise FormatError(f"{reader.name}: slice chunk format {codec.get('chunk_format')} is not "
-                          f"supported by bmz {__version__}")
+    shape, dtype, mapping, codec = _checked_meta(reader.name, meta)
     n = shape[0] if len(shape) == 3 else 1
     if reader.n_slices != n:
         raise FormatError(f"{reader.name}: index holds {reader.n_slices} slices, metadata says {n}")

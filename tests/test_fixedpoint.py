@@ -254,3 +254,27 @@ def test_forged_files_with_valid_checksums_give_bmz_errors_only():
             continue
         assert out.shape == vol.shape and out.dtype == vol.dtype
         assert out.min() >= vol.min() and out.max() <= vol.max()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("shape", [0.5, 3]), ("shape", [1, 65536, 65536]), ("shape", "40x44"), ("dtype", "|O"),
+    ("dtype", "<f4"), ("dtype", "nonsense"), ("intensity", [0]), ("intensity", {"min": 5, "max": 1}),
+    ("intensity", {"min": 0, "max": 70000, "offset": 0, "scale": 70000, "bits": 17}),
+    ("codec", None), ("codec.quality", 0), ("codec.quality", "3"), ("codec.model", 7),
+    ("codec.chunk_format", 1),
+])
+def test_forged_metadata_with_valid_checksums_is_a_format_error(field, value):
+    from bmz import api
+    from bmz.bitstream import BmzReader, pack
+    from bmz.errors import FormatError
+
+    vol = (np.arange(2 * 40 * 44).reshape(2, 40, 44) % 300).astype(np.uint16)
+    with BmzReader(api.compress(vol, quality=2)) as r:
+        meta, chunks = r.meta, [r.chunk(k) for k in range(r.n_slices)]
+    if "." in field:
+        a, b = field.split(".")
+        meta[a][b] = value
+    else:
+        meta[field] = value
+    with pytest.raises(FormatError):
+        api.decompress(pack(meta, chunks))
