@@ -93,13 +93,14 @@ class GainedFactorizedCodec(BmzModel):
 
     # ---- bitstream -----------------------------------------------------------------------
     @torch.no_grad()
-    def compress_slice(self, x: torch.Tensor, q: int) -> bytes:
-        """Encode one slice ``(1, 1, H, W)`` → one rANS stream of the gained, quantised latent."""
+    def analyse(self, x: torch.Tensor, q: int) -> tuple[bytes, torch.Tensor]:
+        """Encode one slice ``(1, 1, H, W)`` → (one range-coded stream of the gained, quantised
+        latent, the symbols)."""
         y = self.g_a(x)
         sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]
                           - self._medians(q)).to(torch.int32)
         idx = torch.arange(self.M, dtype=torch.int32)[None, :, None, None].expand_as(sym)
-        return self.coders[q].encode(sym, idx)
+        return self.coders[q].encode(sym, idx), sym
 
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:

@@ -135,6 +135,17 @@ class BmzModel(nn.Module):
                       rounding_mode="floor")
         return self.fx_s(a)
 
+    def compress_slice(self, x: torch.Tensor, q: int) -> bytes:
+        """Encode one slice ``(1, 1, H, W)`` → its payload bytes (see :meth:`analyse`)."""
+        return self.analyse(x, q)[0]
+
+    @torch.no_grad()
+    def synthesize_float(self, sym: torch.Tensor, q: int) -> torch.Tensor:
+        """The float32 synthesis of decoded symbols: what :meth:`synthesize` computes exactly, to
+        within rounding (for encoder-side decisions; never used to decode)."""
+        off = self._latent_offsets()[q].float()[None, :, None, None]
+        return self.g_s((sym.float() + off) * torch.exp2(self.log2_inv_gain[q]).float()[None, :, None, None])
+
     def aux_loss(self) -> torch.Tensor:
         return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
 
@@ -229,8 +240,9 @@ class GainedScaleHyperprior(BmzModel):
         return self.entropy_bottleneck.quantiles[:, 0, 1].detach()
 
     @torch.no_grad()
-    def compress_slice(self, x: torch.Tensor, q: int) -> bytes:
-        """Encode one slice ``(1, 1, H, W)`` → bytes: ``u32 len(z) | z stream | y stream``."""
+    def analyse(self, x: torch.Tensor, q: int) -> tuple[bytes, torch.Tensor]:
+        """Encode one slice ``(1, 1, H, W)`` → (bytes ``u32 len(z) | z stream | y stream``, the
+        latent symbols coded)."""
         z_coder, y_coder = self.coders
         y = self.g_a(x)
         z = self.h_a(torch.abs(y))
@@ -242,7 +254,7 @@ class GainedScaleHyperprior(BmzModel):
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]).to(torch.int32)
         y_bytes = y_coder.encode(y_sym, y_idx)
-        return len(z_bytes).to_bytes(4, "little") + z_bytes + y_bytes
+        return len(z_bytes).to_bytes(4, "little") + z_bytes + y_bytes, y_sym
 
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
