@@ -82,6 +82,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-volumes", type=int, default=None,
                     help="only the first N volumes found (quick checks)")
     ap.add_argument("--fresh", action="store_true", help="ignore points cached in points.csv")
+    ap.add_argument("--anchor", default="avif",
+                    help="second BD-rate anchor besides JPEG 2000 (default %(default)s: the flagship target)")
     ap.add_argument("--reference", type=Path, default=REFERENCE_CSV, help="classical_val.csv")
     ap.add_argument("--update-cards", action="store_true",
                     help="write each model's measured group curves into its model card (rd_val)")
@@ -246,6 +248,7 @@ def write_family(out: Path, res, comps: dict, group: str) -> list[dict]:
     rdcurve.write_csv(out / "family.csv", rows, fields)
     by = rdcurve.curves_by(res.curves, group)
     j2k = {r: v for r, v in zip(FAMILY_RATES, rdcurve.at_rates(by[J2K], "psnr", FAMILY_RATES))} if J2K in by else {}
+    j2k_s = {r: v for r, v in zip(FAMILY_RATES, rdcurve.at_rates(by[J2K], "ssim", FAMILY_RATES))} if J2K in by else {}
     L = [f"# The model zoo side by side ({group})", "",
          "Every shipped model through the real codec (whole `.bmz` bytes), group means over the "
          f"{group} volumes. PSNR / SSIM at matched bpp are read off each model's curve "
@@ -260,8 +263,8 @@ def write_family(out: Path, res, comps: dict, group: str) -> list[dict]:
          "|---|---|---|---|---|" + "---|" * (2 * len(FAMILY_RATES)) + "---|---|---|"]
     if j2k:
         L.append("| JPEG 2000 (anchor) | – | – | – | – | "
-                 + " | ".join(_n(j2k[r]) for r in FAMILY_RATES) + " |"
-                 + " |" * len(FAMILY_RATES) + " 0 % | – | – |")
+                 + " | ".join(_n(j2k[r]) for r in FAMILY_RATES) + " | "
+                 + " | ".join(_n(j2k_s[r], '{:.3f}') for r in FAMILY_RATES) + " | 0 % | – | – |")
     for d in rows:
         L.append(f"| `{d['model']}` | {d['parameters'] / 1e6:.3g} M | {d['decoder_macs_per_pixel'] / 1e3:.3g} k | "
                  f"{d['train_steps'] or '–'} | {d['bpp_min']:.2f}–{d['bpp_max']:.2f} | "
@@ -315,6 +318,7 @@ def main(argv=None) -> int:
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     res = rdcurve.run([args.data], args.out, codecs=codecs, models=models,
                       max_slices=args.max_slices, jobs=args.jobs, reuse=not args.fresh,
+                      anchor=args.anchor if args.anchor in codecs or args.anchor.startswith("bmz") else None,
                       reference=args.reference, reference_groups={g8: "val"}, items=items,
                       command=" ".join(["python", *sys.argv]))
     ref_rows = rdcurve.read_reference(args.reference)

@@ -40,7 +40,9 @@ Measurements (one row per volume × codec × setting)
 
 ``--max-slices N`` keeps the N middle slices of each volume. ``--jobs N`` runs one volume × codec
 per task in N processes (one thread each). ``--reuse`` keeps the rows of ``OUTDIR/points.csv``
-whose volume, slice selection, codec version (bmz: model SHA-256) and setting match.
+whose volume, slice selection, codec version (bmz: model SHA-256) and setting match; rows of codecs,
+models or inputs that a run does not select stay in ``points.csv`` (never discarded by a partial
+run) but are not part of that run's curves and reports.
 
 Outputs in OUTDIR
     ``points.csv`` / ``points.json`` (every row, error rows included), ``curves.csv`` (group means
@@ -1131,9 +1133,13 @@ def run(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike,
             tasks.append(Task(it, sp, max_slices, skip))
     rows: list[dict] = list(reused)
     order = {s.curve: i for i, s in enumerate(specs)}
+    # cached points this run does not select (other codecs, models, inputs) stay in points.csv:
+    # a partial run never discards measurements; curves and reports cover this run's selection
+    used = {id(r) for r in reused}
+    kept = [r for r in cache.values() if id(r) not in used]
 
     def save():
-        write_csv(points_path, _sort_rows(rows, order), FIELDS)
+        write_csv(points_path, _sort_rows(rows, order) + kept, FIELDS)
 
     bar = tqdm(total=len(tasks), desc="rd-curve", unit="task", disable=not progress,
                dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 30.0)

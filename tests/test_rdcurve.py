@@ -272,6 +272,13 @@ def test_run_error_rows_groups_and_reuse(tiny_inputs, tmp_path):
     assert len([r for r in res2.rows if not r["error"]]) == n_ok
     # only error rows (bad inputs, refused depths) were tried again
     assert res2.n_measured == len(res.errors)
+    # a partial run (one codec) reports that codec only, and keeps the others' points cached
+    res3 = rdcurve.run([tiny_inputs], out, codecs=["jpeg2000"], progress=False, plots=False, reuse=True)
+    assert {r["codec"] for r in res3.rows if not r["error"]} == {"JPEG2000"}
+    assert res3.n_measured <= len(res.errors)  # only the broken input is tried again
+    kept = rdcurve.load_points(out / "points.csv")
+    assert {r["codec"] for r in kept if not r["error"]} == {"JPEG2000", "JPEG", "AVIF"}
+    assert len([r for r in kept if not r["error"]]) == n_ok
 
 
 def test_run_bmz_with_a_tiny_model(tmp_path, monkeypatch):
