@@ -218,25 +218,26 @@ def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
 
         it = tqdm(it, total=len(ks), desc="decode", unit="slice", leave=False)
     model = None
-    # no thread pinning: decoding is integer-exact (entropy decoding, hyper-synthesis and the
-    # fixed-point synthesis), so any thread count gives the identical array
-    for i, k in it:
-        try:
-            chunk = reader.chunk(k)
-            if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
-                from .codec import zoo
-
-                model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+    # one thread per slice: decoding is integer-exact, so any thread count gives the identical
+    # array; one thread is simply faster for MRI-sized slices and never oversubscribes a busy machine
+    with pipeline.single_thread():
+        for i, k in it:
             try:
-                qi = int(codec["quality"]) - 1
-                out[i] = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
-            except (ValueError, RuntimeError, IndexError, OverflowError) as e:
-                raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
-        except FormatError:
-            if not skip_damaged:
-                raise
-            damaged.append(k)
-            out[i] = mapping["min"]
+                chunk = reader.chunk(k)
+                if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
+                    from .codec import zoo
+
+                    model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+                try:
+                    qi = int(codec["quality"]) - 1
+                    out[i] = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+                except (ValueError, RuntimeError, IndexError, OverflowError) as e:
+                    raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
+            except FormatError:
+                if not skip_damaged:
+                    raise
+                damaged.append(k)
+                out[i] = mapping["min"]
     return out, meta, damaged
 
 

@@ -30,10 +30,10 @@ CHUNK_LEARNED = 1
 
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
-    """Run the encoder's analysis transform on one thread, so that the same input gives the same
-    bytes whatever the caller's thread setting (float convolutions may sum in another order on
-    more threads). Decoding needs no such pinning: it is integer-exact throughout
-    (:mod:`bmz.codec.entropy`, :mod:`bmz.codec.fixedpoint`)."""
+    """Run the transforms on one thread. Encoding: the same input gives the same bytes whatever
+    the caller's thread setting (float convolutions may sum in another order on more threads).
+    Decoding is integer-exact at any thread count (:mod:`bmz.codec.entropy`,
+    :mod:`bmz.codec.fixedpoint`); one thread is just faster for MRI-sized slices."""
     n = torch.get_num_threads()
     if n == 1:
         yield
