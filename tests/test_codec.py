@@ -175,6 +175,7 @@ def test_2d_and_one_pixel():
     (np.full((4, 4), 0.5, np.float32), "floating point"),
     (np.zeros((4, 4), np.complex64), "not an integer"),
     (np.array([[0, 70000]], np.int32), "16 bits"),
+    (np.zeros((1, 4097, 4097), np.uint8), "4096"),  # beyond the format's slice-size limit
 ])
 def test_bad_arrays(bad, msg):
     with pytest.raises(InputError, match=msg):
