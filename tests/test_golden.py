@@ -1,0 +1,46 @@
+"""Golden files: stored ``.bmz`` files must keep decoding to exactly the same arrays.
+
+Each file in ``tests/golden`` was encoded from permissively licensed real MRI (see
+``tests/golden/make_golden.py``); ``golden.json`` holds the SHA-256 of its decoded array. A change to
+a model's weights, the format or the decoder's numerics that alters any decoded voxel fails here —
+on any machine, since decoding is bit-exact by design (docs/FORMAT.md §10.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bmz import api
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+RECORD = json.loads((GOLDEN / "golden.json").read_text()) if (GOLDEN / "golden.json").is_file() else {}
+
+
+def test_golden_files_exist():
+    assert len(RECORD) >= 6, "tests/golden is empty: run python tests/golden/make_golden.py"
+    for name in RECORD:
+        assert (GOLDEN / name).is_file(), name
+
+
+@pytest.mark.parametrize("name", sorted(RECORD))
+def test_golden_file_decodes_bit_exactly(name):
+    rec = RECORD[name]
+    blob = (GOLDEN / name).read_bytes()
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            arr = api.decompress(blob)
+            assert arr.shape == tuple(rec["shape"]) and arr.dtype == np.dtype(rec["dtype"])
+            sha = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+            assert sha == rec["decoded_sha256"], (
+                f"{name} decodes differently than when it was stored ({threads} thread(s)): a model, "
+                "format or numerics change altered stored files. If that is intended, regenerate with "
+                "python tests/golden/make_golden.py and say so in the commit")
+    finally:
+        torch.set_num_threads(n)
