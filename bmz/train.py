@@ -32,6 +32,8 @@ from .codec.models import build_model
 log = logging.getLogger("bmz.train")
 
 PATCH = 128
+#: learning-rate multiplier of the entropy models' density parameters (new runs; see train())
+DENSITY_LR_MULT = 10.0
 MIN_CONTENT = 0.05  # fraction of a slice above 5 % of the volume range to count as content
 
 
@@ -286,7 +288,20 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=lr or 2e-4)
+    # the factorized priors' density parameters start wide (CompressAI's init_scale 10) and learn
+    # slowly at the transforms' rate: new runs give them DENSITY_LR_MULT× the learning rate, in a
+    # second parameter group (checkpoints written with one group resume with one)
+    groups = 2 if state is None or len(state["opt"]["param_groups"]) == 2 else 1
+    mults = [1.0, DENSITY_LR_MULT][:groups]
+    if groups == 2:
+        dens = {n for n, _ in model.named_parameters() if "entropy_bottleneck" in n and not n.endswith(".quantiles")}
+        param_groups = [{"params": [p for n, p in model.named_parameters()
+                                    if not n.endswith(".quantiles") and n not in dens]},
+                         {"params": [p for n, p in model.named_parameters() if n in dens],
+                          "lr": (lr or 2e-4) * DENSITY_LR_MULT}]
+    else:
+        param_groups = [{"params": main_params}]
+    opt = torch.optim.Adam(param_groups, lr=lr or 2e-4)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
     step, history = 0, []
@@ -298,9 +313,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         _set_rng_state(state["rng"], sampler)
         step, history = state["step"], state["history"]
         if lr is not None:  # an explicit --lr on resume replaces the checkpoint's base rate
-            sched.base_lrs = [lr]
-            for g in opt.param_groups:
-                g["initial_lr"] = lr
+            sched.base_lrs = [lr * m for m in mults]
+            for g, base in zip(opt.param_groups, sched.base_lrs):
+                g["initial_lr"] = base
         for g, base in zip(opt.param_groups, sched.base_lrs):  # the schedule of this run's --steps
             g["lr"] = base * lr_factor(step, steps)
         log.info("resumed %s at step %d (base lr %.2e)", resume, step, sched.base_lrs[0])
