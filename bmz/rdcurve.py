@@ -1136,7 +1136,9 @@ def run(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike,
     # cached points this run does not select (other codecs, models, inputs) stay in points.csv:
     # a partial run never discards measurements; curves and reports cover this run's selection
     used = {id(r) for r in reused}
-    kept = [r for r in cache.values() if id(r) not in used]
+    measured_models = {s.model for s in specs if s.codec == BMZ}
+    kept = [r for r in cache.values() if id(r) not in used  # superseded weights of a model measured now: dropped
+            and not (r.get("codec") == BMZ and r.get("model") in measured_models)]
 
     def save():
         write_csv(points_path, _sort_rows(rows, order) + kept, FIELDS)
