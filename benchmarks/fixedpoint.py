@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from bmz import rdcurve  # noqa: E402
 from bmz.codec import pipeline, zoo  # noqa: E402
+from bmz.codec.entropy import channel_indexes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,8 +59,7 @@ def measure_slice(m, x: torch.Tensor, q: int) -> dict:
         z_coder, y_coder = m.coders
         nz = int.from_bytes(data[:4], "little")
         zshape = (1, m.N, H // m.downsampling, W // m.downsampling)
-        z_idx = torch.arange(m.N, dtype=torch.int32)[None, :, None, None].expand(zshape)
-        z_hat = z_coder.decode(data[4:4 + nz], z_idx).float() + m._z_medians()[None, :, None, None]
+        z_hat = z_coder.decode(data[4:4 + nz], channel_indexes(zshape)).float() + m._z_medians()[None, :, None, None]
         y_idx = m.int_hs.indexes(z_hat, q)
         y_sym = y_coder.decode(data[4 + nz:], y_idx)
         # CompressAI's float path: σ = exp2(clamp(h_s(ẑ) + log2 gain)), index by scale table
@@ -70,8 +70,7 @@ def measure_slice(m, x: torch.Tensor, q: int) -> dict:
         offset = torch.zeros(1, y_sym.shape[1], 1, 1)
     else:
         yshape = (1, m.M, H // m.downsampling, W // m.downsampling)
-        idx = torch.arange(m.M, dtype=torch.int32)[None, :, None, None].expand(yshape)
-        y_sym = m.coders[q].decode(data, idx)
+        y_sym = m.coders[q].decode(data, channel_indexes(yshape))
         y_bytes_int = y_bytes_float = len(data)
         offset = m._medians(q).float()
     t = time.perf_counter()

@@ -163,9 +163,12 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     def bad(what: str):
         return FormatError(f"{name}: metadata field {what} is invalid")
 
+    def is_int(v) -> bool:  # a JSON integer (bool is an int subclass in Python, but not one here)
+        return isinstance(v, int) and not isinstance(v, bool)
+
     shape = meta.get("shape")
     if not (isinstance(shape, list) and len(shape) in (2, 3)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+            and all(is_int(v) and v >= 0 for v in shape)):
         raise bad(f"'shape' ({shape!r})")
     if shape[-1] * shape[-2] > MAX_SLICE_VOXELS:
         raise bad(f"'shape' ({shape!r}: slices larger than {MAX_SLICE_VOXELS} voxels)")
@@ -177,8 +180,7 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
         raise bad(f"'dtype' ({meta.get('dtype')!r}: not an integer type)")
     mapping = meta.get("intensity")
     keys = ("min", "max", "offset", "scale", "bits")
-    if not (isinstance(mapping, dict) and all(isinstance(mapping.get(k), int)
-                                              and not isinstance(mapping.get(k), bool) for k in keys)):
+    if not (isinstance(mapping, dict) and all(is_int(mapping.get(k)) for k in keys)):
         raise bad(f"'intensity' ({mapping!r})")
     info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
     if not (info.min <= mapping["min"] <= mapping["max"] <= info.max and mapping["offset"] == mapping["min"]
@@ -191,7 +193,7 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
     q = codec.get("quality")
-    if not (isinstance(q, int) and not isinstance(q, bool) and 1 <= q <= 64):
+    if not (is_int(q) and 1 <= q <= 64):
         raise bad(f"'codec.quality' ({q!r})")
     if not isinstance(codec.get("model"), str) or not isinstance(codec.get("weights_sha256"), str):
         raise bad("'codec.model' / 'codec.weights_sha256'")

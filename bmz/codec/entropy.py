@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .fixedpoint import conv_like
 
 #: fractional bits of activations and of weights in the integer hyper-synthesis
 ACT_BITS = 8
@@ -28,12 +29,9 @@ WEIGHT_BITS = 12
 _EXACT_LIMIT = 2.0**52
 
 
-def _conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``m``'s convolution (plain or transposed, same geometry) with weights ``w`` and bias ``b``."""
-    if isinstance(m, nn.ConvTranspose2d):
-        return F.conv_transpose2d(a, w, b, stride=m.stride, padding=m.padding,
-                                  output_padding=m.output_padding)
-    return F.conv2d(a, w, b, stride=m.stride, padding=m.padding)
+def channel_indexes(shape: tuple[int, ...]) -> torch.Tensor:
+    """Table index of every element of a ``(B, C, H, W)`` latent coded with one table per channel."""
+    return torch.arange(shape[1], dtype=torch.int32)[None, :, None, None].expand(*shape)
 
 
 class IntegerHyperSynthesis(nn.Module):
@@ -79,9 +77,9 @@ class IntegerHyperSynthesis(nn.Module):
         n = len(self._layers)
         for i, m in enumerate(self._layers):
             w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
-            acc = _conv(m, a, w, b)
+            acc = conv_like(m, a, w, b)
             # exactness guard: a bound on every partial sum (|a| * |w| summed), not only the result
-            if float(_conv(m, a.abs(), w.abs(), b.abs()).max()) >= _EXACT_LIMIT:
+            if float(conv_like(m, a.abs(), w.abs(), b.abs()).max()) >= _EXACT_LIMIT:
                 raise OverflowError("integer hyper-synthesis left the exact float64 range")
             a = torch.floor(acc / 2.0**WEIGHT_BITS)
             if i < n - 1:
@@ -99,6 +97,12 @@ def _cs():
     import constriction
 
     return constriction.stream
+
+
+def _runs(sorted_idx: np.ndarray):
+    """``(start, end)`` of each run of equal table indices in a sorted index array."""
+    bounds = np.flatnonzero(np.diff(sorted_idx)) + 1
+    return [(int(a), int(b)) for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(sorted_idx)]) if b > a]
 
 
 #: bit length limit of an escaped value (any int32 value codes; trained latents are a few hundred)
@@ -154,10 +158,8 @@ class TableCoder:
         esc = (s < 0) | (s >= n - 1)
         s = np.where(esc, n - 1, s).astype(np.int32)
         enc = RangeEncoder()
-        bounds = np.flatnonzero(np.diff(idx)) + 1
-        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(idx)]):
-            if b > a:
-                enc.encode(s[a:b], self._model(int(idx[a])))
+        for a, b in _runs(idx):
+            enc.encode(s[a:b], self._model(int(idx[a])))
         for k in np.flatnonzero(esc):
             lo = int(v[k] - self._offset[idx[k]])
             r = -2 * lo - 1 if lo < 0 else 2 * (lo - int(n[k]) + 1)
@@ -182,11 +184,9 @@ class TableCoder:
         sidx = idx[order]
         dec = RangeDecoder(np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32))
         s = np.empty(len(sidx), dtype=np.int64)
-        bounds = np.flatnonzero(np.diff(sidx)) + 1
         try:
-            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(sidx)]):
-                if b > a:
-                    s[a:b] = dec.decode(self._model(int(sidx[a])), int(b - a))
+            for a, b in _runs(sidx):
+                s[a:b] = dec.decode(self._model(int(sidx[a])), int(b - a))
             n = self._n[sidx]
             v = s + self._offset[sidx]
             for k in np.flatnonzero(s == n - 1):

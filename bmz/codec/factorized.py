@@ -99,19 +99,17 @@ class GainedFactorizedCodec(BmzModel):
         y = self.g_a(x)
         sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]
                           - self._medians(q)).to(torch.int32)
-        idx = torch.arange(self.M, dtype=torch.int32)[None, :, None, None].expand_as(sym)
-        return self.coders[q].encode(sym, idx), sym
+        return self.coders[q].encode(sym, entropy.channel_indexes(sym.shape)), sym
 
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
         """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
         H, W = shape
         yshape = (1, self.M, H // self.downsampling, W // self.downsampling)
-        idx = torch.arange(self.M, dtype=torch.int32)[None, :, None, None].expand(yshape)
-        return self.synthesize(self.coders[q].decode(data, idx), q)
+        return self.synthesize(self.coders[q].decode(data, entropy.channel_indexes(yshape)), q)
 
     def _latent_offsets(self) -> torch.Tensor:
-        return torch.stack([eb.quantiles[:, 0, 1].detach().double() for eb in self.entropy_bottlenecks])
+        return torch.stack([self._medians(q).double().reshape(-1) for q in range(self.n_qualities)])
 
 
 @register_model("factorized")

@@ -66,16 +66,16 @@ def _flatten(net: nn.Module) -> list[nn.Module]:
     return ops
 
 
-def _conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def conv_like(m: nn.Module, a: torch.Tensor, w: torch.Tensor,
+              b: torch.Tensor | None = None) -> torch.Tensor:
+    """``m``'s convolution (plain or transposed, same geometry) with weights ``w`` and bias ``b``;
+    for a GDN layer the 1×1 convolution over channels of its norm."""
     if isinstance(m, nn.ConvTranspose2d):
-        return F.conv_transpose2d(a, w, None, stride=m.stride, padding=m.padding,
+        return F.conv_transpose2d(a, w, b, stride=m.stride, padding=m.padding,
                                   output_padding=m.output_padding, groups=m.groups)
     if isinstance(m, nn.Conv2d):
-        return F.conv2d(a, w, None, stride=m.stride, padding=m.padding, groups=m.groups)
-    return F.conv2d(a, w)  # GDN: 1×1 over channels
-
-
-_GDN_GEOMETRY = nn.Conv2d(1, 1, 1)  # a GDN norm is a 1×1 convolution over channels
+        return F.conv2d(a, w, b, stride=m.stride, padding=m.padding, groups=m.groups)
+    return F.conv2d(a, w, b)
 
 
 def _in_dim(m: nn.Module) -> int:
@@ -103,7 +103,7 @@ def exact_conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor,
     din = _in_dim(m)
     bound = amax * (weight_bound(m, w) if wbound is None else wbound)
     if bound < EXACT_LIMIT:
-        return _conv(m, a, w)
+        return conv_like(m, a, w)
     if getattr(m, "groups", 1) != 1:
         raise FixedPointError("fixed-point synthesis left the exact range (grouped convolution)")
     # split the input channels into groups that each keep every partial sum exact, add the
@@ -118,7 +118,7 @@ def exact_conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor,
         if i == n or total + float(per_in[i]) >= EXACT_LIMIT:
             sl = slice(start, i)
             wi = w[:, sl] if din == 1 else w[sl]
-            part = _conv(m, a[:, sl], wi).to(torch.int64)
+            part = conv_like(m, a[:, sl], wi).to(torch.int64)
             acc = part if acc is None else acc + part
             start, total = i, 0.0
         if i < n:
@@ -132,8 +132,7 @@ class FixedPointSynthesis(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.__dict__["_net"] = net  # a reference, not a second registration of the float net
-        self._ops = _flatten(net)
+        self._ops = _flatten(net)  # the float layers, referenced (not registered a second time)
         for i, m in enumerate(self._ops):
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 self.register_buffer(f"w{i}", torch.zeros(m.weight.shape, dtype=torch.float64))
@@ -162,10 +161,8 @@ class FixedPointSynthesis(nn.Module):
                 beta = m.beta_reparam(m.beta).detach().double()
                 getattr(self, f"w{i}").copy_(torch.round(gamma * 2.0**Fb))
                 getattr(self, f"b{i}").copy_(torch.round(beta * 2.0 ** (2 * GDN_ACT_BITS + Fb)).long())
-        for i, m in enumerate(self._ops):
             if not isinstance(m, nn.ReLU):
-                self.wbounds[i] = weight_bound(m if not isinstance(m, GDN) else _GDN_GEOMETRY,
-                                               getattr(self, f"w{i}"))
+                self.wbounds[i] = weight_bound(m, getattr(self, f"w{i}"))
         self.built.fill_(1)
 
     def _conv(self, i: int, m: nn.Module, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -182,8 +179,7 @@ class FixedPointSynthesis(nn.Module):
             raise RuntimeError("fixed-point synthesis not built: call model.freeze() first")
         A, Fb, G = ACT_BITS, WEIGHT_BITS, GDN_ACT_BITS
         half, inv = 2.0 ** (Fb - 1), 2.0**-Fb
-        convs = [i for i, m in enumerate(self._ops) if not isinstance(m, nn.ReLU)]
-        last = convs[-1]
+        last = len(self._ops) - 1
         a = a.to(torch.float64)
         for i, m in enumerate(self._ops):
             if isinstance(m, nn.ReLU):
@@ -200,7 +196,7 @@ class FixedPointSynthesis(nn.Module):
                 a = norm.sqrt_().mul_(a).mul_(2.0 ** -(G + Fb // 2)).add_(0.5).floor_()
                 continue
             s = self._conv(i, m, a, w).add_(b[None, :, None, None])  # units 2**-(A+F)
-            if i == last:
+            if i == last:  # the output layer: its exact sum, unrounded
                 return s.mul_(2.0 ** -(A + Fb))
             a = s.add_(half).mul_(inv).floor_()
         return a * 2.0**-A

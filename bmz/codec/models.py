@@ -249,8 +249,7 @@ class GainedScaleHyperprior(BmzModel):
         med = self._z_medians()[None, :, None, None]
         z_sym = torch.round(z - med).to(torch.int32)
         z_hat = z_sym.to(torch.float32) + med
-        z_idx = torch.arange(z.shape[1], dtype=torch.int32)[None, :, None, None].expand_as(z_sym)
-        z_bytes = z_coder.encode(z_sym, z_idx)
+        z_bytes = z_coder.encode(z_sym, entropy.channel_indexes(z_sym.shape))
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]).to(torch.int32)
         y_bytes = y_coder.encode(y_sym, y_idx)
@@ -267,8 +266,7 @@ class GainedScaleHyperprior(BmzModel):
         if nz > len(data) - 4:
             raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
         zshape = (1, self.N, H // self.downsampling, W // self.downsampling)
-        z_idx = torch.arange(self.N, dtype=torch.int32)[None, :, None, None].expand(zshape)
-        z_sym = z_coder.decode(data[4:4 + nz], z_idx)
+        z_sym = z_coder.decode(data[4:4 + nz], entropy.channel_indexes(zshape))
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = y_coder.decode(data[4 + nz:], y_idx)
