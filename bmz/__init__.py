@@ -8,6 +8,8 @@
 __version__ = "0.1.0"
 
 from . import errors  # noqa: E402
-from .api import compress, decode_file, decompress, encode_file, info  # noqa: E402
+from .api import (compress, compress_dataset, decode_file, decompress,  # noqa: E402
+                  decompress_to_datasets, encode_file, info)
 
-__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "errors", "__version__"]
+__all__ = ["compress", "decompress", "compress_dataset", "decompress_to_datasets", "encode_file",
+           "decode_file", "info", "errors", "__version__"]

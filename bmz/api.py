@@ -35,6 +35,8 @@ class CodingReport:
     #: filled by ``encode_file(..., verify=True)``: the written file decoded and compared
     psnr: float | None = None
     max_error: int | None = None
+    #: filled by ``decode_file`` to a DICOM folder: what the output could not keep (one line each)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def bpp(self) -> float:
@@ -284,17 +286,23 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
                 progress: bool = False, skip_damaged: bool = False) -> tuple[CodingReport, list[int]]:
     """Decode a ``.bmz`` file to ``dst`` (.nii, .nii.gz, .npy by suffix) → (report, damaged slices).
 
-    A NIfTI original is restored with its header, affine and dtype."""
+    A NIfTI original is restored with its header, affine and dtype. A DICOM original can also be
+    decoded to a folder (``dst`` an existing folder, ending in ``/`` or without suffix): a
+    derived, lossy-marked DICOM series (:func:`bmz.io.dicom.write_dicom`; all slices only)."""
     from . import io as bio
     from ._fileutil import check_output_path
 
-    check_output_path(dst, force=force)  # fail before the work, not after
+    if bio.is_folder_output(dst):  # a DICOM series: checked before the work too
+        _check_dicom_output(src, dst, slices, force)
+    else:
+        check_output_path(dst, force=force)  # fail before the work, not after
     with _open(src) as r:
         arr, meta, damaged = _decode_reader(r, slices, progress, skip_damaged)
     vol = bio.Volume(data=arr, source=meta.get("source", "numpy"), meta=meta.get("source_meta", {}),
                      path=str(src))
-    bio.write(vol, dst, force=force)
+    notes = bio.write(vol, dst, force=force, lossy=_lossy_coding(meta, os.path.getsize(src)))
     rep = CodingReport(str(dst), tuple(arr.shape), arr.dtype.str, os.path.getsize(src), arr.nbytes)
+    rep.notes = notes
     return rep, damaged
 
 
@@ -342,4 +350,82 @@ def info(src: str | os.PathLike | bytes) -> dict:
     }
 
 
-__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "verify", "CodingReport", "BmzError"]
+# --------------------------------------------------------------------------------------------
+# DICOM in and out, in memory
+# --------------------------------------------------------------------------------------------
+
+
+def _lossy_coding(meta: dict, n_bytes: int):
+    """How a ``.bmz`` of ``n_bytes`` compressed its volume, for DICOM output: ratio = the raw
+    array bytes (the original's uncompressed pixel bytes) over ``n_bytes``, model, quality."""
+    from .io.dicom import LossyCoding
+
+    raw = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
+    codec = meta["codec"]
+    return LossyCoding(ratio=raw / max(1, n_bytes), model=codec["model"], quality=codec["quality"])
+
+
+def _check_dicom_output(src, dst, slices, force: bool) -> None:
+    """Before decoding ``src`` to the DICOM folder ``dst``: a DICOM-origin file, every slice, a
+    folder that can be written."""
+    from .errors import OutputError
+    from .io import dicom
+
+    dicom.check_dicom_source(info(src).get("source"), os.fspath(dst))
+    if slices is not None:
+        raise OutputError(f"{os.fspath(dst)}: DICOM output needs every slice of the series; "
+                          "decode it whole (without --slices), or decode slices to .nii/.npy")
+    dicom.check_output_folder(dst, force)
+
+
+def compress_dataset(datasets, quality: int = DEFAULT_QUALITY, model: str | None = None) -> bytes:
+    """Encode a DICOM series held in memory → a complete ``.bmz`` file as bytes.
+
+    ``datasets``: a pydicom ``Dataset``, a binary file object or ``bytes`` holding a DICOM file,
+    or a list of them, all of one series (classic single-frame files, or multi-frame ones).
+    Nothing is read from or written to disk. The ``.bmz`` keeps every file's elements, so
+    :func:`decompress_to_datasets` (or ``bmz decode FILE -o folder/``) gives the series back.
+
+    Raises :class:`InputError` naming the dataset (``dataset 2``...): not DICOM, no pixel data,
+    no transfer syntax, colour, several series, slices of different sizes."""
+    from .io import dicom
+
+    vol = dicom.read_datasets(datasets)
+    return compress(vol.data, quality, model, source="dicom", source_meta=vol.meta)
+
+
+def decompress_to_datasets(data) -> list:
+    """Decode the ``.bmz`` of a DICOM series (``bytes`` or a binary file object) → its files as
+    pydicom ``FileDataset`` objects, in memory, in slice order (each file at its first slice).
+
+    Each is the original file's dataset with the decoded pixels, marked lossy-compressed by bmz
+    and derived, with new SOP Instance UIDs and a new Series Instance UID (the rules:
+    :func:`bmz.io.dicom.derived_datasets`); ``ds.filename`` is the original file's relative name
+    and ``ds.save_as(path_or_buffer, enforce_file_format=True)`` writes it. Elements the ``.bmz``
+    did not keep (binary elements over 64 KiB) are omitted, each with a ``UserWarning``.
+
+    Raises :class:`InputError` for a ``.bmz`` that does not hold a DICOM series, and the errors of
+    :func:`decompress` for damaged files."""
+    import warnings
+
+    from .io import Volume, dicom
+
+    name = "<bytes>" if isinstance(data, (bytes, bytearray, memoryview)) else None
+    with BmzReader(data, name=name) as r:
+        source = r.meta.get("source")
+        if source != "dicom":
+            raise InputError(f"{r.name}: holds a {source or 'non-DICOM'} volume, not a DICOM "
+                             "series; decode it with bmz.decompress")
+        arr, meta, _ = _decode_reader(r)
+        lossy = _lossy_coding(meta, r.file_size)
+        where = str(r.name)
+    vol = Volume(data=arr, source="dicom", meta=meta.get("source_meta", {}))
+    notes: list[tuple[str, str]] = []
+    files = sorted(dicom.derived_datasets(vol, lossy, notes, where=where), key=lambda f: f[0])
+    for note in dicom.summarise_notes(notes):
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return [ds for _, _, ds in files]
+
+
+__all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "verify", "CodingReport",
+           "BmzError", "compress_dataset", "decompress_to_datasets"]

@@ -87,7 +87,8 @@ def encode(src, dst, quality, model, series, force, verify, quiet) -> None:
 @main.command()
 @click.argument("src", type=click.Path())
 @click.option("-o", "--output", "dst", required=True, type=click.Path(),
-              help="output file: .nii, .nii.gz or .npy")
+              help="output file: .nii, .nii.gz or .npy; or a folder (outdir/) for a DICOM original: "
+                   "a derived, lossy-marked DICOM series")
 @click.option("--slices", default=None, help="decode only these slices: A:B (end exclusive), K or K,L,M")
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
 @click.option("--skip-damaged", is_flag=True, help="decode what is intact; damaged slices are reported and filled with the minimum")
@@ -101,6 +102,8 @@ def decode(src, dst, slices, force, skip_damaged, quiet) -> None:
     if damaged:
         click.echo(f"bmz: warning: {src}: damaged slices not recovered: "
                    f"{', '.join(map(str, damaged))}", err=True)
+    for note in rep.notes:
+        click.echo(f"bmz: warning: {note}", err=True)
     if not quiet:
         click.echo(f"{dst}: shape {list(rep.shape)} {rep.dtype}")
     if damaged:

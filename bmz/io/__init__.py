@@ -8,7 +8,8 @@ stored verbatim in the ``.bmz`` container).
 Public API::
 
     read(path, series=None) -> Volume        # .nii, .nii.gz, .npy, a DICOM file or a DICOM folder
-    write(volume, path, force=True) -> None  # .nii, .nii.gz or .npy, chosen by the output suffix
+    write(volume, path, force=True, lossy=None) -> notes  # .nii, .nii.gz, .npy by the suffix;
+                                             # a folder: DICOM series (bmz.io.dicom.write_dicom)
     list_series(folder) -> list[dict]        # the DICOM series in a folder
 
 Layout of ``meta`` by source (each source's module documents its part in detail):
@@ -44,7 +45,8 @@ import numpy as np
 
 from ..errors import InputError, OutputError
 
-__all__ = ["Volume", "read", "write", "list_series", "SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS"]
+__all__ = ["Volume", "read", "write", "is_folder_output", "list_series", "SUPPORTED_INPUTS",
+           "SUPPORTED_OUTPUTS"]
 
 #: Human-readable list of the formats :func:`read` accepts (used in error messages).
 SUPPORTED_INPUTS = "NIfTI (.nii, .nii.gz), DICOM (a file or a folder of one series), NumPy (.npy)"
@@ -257,17 +259,22 @@ def read(path: str | os.PathLike, series: str | None = None) -> Volume:
     return _dicom.read_dicom(p, series=series)
 
 
-def write(volume: Volume, path: str | os.PathLike, force: bool = True) -> None:
+def write(volume: Volume, path: str | os.PathLike, force: bool = True,
+          lossy: "_dicom.LossyCoding | None" = None) -> list[str]:
     """Write ``volume`` to ``path``; the format follows the suffix: ``.nii``, ``.nii.gz`` or
-    ``.npy``. The file appears atomically (complete or not at all).
+    ``.npy``; a folder (see :func:`is_folder_output`) gets a DICOM series, for a DICOM-origin
+    volume decoded from a ``.bmz`` (``lossy`` says how it was compressed; see
+    :func:`bmz.io.dicom.write_dicom`). The output appears atomically (complete or not at all).
+    Returns notes on what the output could not keep (DICOM elements the ``.bmz`` did not hold).
 
     A NIfTI-origin volume written to NIfTI gets back its original header bytes (same affine,
     scaling, dtype and byte order); any other volume gets a new header (see
     :func:`bmz.io.nifti.write_nifti`). ``force=False`` refuses to overwrite an existing file.
 
     Raises:
-        OutputError: unsupported output suffix (e.g. DICOM), folder missing, file exists without
-            ``force``, or data that cannot be stored in the output dtype.
+        OutputError: unsupported output suffix, folder missing, file exists without ``force``,
+            data that cannot be stored in the output dtype, or DICOM output of a volume that is
+            not DICOM-origin.
     """
     p = Path(os.fspath(path))
     if not isinstance(volume, Volume):
@@ -278,14 +285,30 @@ def write(volume: Volume, path: str | os.PathLike, force: bool = True) -> None:
             f"{p}: Volume.data must be an array of slices (n_slices, H, W), got "
             f"{getattr(data, 'shape', type(data).__name__)}"
         )
+    if is_folder_output(path):
+        _dicom.check_dicom_source(volume.source, os.fspath(path))
+        if lossy is None:
+            raise OutputError(f"{os.fspath(path)}: DICOM output records the lossy compression; "
+                              "pass lossy= (bmz.decode_file does)")
+        return _dicom.write_dicom(volume, path, lossy=lossy, force=force)
     suffix = _suffix(p)
     if suffix in (".nii", ".nii.gz"):
         _nifti.write_nifti(volume, p, force=force)
     elif suffix == ".npy":
         _numpy.write_npy(volume, p, force=force)
     else:
-        what = "DICOM output is not supported yet; " if suffix in (".dcm", ".dicom", ".ima", "") else ""
+        what = ("DICOM output goes to a folder (e.g. outdir/); "
+                if suffix in (".dcm", ".dicom", ".ima") else "")
         raise OutputError(f"{p}: {what}cannot write '{suffix or p.name}'; write {SUPPORTED_OUTPUTS}")
+    return []
+
+
+def is_folder_output(path: str | os.PathLike) -> bool:
+    """Whether :func:`write` writes a DICOM series folder at ``path``: an existing folder, a path
+    ending in ``/``, or a name without a suffix."""
+    text = os.fspath(path)
+    p = Path(text)
+    return p.is_dir() or text.endswith(("/", os.sep)) or _suffix(p) == ""
 
 
 def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
