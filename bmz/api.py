@@ -47,8 +47,11 @@ class CodingReport:
         return self.raw_bytes / max(1, self.n_bytes)
 
 
-def _check_array(array: np.ndarray, name: str = "array") -> np.ndarray:
-    a = np.asarray(array)
+def _check_array(array, name: str = "array"):
+    """``array`` (or a :class:`~bmz.io.SliceStack`) checked for encoding → (it, (min, max))."""
+    from .io import SliceStack
+
+    a = array if isinstance(array, SliceStack) else np.asarray(array)
     if a.dtype == bool:
         raise InputError(f"{name}: boolean arrays are not supported; convert to uint8")
     if a.dtype.kind not in "iu":
@@ -64,11 +67,17 @@ def _check_array(array: np.ndarray, name: str = "array") -> np.ndarray:
     if a.shape[-1] * a.shape[-2] > MAX_SLICE_VOXELS:
         raise InputError(f"{name}: slices of {a.shape[-2]}×{a.shape[-1]} voxels; bmz encodes slices "
                          f"of at most {MAX_SLICE_VOXELS} voxels (4096×4096)")
-    vmin, vmax = int(a.min()), int(a.max())
+    if isinstance(a, SliceStack):
+        if a.vmin is None or a.vmax is None:  # one pass, a slice at a time
+            lo_hi = [(int(s.min()), int(s.max())) for s in a]
+            a.vmin, a.vmax = min(v[0] for v in lo_hi), max(v[1] for v in lo_hi)
+        vmin, vmax = int(a.vmin), int(a.vmax)
+    else:
+        vmin, vmax = int(a.min()), int(a.max())
     if vmax - vmin > 65535:
         raise InputError(f"{name}: value range {vmin}..{vmax} needs more than 16 bits; "
                          f"bmz encodes bit depths 1 to 16")
-    return a
+    return a, (vmin, vmax)
 
 
 def _quality_index(model, quality: int) -> int:
@@ -82,9 +91,9 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
                name: str) -> CodingReport:
     from .codec import pipeline, zoo
 
-    a = _check_array(array, name)
+    a, (vmin, vmax) = _check_array(array, name)
     vol = a if a.ndim == 3 else a[None]
-    mapping = pipeline.intensity_mapping(vol)
+    mapping = pipeline.mapping_for_range(vmin, vmax)
     model_name = model_name or zoo.DEFAULT_MODEL
     model, sha = zoo.load_model(model_name)
     qi = _quality_index(model, quality)
@@ -202,10 +211,36 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     return tuple(shape), dtype, mapping, codec
 
 
-def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
-                   skip_damaged: bool = False) -> tuple[np.ndarray, dict, list[int]]:
-    """Decode ``slices`` of an open reader → (array (k, H, W), meta, damaged slice indices)."""
+class _Progress:
+    """A tqdm bar advanced by hand (slices decoded on demand); a no-op when off."""
+
+    def __init__(self, total: int, on: bool):
+        self.bar = None
+        if on and total > 1:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="decode", unit="slice", leave=False)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
+                   skip_damaged: bool = False):
+    """The decoded ``slices`` of an open reader as a :class:`~bmz.io.SliceStack` that decodes
+    each slice when it is asked for (nothing is held) → (stack, meta, damaged, progress bar).
+
+    ``damaged`` fills in as slices are decoded: with ``skip_damaged`` a slice whose chunk fails its
+    checksum or cannot be decoded comes out filled with the volume's minimum and its index is
+    appended; otherwise its :class:`FormatError` (naming the slice) is raised. Run the decoding
+    inside :func:`bmz.codec.pipeline.single_thread` (see :func:`decode_file`)."""
     from .codec import pipeline
+    from .io import SliceStack
 
     meta = reader.meta
     shape, dtype, mapping, codec = _checked_meta(reader.name, meta)
@@ -214,34 +249,49 @@ def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
         raise FormatError(f"{reader.name}: index holds {reader.n_slices} slices, metadata says {n}")
     hw = shape[-2:]
     ks = _slice_list(n, slices)
-    out = np.empty((len(ks), *hw), dtype=dtype)
     damaged: list[int] = []
-    it: Iterable = enumerate(ks)
-    if progress and len(ks) > 1:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=len(ks), desc="decode", unit="slice", leave=False)
+    bar = _Progress(len(ks), progress)
     model = None
+
+    def get(i: int) -> np.ndarray:
+        nonlocal model
+        k = ks[i]
+        try:
+            chunk = reader.chunk(k)
+            if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
+                from .codec import zoo
+
+                model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+            try:
+                qi = int(codec["quality"]) - 1
+                out = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+            except (ValueError, RuntimeError, IndexError, OverflowError) as e:
+                raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
+        except FormatError:
+            if not skip_damaged:
+                raise
+            if k not in damaged:
+                damaged.append(k)
+            out = np.full(hw, mapping["min"], dtype=dtype)
+        bar.update()
+        return out
+
+    return SliceStack((len(ks), *hw), dtype, get), meta, damaged, bar
+
+
+def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
+                   skip_damaged: bool = False) -> tuple[np.ndarray, dict, list[int]]:
+    """Decode ``slices`` of an open reader → (array (k, H, W), meta, damaged slice indices)."""
+    from .codec import pipeline
+
+    stack, meta, damaged, bar = _decoded_stack(reader, slices, progress, skip_damaged)
     # one thread per slice: decoding is integer-exact, so any thread count gives the identical
     # array; one thread is simply faster for MRI-sized slices and never oversubscribes a busy machine
-    with pipeline.single_thread():
-        for i, k in it:
-            try:
-                chunk = reader.chunk(k)
-                if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
-                    from .codec import zoo
-
-                    model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
-                try:
-                    qi = int(codec["quality"]) - 1
-                    out[i] = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
-                except (ValueError, RuntimeError, IndexError, OverflowError) as e:
-                    raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
-            except FormatError:
-                if not skip_damaged:
-                    raise
-                damaged.append(k)
-                out[i] = mapping["min"]
+    try:
+        with pipeline.single_thread():
+            out = np.asarray(stack)
+    finally:
+        bar.close()
     return out, meta, damaged
 
 
@@ -266,19 +316,47 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int = D
     from ._fileutil import check_output_path
 
     check_output_path(dst, force=force)  # fail before the work, not after
-    vol = bio.read(src, series=series)
-    # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
-    rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force, str(src))
-    rep.path = str(dst)
-    rep.n_bytes = os.path.getsize(dst)
-    if verify:
-        from . import metrics
-
-        with _open(dst) as r:
-            back, _, _ = _decode_reader(r, None, progress)
-        rep.psnr = metrics.psnr(vol.data, back)
-        rep.max_error = metrics.max_abs_error(vol.data, back)
+    vol = bio.read(src, series=series, lazy=True)  # NIfTI and .npy stream slice by slice
+    try:
+        # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
+        rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force,
+                         str(src))
+        rep.path = str(dst)
+        rep.n_bytes = os.path.getsize(dst)
+        if verify:
+            rep.psnr, rep.max_error = _compare(vol.data, dst, progress)
+    finally:
+        if isinstance(vol.data, bio.SliceStack):
+            vol.data.close()
     return rep
+
+
+def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
+    """PSNR (peak = the original's max − min) and max |error| of a written file against the
+    original (array or SliceStack), one slice at a time."""
+    import math
+
+    from .codec import pipeline
+
+    sse, max_err, lo, hi = 0, 0, None, None
+    with _open(bmz_path) as r:
+        back, _, _, bar = _decoded_stack(r, None, progress)
+        try:
+            with pipeline.single_thread():
+                for k in range(back.shape[0]):
+                    a = np.asarray(original[k]).astype(np.int64)
+                    d = a - back[k].astype(np.int64)
+                    sse += int(np.sum(d * d))
+                    max_err = max(max_err, int(np.abs(d).max()))
+                    lo = int(a.min()) if lo is None else min(lo, int(a.min()))
+                    hi = int(a.max()) if hi is None else max(hi, int(a.max()))
+        finally:
+            bar.close()
+    mse = sse / max(1, back.size)
+    peak = (hi or 0) - (lo or 0)  # as bmz.metrics.psnr: inf when identical
+    if mse == 0:
+        return math.inf, max_err
+    return (10.0 * math.log10(peak ** 2 / mse) if peak > 0 else -math.inf), max_err
 
 
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
@@ -292,16 +370,25 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
     from . import io as bio
     from ._fileutil import check_output_path
 
+    from .codec import pipeline
+
     if bio.is_folder_output(dst):  # a DICOM series: checked before the work too
         _check_dicom_output(src, dst, slices, force)
     else:
         check_output_path(dst, force=force)  # fail before the work, not after
     with _open(src) as r:
-        arr, meta, damaged = _decode_reader(r, slices, progress, skip_damaged)
-    vol = bio.Volume(data=arr, source=meta.get("source", "numpy"), meta=meta.get("source_meta", {}),
-                     path=str(src))
-    notes = bio.write(vol, dst, force=force, lossy=_lossy_coding(meta, os.path.getsize(src)))
-    rep = CodingReport(str(dst), tuple(arr.shape), arr.dtype.str, os.path.getsize(src), arr.nbytes)
+        # streamed: the writer pulls one decoded slice at a time (the volume is never held);
+        # a damaged slice aborts the write and removes the partial output (or is skipped)
+        stack, meta, damaged, bar = _decoded_stack(r, slices, progress, skip_damaged)
+        vol = bio.Volume(data=stack, source=meta.get("source", "numpy"),
+                         meta=meta.get("source_meta", {}), path=str(src))
+        try:
+            with pipeline.single_thread():
+                notes = bio.write(vol, dst, force=force,
+                                  lossy=_lossy_coding(meta, os.path.getsize(src)))
+        finally:
+            bar.close()
+    rep = CodingReport(str(dst), stack.shape, stack.dtype.str, os.path.getsize(src), stack.nbytes)
     rep.notes = notes
     return rep, damaged
 
@@ -321,10 +408,9 @@ def verify(src: str | os.PathLike | bytes) -> dict:
         from .errors import ModelError
 
         try:
-            path = zoo.find_weights(codec["model"])
-            if zoo.sha256_file(path) != codec.get("weights_sha256"):
-                model_ok, model_note = False, (f"installed {codec['model']!r} weights differ from "
-                                               f"the file's ({str(codec.get('weights_sha256'))[:12]}…)")
+            path = zoo.weights_for(codec["model"], codec.get("weights_sha256"))
+            if path.parent.name == zoo.ARCHIVE:
+                model_note = f"decodes with archived weights {path}"
         except ModelError as e:
             model_ok, model_note = False, str(e)
     return {"n_slices": n, "damaged": damaged, "ok": not damaged, "model": codec.get("model"),

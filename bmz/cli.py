@@ -137,6 +137,8 @@ def verify(files) -> None:
             worst = max(worst, 3)
         if not r["model_available"]:
             line += f"; cannot be decoded here: {r['model_note']}"
+        elif r["model_note"]:
+            line += f"; {r['model_note']}"
         click.echo(line, err=not r["ok"])
     if worst:
         sys.exit(worst)

@@ -216,7 +216,10 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
     load_trained_state(model, state["model"])
     out_p = Path(out)
     weights = out_p.with_suffix(".pt")
-    sha = zoo.save_frozen(model, weights)
+    tmp = weights.with_name(weights.stem + ".new.pt")
+    sha = zoo.save_frozen(model, tmp)
+    zoo.archive_superseded(weights, sha)  # files encoded with the old weights stay decodable
+    os.replace(tmp, weights)
     n_params = sum(p.numel() for n, p in model.named_parameters())
     card = {
         "name": out_p.stem,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bmz import api
+from bmz import errors as bmz_errors
 from bmz.codec import zoo
 from bmz.codec.models import build_model, decoder_macs_per_pixel, model_names
 
@@ -115,3 +116,44 @@ def test_saved_family_model_round_trips_through_the_api(name, tmp_path, monkeypa
     info = api.info(blob)
     assert info["model"] == stem.name and info["weights_sha256"] == sha
     assert math.isfinite(float(np.mean(back)))
+
+
+def test_retrained_weights_keep_old_files_decodable(tmp_path, monkeypatch):
+    """Exporting new weights over shipped ones archives the old pair (archive/NAME-<sha12>.pt):
+    a file encoded before the retrain still decodes bit-exactly, with the archived weights."""
+    from bmz import train
+    from bmz.bitstream import BmzReader, pack
+
+    repo_ckpt = zoo.find_weights("cnn-ae-8").parents[0] / "checkpoints" / "cnn-ae-8.ckpt"
+    if not repo_ckpt.is_file():
+        pytest.skip("models/checkpoints/cnn-ae-8.ckpt not in this checkout")
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("BMZ_MODEL_PATH", str(models))
+    state = torch.load(repo_ckpt, map_location="cpu", weights_only=False)
+    ckpt = tmp_path / "a.ckpt"
+    torch.save(state, ckpt)
+    train.export(ckpt, models / "mini")
+    # the models folder named by BMZ_MODEL_PATH is searched first: "mini" is found there
+    img = np.add.outer(np.arange(40), np.arange(48)).astype(np.uint16)[None].repeat(2, 0) * 20
+    old_file = api.compress(img, quality=2, model="mini")
+    old_back = api.decompress(old_file)
+    old_sha = BmzReader(old_file).meta["codec"]["weights_sha256"]
+
+    key = next(k for k, v in state["model"].items() if k.startswith("g_s") and v.dtype.is_floating_point)
+    state["model"][key] = state["model"][key] * 1.01  # "retrained"
+    torch.save(state, ckpt)
+    train.export(ckpt, models / "mini")
+    archived = models / "archive" / f"mini-{old_sha[:12]}.pt"
+    assert archived.is_file() and archived.with_suffix(".json").is_file()
+    assert zoo.sha256_file(models / "mini.pt") != old_sha
+    np.testing.assert_array_equal(api.decompress(old_file), old_back)  # archived weights
+    assert "archived" in api.verify(old_file)["model_note"]
+    new_file = api.compress(img, quality=2, model="mini")
+    assert BmzReader(new_file).meta["codec"]["weights_sha256"] != old_sha
+
+    archived.unlink()  # weights nowhere: a clear error naming the weights and where bmz looked
+    r = BmzReader(old_file)
+    with pytest.raises(bmz_errors.ModelMismatchError, match=rf"mini.*{old_sha[:12]}.*archive"):
+        api.decompress(pack(r.meta, [r.chunk(k) for k in range(r.n_slices)]))
+    assert api.verify(old_file)["model_available"] is False

@@ -54,7 +54,12 @@ def intensity_mapping(data: np.ndarray) -> dict:
     """The exact mapping of a volume's stored values to [0, 1]: offset, scale, bit depth."""
     if data.size == 0:
         raise ValueError("empty array")
-    vmin, vmax = int(data.min()), int(data.max())
+    return mapping_for_range(int(data.min()), int(data.max()))
+
+
+def mapping_for_range(vmin: int, vmax: int) -> dict:
+    """:func:`intensity_mapping` of a volume whose stored values span ``[vmin, vmax]``."""
+    vmin, vmax = int(vmin), int(vmax)
     return {"offset": vmin, "scale": vmax - vmin, "bits": bit_depth(vmin, vmax), "min": vmin, "max": vmax}
 
 

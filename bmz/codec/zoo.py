@@ -10,6 +10,13 @@ A shipped model is two files side by side in a models folder:
 
 Models folders searched, in order: ``$BMZ_MODEL_PATH`` (``os.pathsep``-separated), the ``models/``
 folder of a source checkout, and ``<sys.prefix>/share/bmz/models`` (a wheel install).
+
+Superseded weights stay decodable. A ``.bmz`` file names the model and the SHA-256 of the
+weights it was encoded with; retraining a model changes that SHA. So when new weights replace
+shipped ones (:func:`archive_superseded`, run by ``bmz export``), the old pair moves to the
+folder's ``archive/`` as ``NAME-<first 12 hex of its SHA-256>.pt`` / ``.json`` and ships on.
+Decoding looks for the exact weights a file names: ``NAME.pt`` in any models folder whose SHA-256
+matches, else ``archive/NAME-<sha12>.pt`` in any models folder (verified against the full SHA).
 """
 
 from __future__ import annotations
@@ -68,6 +75,59 @@ def find_weights(name: str) -> Path:
     return found[name]
 
 
+ARCHIVE = "archive"
+
+
+def archived_weights(name: str, sha256: str) -> Path | None:
+    """The archived weights of ``name`` whose SHA-256 is ``sha256``, if any models folder has them."""
+    if not isinstance(sha256, str) or len(sha256) < 12:
+        return None
+    for d in model_dirs():
+        p = d / ARCHIVE / f"{name}-{sha256[:12]}.pt"
+        if p.is_file() and p.with_suffix(".json").is_file() and sha256_file(p) == sha256:
+            return p
+    return None
+
+
+def weights_for(name: str, sha256: str) -> Path:
+    """The weights file of ``name`` with exactly this SHA-256: installed or archived.
+
+    Raises :class:`UnknownModelError` (no such model at all) or :class:`ModelMismatchError`."""
+    path = find_weights(name)
+    _check_card(path)  # a damaged installation is reported, not stepped over
+    for cand in [path] + [d / f"{name}.pt" for d in model_dirs()]:
+        if cand.is_file() and cand.with_suffix(".json").is_file() and sha256_file(cand) == sha256:
+            return cand
+    old = archived_weights(name, sha256)
+    if old is not None:
+        return old
+    where = ", ".join(str(d / ARCHIVE) for d in model_dirs())
+    raise ModelMismatchError(
+        f"this file was encoded with {name!r} weights {str(sha256)[:12]}…, which are neither the "
+        f"installed ones ({sha256_file(path)[:12]}…, {path}) nor archived (looked for "
+        f"{name}-{str(sha256)[:12]}.pt in {where}); install the bmz version or model files it was "
+        f"written with, or put them in a folder named by $BMZ_MODEL_PATH")
+
+
+def archive_superseded(weights: str | os.PathLike, new_sha256: str | None = None) -> Path | None:
+    """Before ``weights`` (``NAME.pt`` with its card) is replaced: move the current pair to
+    ``archive/NAME-<sha12>.pt/.json`` beside it, so that files encoded with it stay decodable.
+    Nothing happens when there is no current pair or it has ``new_sha256``. → the archived path."""
+    weights = Path(weights)
+    card = weights.with_suffix(".json")
+    if not (weights.is_file() and card.is_file()):
+        return None
+    sha = sha256_file(weights)
+    if sha == new_sha256:
+        return None
+    dest = weights.parent / ARCHIVE / f"{weights.stem}-{sha[:12]}.pt"
+    dest.parent.mkdir(exist_ok=True)
+    if not dest.is_file():
+        os.replace(weights, dest)
+        os.replace(card, dest.with_suffix(".json"))
+    return dest
+
+
 def read_card(name: str) -> dict:
     return json.loads(find_weights(name).with_suffix(".json").read_text())
 
@@ -94,18 +154,19 @@ def load_model(name: str, expect_sha256: str | None = None):
 
     Raises :class:`ModelMismatchError` when the weights differ from what the card or the file
     being decoded says — decoding with other weights would give garbage."""
-    path = find_weights(name)
+    path = find_weights(name) if expect_sha256 is None else weights_for(name, expect_sha256)
+    sha = _check_card(path)
+    return _load(str(path), sha), sha
+
+
+def _check_card(path: Path) -> str:
+    """The SHA-256 of weights ``path``, checked against its model card's."""
     sha = sha256_file(path)
     card_sha = json.loads(path.with_suffix(".json").read_text()).get("sha256")
     if card_sha != sha:
         raise ModelMismatchError(f"{path}: SHA-256 {sha[:12]}… does not match its model card "
                                  f"({str(card_sha)[:12]}…); reinstall the model files")
-    if expect_sha256 is not None and expect_sha256 != sha:
-        raise ModelMismatchError(
-            f"this file was encoded with {name!r} weights {expect_sha256[:12]}…, but the installed "
-            f"{name!r} weights are {sha[:12]}… ({path}); install the bmz version or model files "
-            f"it was written with")
-    return _load(str(path), sha), sha
+    return sha
 
 
 def save_frozen(model, path: str | os.PathLike) -> str:

@@ -54,7 +54,7 @@ import numpy as np
 
 from .._fileutil import atomic_output
 from ..errors import InputError, OutputError
-from . import Volume, as_integer_array, cast_exact
+from . import SliceStack, Volume, cast_exact, integer_slices
 
 try:  # nibabel interprets the header fields; bmz handles the bytes
     from nibabel.nifti1 import Nifti1Header
@@ -86,17 +86,55 @@ def _require_nibabel() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _is_gzip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable NIfTI file ({exc.strerror or exc})") from None
+
+
 def _read_file_bytes(path: Path) -> bytes:
     """The (decompressed) bytes of a .nii / .nii.gz file."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-        if magic == b"\x1f\x8b":
+        if _is_gzip(path):
             with gzip.open(path, "rb") as g:
                 return g.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: not a readable NIfTI file ({exc})") from None
+
+
+class _Bytes:
+    """The decompressed bytes of a NIfTI file, read at offsets: from memory (``raw``) or, lazily,
+    from the (gzip) file itself, which is then opened once and read forward (a gzip stream can
+    only be read forward cheaply: seeking back restarts its decompression)."""
+
+    def __init__(self, path: Path, raw: bytes | None):
+        self.path, self.raw = path, raw
+        self._f = None
+
+    def read_at(self, offset: int, n: int, what: str) -> bytes:
+        if self.raw is not None:
+            return self.raw[offset : offset + n]
+        try:
+            if self._f is None:
+                self._f = gzip.open(self.path, "rb") if _is_gzip(self.path) else open(self.path, "rb")
+            self._f.seek(offset)
+            return self._f.read(n)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{self.path}: {what}: cannot read ({exc})") from None
+
+    def size_hint(self) -> int | None:
+        """The total size where it is known without decompressing."""
+        if self.raw is not None:
+            return len(self.raw)
+        return None if _is_gzip(self.path) else self.path.stat().st_size
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 def _header_version(raw: bytes, path: Path) -> int:
@@ -138,20 +176,33 @@ def _shape_str(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def read_nifti(path: Path) -> Volume:
+def read_nifti(path: Path, lazy: bool = False) -> Volume:
     """Read a single-file NIfTI-1/NIfTI-2 image (``.nii`` or ``.nii.gz``) into a Volume.
 
-    Raises :class:`InputError` naming the file for anything bmz cannot encode (4-D data, RGB,
-    non-integer floats, empty images, truncated or invalid files).
+    With ``lazy``, ``data`` is a :class:`~bmz.io.SliceStack` reading one slice at a time from the
+    file (NIfTI stores slice ``k`` of the last axis as one contiguous block), after one checking
+    pass over every slice; memory stays that of a few slices whatever the volume's size.
+
+    Raises :class:`InputError` naming the file (and slice) for anything bmz cannot encode (4-D
+    data, RGB, non-integer floats, empty images, truncated or invalid files).
     """
     _require_nibabel()
     path = Path(path)
-    raw = _read_file_bytes(path)
-    version = _header_version(raw, path)
+    src = _Bytes(path, None if lazy else _read_file_bytes(path))
+    try:
+        return _read(path, src, lazy)
+    except BaseException:
+        src.close()
+        raise
+
+
+def _read(path: Path, src: _Bytes, lazy: bool) -> Volume:
+    head = src.read_at(0, 540, "header")
+    version = _header_version(head, path)
     hsize = _HEADER_SIZE[version]
     klass = Nifti1Header if version == 1 else Nifti2Header
     try:
-        hdr = klass(binaryblock=raw[:hsize], check=False)
+        hdr = klass(binaryblock=head[:hsize], check=False)
         dtype = hdr.get_data_dtype()
         shape = tuple(int(s) for s in hdr.get_data_shape())
         vox_offset = int(hdr["vox_offset"])
@@ -183,24 +234,39 @@ def read_nifti(path: Path) -> Volume:
 
     if vox_offset < hsize:
         vox_offset = hsize  # invalid in a single file; nibabel treats it the same way
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    end = vox_offset + nbytes
-    if len(raw) < end:
-        raise InputError(
-            f"{path}: truncated NIfTI file ({len(raw)} bytes, header declares {end})"
-        )
-    arr = np.ndarray(shape=tuple(squeezed), dtype=dtype, buffer=raw, offset=vox_offset, order="F")
-    if arr.ndim == 2:
-        arr = arr[:, :, np.newaxis]
-    data = np.ascontiguousarray(np.moveaxis(arr, -1, 0))
-    data, converted_from = as_integer_array(data, str(path))
+    nx, ny = squeezed[0], squeezed[1]
+    nz = squeezed[2] if len(squeezed) == 3 else 1
+    slice_bytes = nx * ny * dtype.itemsize
+    end = vox_offset + nz * slice_bytes
+    size = src.size_hint()
+    if size is not None and size < end:
+        raise InputError(f"{path}: truncated NIfTI file ({size} bytes, header declares {end})")
+    extra = src.read_at(hsize, vox_offset - hsize, "extensions")
 
-    extra = raw[hsize:vox_offset]
-    trailing = raw[end:]
+    def get(k: int) -> np.ndarray:
+        # slice k = arr[:, :, k]: X*Y voxels, X fastest (Fortran order)
+        b = src.read_at(vox_offset + k * slice_bytes, slice_bytes, f"slice {k}")
+        if len(b) < slice_bytes:
+            raise InputError(f"{path}: truncated NIfTI file (the voxel data ends in slice {k} "
+                             f"of {nz}; header declares {end} bytes)")
+        return np.ascontiguousarray(np.frombuffer(b, dtype).reshape((nx, ny), order="F"))
+
+    raw_stack = SliceStack((nz, nx, ny), dtype, get, close=src.close)
+    stack, converted_from = integer_slices(raw_stack, str(path))  # reads every slice once
+
+    trailing = bytearray()
+    n_trailing = 0
+    while True:  # after the checking pass a lazy gzip stream is already at the data's end
+        b = src.read_at(end + n_trailing, 1 << 20, "data after the voxels")
+        if not b:
+            break
+        if len(trailing) <= _MAX_TRAILING:
+            trailing += b
+        n_trailing += len(b)
     notes: list[str] = []
-    if len(trailing) > _MAX_TRAILING:
-        notes.append(f"{len(trailing)} bytes after the voxel data were dropped")
-        trailing = b""
+    if n_trailing > _MAX_TRAILING:
+        notes.append(f"{n_trailing} bytes after the voxel data were dropped")
+        trailing = bytearray()
     slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
     scaling = None
     if np.isfinite(slope) and slope != 0 and np.isfinite(inter) and (slope, inter) != (1.0, 0.0):
@@ -208,7 +274,7 @@ def read_nifti(path: Path) -> Volume:
     meta = {
         "nifti": {
             "version": version,
-            "header": _b64(raw[:hsize]),
+            "header": _b64(head[:hsize]),
             "extra": _b64(extra),
             "extensions": _parse_extensions(extra, hdr.endianness),
             "shape": list(shape),
@@ -221,6 +287,11 @@ def read_nifti(path: Path) -> Volume:
     }
     if notes:
         meta["nifti"]["notes"] = notes
+    if lazy:
+        data = stack
+    else:
+        data = np.asarray(stack)
+        src.close()
     return Volume(data=data, source="nifti", meta=meta, path=str(path))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._fileutil import atomic_output
 from ..errors import InputError
-from . import Volume, as_integer_array, cast_exact
+from . import SliceStack, Volume, as_integer_array, cast_exact, integer_slices
 
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
@@ -49,8 +49,11 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]
     return shape, fortran, dtype, start, size
 
 
-def read_npy(path: Path) -> Volume:
-    """Read a 2-D or 3-D integer (or integer-valued float, or bool) ``.npy`` array."""
+def read_npy(path: Path, lazy: bool = False) -> Volume:
+    """Read a 2-D or 3-D integer (or integer-valued float, or bool) ``.npy`` array.
+
+    With ``lazy``, ``data`` is a :class:`~bmz.io.SliceStack` over a read-only memory map of the
+    file: slices are read when asked for (after one pass checking every slice)."""
     path = Path(path)
     shape, fortran_order, dtype, start, size = _read_header(path)
     if dtype.hasobject:
@@ -74,17 +77,23 @@ def read_npy(path: Path) -> Volume:
         raise InputError(f"{path}: truncated: its header declares a {'x'.join(map(str, shape))} "
                          f"{dtype} array ({need} bytes) but the file holds {size - start}")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if lazy else None)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read the .npy data ({exc})") from None
-    data = arr[np.newaxis] if arr.ndim == 2 else arr
-    data, _ = as_integer_array(np.ascontiguousarray(data), str(path))
+    if lazy:
+        arr3 = arr[np.newaxis] if arr.ndim == 2 else arr
+        raw = SliceStack(arr3.shape, arr3.dtype, lambda k: np.ascontiguousarray(arr3[k]))
+        data, _ = integer_slices(raw, str(path), label_slices=arr.ndim == 3)
+    else:
+        data, _ = as_integer_array(np.ascontiguousarray(arr), str(path))
+        data = data[np.newaxis] if data.ndim == 2 else data
     meta = {"npy": {"dtype": dtype.str, "ndim": len(shape), "fortran_order": bool(fortran_order)}}
     return Volume(data=data, source="numpy", meta=meta, path=str(path))
 
 
 def write_npy(volume: Volume, path: Path, force: bool = True) -> None:
-    """Write ``volume`` as a ``.npy`` file (slices along axis 0), atomically."""
+    """Write ``volume`` as a ``.npy`` file (slices along axis 0), atomically, one slice at a time
+    (an original in Fortran order with several slices interleaves them, and is assembled whole)."""
     path = Path(path)
     data = volume.data
     meta = volume.meta if isinstance(volume.meta, dict) else {}
@@ -99,9 +108,14 @@ def write_npy(volume: Volume, path: Path, force: bool = True) -> None:
         fortran = bool(npy.get("fortran_order", False))
     elif isinstance(nifti, dict) and nifti.get("dtype"):
         dtype = np.dtype(nifti["dtype"])
-    arr = cast_exact(data, dtype, str(path))
-    if ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    arr = np.asfortranarray(arr) if fortran else np.ascontiguousarray(arr)
+    stack = SliceStack.of(cast_exact(data, dtype, str(path)))
+    shape = stack.shape[1:] if ndim == 2 and stack.shape[0] == 1 else stack.shape
+    fmt = np.lib.format
     with atomic_output(path, force=force) as f:
-        np.lib.format.write_array(f, arr, allow_pickle=False)
+        if fortran and len(shape) == 3 and shape[0] > 1:
+            fmt.write_array(f, np.asfortranarray(np.asarray(stack)), allow_pickle=False)
+            return
+        fmt.write_array_header_1_0(f, {"descr": fmt.dtype_to_descr(dtype),
+                                       "fortran_order": fortran, "shape": tuple(shape)})
+        for s in stack:
+            f.write(s.tobytes(order="F" if fortran else "C"))
