@@ -104,9 +104,15 @@ class GainedFactorizedCodec(BmzModel):
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
         """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
+        return self.synthesize(self.decode_latents(data, shape, q)["y"], q)
+
+    @torch.no_grad()
+    def decode_latents(self, data: bytes, shape: tuple[int, int], q: int) -> dict[str, torch.Tensor]:
+        """Entropy-decode one slice payload of padded size ``shape``, without synthesis →
+        ``{"y": int32 symbols (1, M, H/D, W/D)}`` (``round(y · gain[q] − median[q])``)."""
         H, W = shape
         yshape = (1, self.M, H // self.downsampling, W // self.downsampling)
-        return self.synthesize(self.coders[q].decode(data, entropy.channel_indexes(yshape)), q)
+        return {"y": self.coders[q].decode(data, entropy.channel_indexes(yshape))}
 
     def _latent_offsets(self) -> torch.Tensor:
         return torch.stack([self._medians(q).double().reshape(-1) for q in range(self.n_qualities)])

@@ -7,6 +7,8 @@ Every model follows one contract (see :class:`BmzModel`):
   indices (variable-rate models) — one set of weights serves every quality.
 * ``compress_slice(x, q) -> bytes`` / ``decompress_slice(data, shape, q) -> x_hat`` — the real
   bitstream of one slice (``x`` of shape ``(1, 1, H, W)`` with H, W multiples of ``downsampling``).
+  ``decompress_slice`` = ``synthesize(decode_latents(data, shape, q)["y"], q)``: the entropy
+  decoding alone (``decode_latents``, integer symbols) and the bit-exact synthesis of symbols.
 * ``freeze()`` — after training: builds the CDF tables and the integer hyper-synthesis, once. A
   frozen model never recomputes them, so every machine uses the very same tables.
 
@@ -126,14 +128,21 @@ class BmzModel(nn.Module):
         self.dec_inv_gain_fx.copy_(torch.round(torch.exp2(self.log2_inv_gain.detach().double()) * 2.0**A).long())
         self.dec_offset_fx.copy_(torch.round(self._latent_offsets() * 2.0**A).long())
 
-    def synthesize(self, sym: torch.Tensor, q: int) -> torch.Tensor:
-        """Decoded integer latent symbols of quality ``q`` → ``x_hat`` (float64, bit-exact):
-        ``a = round((sym + offset) · inv_gain)`` in integers, then the fixed-point synthesis."""
+    def activations(self, sym: torch.Tensor, q: int) -> torch.Tensor:
+        """Decoded integer latent symbols of quality ``q`` → the fixed-point synthesis's input:
+        the *ungained* latent ``a = round((sym + offset) · inv_gain)`` as int64 in units of
+        ``2**-ACT_BITS`` (the same scale for every quality, so codes of different qualities of
+        one model can be mixed here: :mod:`bmz.interpolate`)."""
         A = fixedpoint.ACT_BITS
         s = sym.to(torch.int64) * 2**A + self.dec_offset_fx[q][None, :, None, None]
-        a = torch.div(s * self.dec_inv_gain_fx[q][None, :, None, None] + 2 ** (A - 1), 2**A,
-                      rounding_mode="floor")
-        return self.fx_s(a)
+        return torch.div(s * self.dec_inv_gain_fx[q][None, :, None, None] + 2 ** (A - 1), 2**A,
+                         rounding_mode="floor")
+
+    def synthesize(self, sym: torch.Tensor, q: int) -> torch.Tensor:
+        """Decoded integer latent symbols of quality ``q`` → ``x_hat`` (float64, bit-exact):
+        ``a = round((sym + offset) · inv_gain)`` in integers (:meth:`activations`), then the
+        fixed-point synthesis."""
+        return self.fx_s(self.activations(sym, q))
 
     def compress_slice(self, x: torch.Tensor, q: int) -> bytes:
         """Encode one slice ``(1, 1, H, W)`` → its payload bytes (see :meth:`analyse`)."""
@@ -258,6 +267,13 @@ class GainedScaleHyperprior(BmzModel):
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
         """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
+        return self.synthesize(self.decode_latents(data, shape, q)["y"], q)
+
+    @torch.no_grad()
+    def decode_latents(self, data: bytes, shape: tuple[int, int], q: int) -> dict[str, torch.Tensor]:
+        """Entropy-decode one slice payload of padded size ``shape``, without synthesis →
+        ``{"y": int32 symbols of the gained latent (1, M, H/2**stages, W/2**stages), "z": int32
+        symbols of the hyper-latent (1, N, H/2**(stages+2), W/2**(stages+2))}`` (ẑ = z + median)."""
         z_coder, y_coder = self.coders
         H, W = shape
         if len(data) < 4:
@@ -270,7 +286,7 @@ class GainedScaleHyperprior(BmzModel):
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = y_coder.decode(data[4 + nz:], y_idx)
-        return self.synthesize(y_sym, q)
+        return {"y": y_sym, "z": z_sym}
 
 
 def decoder_macs_per_pixel(model: BmzModel, size: int = 64) -> float:
