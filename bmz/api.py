@@ -88,7 +88,7 @@ def _quality_index(model, quality: int) -> int:
 
 def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
                source: str, source_meta: dict | None, progress: bool, force: bool,
-               name: str) -> CodingReport:
+               name: str, max_error: int | None = None, base_quality="auto") -> CodingReport:
     from .codec import pipeline, zoo
 
     a, (vmin, vmax) = _check_array(array, name)
@@ -96,6 +96,18 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     mapping = pipeline.mapping_for_range(vmin, vmax)
     model_name = model_name or zoo.DEFAULT_MODEL
     model, sha = zoo.load_model(model_name)
+    if max_error is not None:  # guaranteed fidelity: bmz.codec.bounded (chunk format 3)
+        from .codec import bounded
+
+        enc = bounded.BoundedEncoder(model, mapping, max_error,
+                                     bounded.check_base_quality(base_quality, model))
+        with pipeline.single_thread():
+            quality = enc.choose(vol)
+        codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality),
+                 "chunk_format": bounded.CHUNK_FORMAT, "max_error": int(max_error),
+                 "residual": bounded.CODER}
+        return _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress,
+                             force, enc.encode_slice)
     qi = _quality_index(model, quality)
     meta = {
         "bmz_version": __version__,
@@ -122,14 +134,45 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
 
 
+def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
+                  source_meta: dict | None, progress: bool, force: bool, encode_slice) -> CodingReport:
+    """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``."""
+    from .codec import pipeline
+
+    meta = {"bmz_version": __version__, "shape": list(a.shape), "dtype": a.dtype.str,
+            "source": source, "source_meta": source_meta or {}, "intensity": mapping, "codec": codec}
+    sizes = []
+    with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
+        slices: Iterable[int] = range(vol.shape[0])
+        if progress and vol.shape[0] > 1:
+            from tqdm import tqdm
+
+            slices = tqdm(slices, desc="encode", unit="slice", leave=False)
+        for k in slices:
+            chunk = encode_slice(vol[k])
+            sizes.append(len(chunk))
+            w.add(chunk)
+    return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
+
+
 def compress(array: np.ndarray, quality: int = DEFAULT_QUALITY, model: str | None = None, *,
-             source: str = "numpy", source_meta: dict | None = None) -> bytes:
-    """Encode a 2-D or 3-D integer array (slices along axis 0) → a complete ``.bmz`` file as bytes."""
+             source: str = "numpy", source_meta: dict | None = None,
+             max_error: int | None = None, lossless: bool = False,
+             base_quality: int | str = "auto") -> bytes:
+    """Encode a 2-D or 3-D integer array (slices along axis 0) → a complete ``.bmz`` file as bytes.
+
+    ``max_error=δ`` (stored units, ≥ 0) guarantees ``|decoded − original| ≤ δ`` on every voxel;
+    ``lossless=True`` is ``δ = 0`` (every bit kept). Those files hold a learned base layer at
+    ``base_quality`` (``"auto"``: whichever of none or the lowest qualities codes smaller; 0:
+    none; ``quality`` is then unused) plus a residual coded to the bound (docs/FORMAT.md §10.2)."""
     import io
 
+    from .codec.bounded import check_max_error
+
+    delta = check_max_error(max_error, lossless)
     buf = io.BytesIO()
     _encode_to(buf, array, quality, model, source, source_meta, progress=False, force=True,
-               name="array")
+               name="array", max_error=delta, base_quality=base_quality)
     return buf.getvalue()
 
 
@@ -200,12 +243,17 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     codec = meta.get("codec")
     if not isinstance(codec, dict):
         raise bad(f"'codec' ({codec!r})")
-    if codec.get("chunk_format") != CHUNK_FORMAT:
+    bounded = codec.get("chunk_format") == 3  # bounded error (bmz.codec.bounded)
+    if codec.get("chunk_format") != CHUNK_FORMAT and not bounded:
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
     q = codec.get("quality")
-    if not (is_int(q) and 1 <= q <= 64):
+    if not (is_int(q) and (0 if bounded else 1) <= q <= 64):
         raise bad(f"'codec.quality' ({q!r})")
+    if bounded:
+        from .codec.bounded import check_bounded_meta
+
+        check_bounded_meta(name, codec)
     if not isinstance(codec.get("model"), str) or not isinstance(codec.get("weights_sha256"), str):
         raise bad("'codec.model' / 'codec.weights_sha256'")
     return tuple(shape), dtype, mapping, codec
@@ -258,13 +306,19 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
         k = ks[i]
         try:
             chunk = reader.chunk(k)
-            if model is None and chunk[:1] == bytes([pipeline.CHUNK_LEARNED]):
+            if model is None and (chunk[:1] == bytes([pipeline.CHUNK_LEARNED])
+                                  or (chunk[:1] == b"\x02" and chunk[1:2] not in (b"", b"\x00"))):
                 from .codec import zoo
 
                 model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
             try:
-                qi = int(codec["quality"]) - 1
-                out = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+                if codec.get("chunk_format") == 3 or chunk[:1] == b"\x02":  # codec.bounded
+                    from .codec import bounded
+
+                    out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)
+                else:
+                    qi = int(codec["quality"]) - 1
+                    out = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
             except (ValueError, RuntimeError, IndexError, OverflowError) as e:
                 raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
         except FormatError:
@@ -307,20 +361,24 @@ def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None) -
 
 def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int = DEFAULT_QUALITY,
                 model: str | None = None, series: str | None = None, force: bool = True,
-                progress: bool = False, verify: bool = False) -> CodingReport:
+                progress: bool = False, verify: bool = False, *, max_error: int | None = None,
+                lossless: bool = False, base_quality: int | str = "auto") -> CodingReport:
     """Read a NIfTI / DICOM / ``.npy`` image and write its ``.bmz`` file (atomically).
 
     With ``verify``, the written file is decoded and compared with the input: the report's
-    ``psnr`` (peak = volume max − min) and ``max_error`` are filled in."""
+    ``psnr`` (peak = volume max − min) and ``max_error`` are filled in. ``max_error``,
+    ``lossless``, ``base_quality``: guaranteed fidelity, as in :func:`compress`."""
     from . import io as bio
     from ._fileutil import check_output_path
+    from .codec.bounded import check_max_error
 
+    delta = check_max_error(max_error, lossless)
     check_output_path(dst, force=force)  # fail before the work, not after
     vol = bio.read(src, series=series, lazy=True)  # NIfTI and .npy stream slice by slice
     try:
         # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
         rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force,
-                         str(src))
+                         str(src), max_error=delta, base_quality=base_quality)
         rep.path = str(dst)
         rep.n_bytes = os.path.getsize(dst)
         if verify:
@@ -403,7 +461,8 @@ def verify(src: str | os.PathLike | bytes) -> dict:
         n = r.n_slices
     codec = meta.get("codec") or {}
     model_ok, model_note = True, ""
-    if codec.get("model"):
+    # a bounded-error file without a base layer (quality 0) decodes without the model
+    if codec.get("model") and not (codec.get("chunk_format") == 3 and codec.get("quality") == 0):
         from .codec import zoo
         from .errors import ModelError
 
@@ -433,6 +492,8 @@ def info(src: str | os.PathLike | bytes) -> dict:
         "intensity": meta.get("intensity"), "bytes": size,
         "bpp": 8.0 * size / max(1, n_vox), "ratio": raw / max(1, size),
         "slice_bytes": sizes, "bmz_version": meta.get("bmz_version"),
+        # guaranteed fidelity (bounded-error files): δ in stored units, 0 = lossless; else None
+        "max_error": meta.get("codec", {}).get("max_error"),
     }
 
 

@@ -13,6 +13,8 @@ Chunk layout (one per slice), first byte = kind:
 * ``0x00`` constant: int64 little-endian stored value.
 * ``0x01`` learned: u16 LE ``floor``, then the model's slice payload (see the model's
   ``compress_slice``); decoded values ``≤ min + floor`` become ``min`` (:func:`choose_floor`).
+* ``0x02`` bounded error (files of chunk format 3, ``max_error`` / lossless): see
+  :mod:`bmz.codec.bounded`.
 """
 
 from __future__ import annotations
@@ -154,3 +156,50 @@ def decode_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, qua
             v[v <= mapping["min"] + floor] = mapping["min"]
         return v
     raise ValueError(f"unknown chunk kind {kind}")
+
+
+# ---- latent codes without pixels (bmz.interpolate) ---------------------------------------------
+
+
+class SliceLatents:
+    """What one chunk holds, entropy-decoded but not synthesised (:func:`decode_latents`).
+
+    ``kind``: :data:`CHUNK_CONSTANT` (``value`` = the stored value, no latent) or
+    :data:`CHUNK_LEARNED` (``floor``, and ``symbols``: the model's integer symbols, ``{"y": ...}``
+    and for the hyperprior also ``"z"``). ``shape``: the slice (H, W); ``quality``: the index."""
+
+    __slots__ = ("kind", "shape", "quality", "floor", "value", "symbols")
+
+    def __init__(self, kind: int, shape: tuple[int, int], quality: int, floor: int = 0,
+                 value: int | None = None, symbols: dict | None = None):
+        self.kind, self.shape, self.quality = kind, (int(shape[0]), int(shape[1])), int(quality)
+        self.floor, self.value, self.symbols = int(floor), value, symbols
+
+
+def decode_latents(model, chunk: bytes, shape: tuple[int, int], quality: int) -> SliceLatents:
+    """Chunk bytes → its entropy-decoded latent symbols (the real decoder of
+    :func:`decode_slice`, stopped before the synthesis). Raises ValueError on a bad chunk."""
+    if not chunk:
+        raise ValueError("empty chunk")
+    kind = chunk[0]
+    if kind == CHUNK_CONSTANT:
+        if len(chunk) != 9:
+            raise ValueError(f"constant chunk of {len(chunk)} bytes, expected 9")
+        return SliceLatents(kind, shape, quality, value=int.from_bytes(chunk[1:9], "little", signed=True))
+    if kind == CHUNK_LEARNED:
+        if model is None:
+            raise ValueError("learned chunk but no model")
+        if len(chunk) < 3:
+            raise ValueError(f"learned chunk of {len(chunk)} bytes, shorter than its 3-byte header")
+        floor = int.from_bytes(chunk[1:3], "little")
+        sym = model.decode_latents(chunk[3:], padded_shape(shape, model.downsampling), quality)
+        return SliceLatents(kind, shape, quality, floor=floor, symbols=sym)
+    raise ValueError(f"unknown chunk kind {kind}")
+
+
+def synthesize_latents(model, a: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """Fixed-point synthesis of integer activations ``a`` ``(B, M, h, w)`` (units 2**-ACT_BITS, as
+    ``model.activations`` gives) → ``x̂`` float64 ``(B, H, W)`` on the network's [0, 1] scale,
+    cropped to the slice ``shape``. Bit-exact: ``decode_slice`` is this on ``activations(y, q)``."""
+    H, W = shape
+    return model.fx_s(a)[:, 0, :H, :W].numpy()

@@ -1,0 +1,724 @@
+"""Near-lossless and lossless coding of a slice: |decoded − original| ≤ δ on every voxel (δ = 0:
+every bit), optionally on top of a learned base layer.
+
+The coder visits the voxels in raster order. For each it forms a prediction from what the
+decoder already has — the *reconstructed* causal neighbours (W, N, NW, NE, WW, NN) and, when the
+slice has a learned base layer, the base reconstruction ``b`` everywhere in the slice (decoded
+first, bit-exactly) — codes the prediction error quantised with step ``2δ + 1`` with an adaptive
+binary range coder, and reconstructs the voxel exactly as the decoder will.
+
+* **Prediction** (1/8 units): a blend of sub-predictors (plane, W, N, MED, W+NE−N, …; with a
+  base: ``b``, ``b`` plus each causal neighbour's residual, ``b`` plus the planar residual)
+  weighted by the inverse square of each one's recent error at the causal neighbours (the
+  self-correcting blend of TMW / GLICBAWLS / JPEG XL's weighted predictor), then a bias
+  correction per texture context (CALIC).
+* **Context modelling**: the quantised error is binarised as a zero flag, a sign and an Elias
+  gamma magnitude (unary exponent, mantissa bits). Each decision's probability is a logistic mix
+  (PAQ-style, integer) of four adaptive context models — error energy × base disagreement ×
+  neighbours' zeros; texture activity × intensity level; best-predictor error × non-zero count;
+  energy alone — each an integer estimator pair (fast and slow). Initial states come from
+  :data:`PRIOR` / :data:`PRIOR_MIX` (fitted on training MRI; flat when absent).
+* **Range coder**: LZMA's binary range coder (32-bit range, carry propagation), 16-bit
+  probabilities.
+
+Every step is integer arithmetic on int64 (explicit floors and shifts; the squash / stretch
+tables are built from integers), so encoder and decoder compute the identical prediction and
+probability for every decision on every machine and thread count. The encoder runs the decoder's
+reconstruction, so the bound is checked on exactly the values the decoder will produce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; fall back to (slow) Python
+    def njit(*a, **k):
+        if a and callable(a[0]):
+            return a[0]
+        return lambda f: f
+
+#: largest value range the coder handles (values 0 … 65535)
+MAX_RANGE = 65535
+
+N_PRED_PLAIN = 9
+N_PRED_BASE = 6
+N_LMS = 18                    # causal taps of the NLMS sub-predictor
+LMS_DY = np.array([0, -1, -1, -1, 0, -2, -1, -2, -2, -1, -2, -2, 0, -3, -1, -3, -3, -1],
+                  dtype=np.int64)
+LMS_DX = np.array([-1, 0, -1, 1, -2, 0, -2, -1, 1, 2, -2, 2, -3, 0, -3, -1, 1, 3],
+                  dtype=np.int64)
+LMS_SHIFT = 9
+LMS_WMAX = 1 << 20
+N_PRED = N_PRED_PLAIN + N_PRED_BASE
+
+# ---- binary decisions -----------------------------------------------------------------------
+N_K = 18                      # Elias-gamma exponents 0..17 (magnitudes up to 2^18 − 1)
+D_ZERO = 0
+D_SIGN = 1
+D_UNARY = 2                   # + k
+D_MTOP = D_UNARY + N_K        # + k: first mantissa bit of exponent k
+N_DEC = D_MTOP + N_K
+#: context models mixed for every decision and the size of each one's context
+N_MODELS = 4
+CS = (192, 256, 80, 64)
+N_IN = 2 * N_MODELS + 1       # a fast and a slow estimate per model, and a bias input
+N_MROW = N_DEC * 16           # mixer weight sets: decision × energy bucket
+N_MANT = N_K * N_K            # plain adaptive contexts of the lower mantissa bits
+#: offset of each model's table in the counter array
+_OFF = np.cumsum((0,) + tuple(N_DEC * c for c in CS))
+N_CNT = int(_OFF[-1]) + N_MANT
+N_BIAS = 64 * 4
+
+#: intensity-level buckets of the prediction (stored units): background noise is coded apart
+LEV_TH = np.array([1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 64, 128, 512], dtype=np.int64)
+#: energy bucket thresholds (errors summed over 5 neighbour weights, 1/8 units, per step)
+E_THRESH = np.array([2, 5, 9, 14, 20, 28, 40, 56, 80, 112, 160, 224, 320, 480, 800],
+                    dtype=np.int64)
+
+# ---- logistic mixing tables (PAQ's, built from integers) -------------------------------------
+_SQ_T = np.array([1, 2, 3, 6, 10, 16, 27, 45, 73, 120, 194, 310, 488, 747, 1101, 1546, 2047,
+                  2549, 2994, 3348, 3607, 3785, 3901, 3975, 4022, 4050, 4068, 4079, 4085, 4089,
+                  4092, 4093, 4094], dtype=np.int64)
+
+
+def _squash_py(d: int) -> int:
+    d = max(-2047, min(2047, d))
+    w = d & 127
+    i = (d >> 7) + 16
+    return (int(_SQ_T[i]) * (128 - w) + int(_SQ_T[i + 1]) * w + 64) >> 7
+
+
+def _stretch_table() -> np.ndarray:
+    t = np.zeros(4096, dtype=np.int64)
+    pi = 0
+    for x in range(-2047, 2048):
+        v = _squash_py(x)
+        for j in range(pi, v + 1):
+            t[j] = x
+        pi = v + 1
+    t[pi:] = 2047
+    return t
+
+
+STRETCH = _stretch_table()
+
+
+@njit(cache=True, inline="always")
+def _squash(d, T):
+    if d > 2047:
+        d = 2047
+    elif d < -2047:
+        d = -2047
+    w = d & 127
+    i = (d >> 7) + 16
+    return (T[i] * (128 - w) + T[i + 1] * w + 64) >> 7
+
+
+@njit(cache=True, inline="always")
+def _bucket(v, th):
+    k = 0
+    n = th.shape[0]
+    while k < n and v >= th[k]:
+        k += 1
+    return k
+
+
+# ---- range coder (LZMA's) -------------------------------------------------------------------
+# st: 0 low, 1 range, 2 cache, 3 cache size, 4 position, 5 code (decoder), 6 overflow flag
+
+@njit(cache=True, inline="always")
+def _put(st, buf, b):
+    p = st[4]
+    if p < buf.shape[0]:
+        buf[p] = b
+    else:
+        st[6] = 1
+    st[4] = p + 1
+
+
+@njit(cache=True, inline="always")
+def _shift_low(st, buf):
+    low = st[0]
+    if (low & 0xFFFFFFFF) < 0xFF000000 or (low >> 32) != 0:
+        carry = low >> 32
+        temp = st[2]
+        while True:
+            _put(st, buf, (temp + carry) & 0xFF)
+            temp = 0xFF
+            st[3] -= 1
+            if st[3] == 0:
+                break
+        st[2] = (low >> 24) & 0xFF
+    st[3] += 1
+    st[0] = (low & 0x00FFFFFF) << 8
+
+
+@njit(cache=True, inline="always")
+def _get(st, buf):
+    p = st[4]
+    st[4] = p + 1
+    if p < buf.shape[0]:
+        return np.int64(buf[p])
+    return np.int64(0)
+
+
+@njit(cache=True, inline="always")
+def _code_bit(mode, st, buf, p1, bit):
+    """Encode ``bit`` (mode 0) or decode one (mode 1); P(1) = p1 / 65536."""
+    bound = (st[1] >> 16) * (65536 - p1)
+    if mode == 0:
+        if bit == 0:
+            st[1] = bound
+        else:
+            st[0] += bound
+            st[1] -= bound
+        while st[1] < 0x1000000:
+            st[1] <<= 8
+            _shift_low(st, buf)
+        return bit
+    if st[5] < bound:
+        st[1] = bound
+        bit = 0
+    else:
+        st[5] -= bound
+        st[1] -= bound
+        bit = 1
+    while st[1] < 0x1000000:
+        st[1] <<= 8
+        st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    return bit
+
+
+# ---- adaptive probabilities and mixing ------------------------------------------------------
+# C: (N_CNT, 3) int64: fast and slow estimates of P(1) (16-bit), count
+
+#: adaptation rate after n observations, 16-bit: 1 / (n + 1.5), floored at 1/16 (fast) and at
+#: 1/RATE_SLOW (slow)
+RATE_FAST = 16
+RATE_SLOW = 128
+RATES = np.array([[max(65536 * 2 // (2 * n + 3), 65536 // r) for n in range(256)]
+                  for r in (RATE_FAST, RATE_SLOW)], dtype=np.int64)
+
+
+@njit(cache=True, inline="always")
+def _update(C, c, bit):
+    n = C[c, 2]
+    t = bit << 16
+    C[c, 0] += ((t - C[c, 0]) * RATES[0, n]) >> 16
+    C[c, 1] += ((t - C[c, 1]) * RATES[1, n]) >> 16
+    if n < 255:
+        C[c, 2] = n + 1
+
+
+@njit(cache=True, inline="always")
+def _clamp12(p):
+    p = p >> 4
+    if p < 1:
+        return 1
+    if p > 4094:
+        return 4094
+    return p
+
+
+@njit(cache=True, inline="always")
+def _mix_bit(mode, st, buf, C, M, ctx, d, row, bit, ST, SQ, xin, lr, A, arow):
+    """Code one decision ``d`` with the mix of the four models' contexts ``ctx``."""
+    dot = 0
+    for j in range(N_MODELS):
+        c = ctx[j]
+        a = ST[_clamp12(C[c, 0])]
+        b = ST[_clamp12(C[c, 1])]
+        xin[2 * j] = a
+        xin[2 * j + 1] = b
+        dot += M[row, 2 * j] * a + M[row, 2 * j + 1] * b
+    xin[2 * N_MODELS] = 256
+    dot += M[row, 2 * N_MODELS] * 256
+    p12 = _squash(dot >> 16, SQ)
+    # secondary estimation: P(1) as a function of the mixed p12, per decision and level
+    sv = ST[p12] + 2047
+    lo = sv >> 7
+    w = sv & 127
+    pa = (A[arow, lo] * (128 - w) + A[arow, lo + 1] * w) >> 7
+    p16 = (p12 * 16 + 3 * pa) >> 2
+    if p16 < 32:
+        p16 = 32
+    elif p16 > 65504:
+        p16 = 65504
+    bit = _code_bit(mode, st, buf, p16, bit)
+    ai = lo + (w >> 6)
+    A[arow, ai] += ((bit << 16) - A[arow, ai]) >> 6
+    err = ((bit << 12) - p12) * lr
+    for i in range(N_IN):
+        M[row, i] += (xin[i] * err) >> 14
+    for j in range(N_MODELS):
+        _update(C, ctx[j], bit)
+    return bit
+
+
+@njit(cache=True, inline="always")
+def _plain_bit(mode, st, buf, C, c, bit):
+    p = (C[c, 0] + C[c, 1]) >> 1
+    if p < 48:
+        p = 48
+    elif p > 65536 - 48:
+        p = 65536 - 48
+    bit = _code_bit(mode, st, buf, p, bit)
+    _update(C, c, bit)
+    return bit
+
+
+@njit(cache=True, inline="always")
+def _med(a, b, c):
+    mx = a if a > b else b
+    mn = a if a < b else b
+    if c >= mx:
+        return mn
+    if c <= mn:
+        return mx
+    return a + b - c
+
+
+@njit(cache=True, inline="always")
+def _iabs(v):
+    return v if v >= 0 else -v
+
+
+@njit(cache=True, inline="always")
+def _sgn3(v):
+    return 0 if v == 0 else (1 if v > 0 else 2)
+
+
+@njit(cache=True, nogil=True)
+def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix, prior_apm, e_th, ST,
+                SQ, lr, n0, stats, mix_acc, apm_acc):
+    """Encode (mode 0: ``x`` holds the slice, ``buf`` receives the bytes) or decode (mode 1:
+    ``buf`` holds the bytes, ``x`` receives the slice). Returns (bytes written / read, status):
+    0 ok, 1 buffer too small (encode), 2 bound violated (encode; cannot happen), 3 corrupt.
+
+    ``stats`` (N_CNT, 2) int64, when it has rows, accumulates the count of zeros and ones coded in
+    every context (to fit :data:`PRIOR`)."""
+    H, W = x.shape
+    s = 2 * delta + 1
+    npred = N_PRED if has_base else N_PRED_PLAIN
+    R = np.zeros((H, W), np.int64)           # reconstruction
+    # rows y − 1 and y only (index y & 1): quantised errors, |8 R − p_i|, |8 R − prediction|
+    Q = np.zeros((2, W), np.int64)
+    E = np.zeros((npred, 2, W), np.int64)
+    F = np.zeros((2, W), np.int64)
+    C = np.empty((N_CNT, 3), np.int64)
+    for c in range(N_CNT):
+        C[c, 0] = prior[c]
+        C[c, 1] = prior[c]
+        C[c, 2] = n0
+    M = np.empty((N_MROW, N_IN), np.int64)
+    for r in range(N_MROW):
+        for i in range(N_IN):
+            M[r, i] = prior_mix[r, i]
+    A = np.empty((N_DEC * 16, 33), np.int64)
+    for r in range(N_DEC * 16):
+        for j in range(33):
+            A[r, j] = prior_apm[r, j]
+    collect = stats.shape[0] == N_CNT
+    bsum = np.zeros(N_BIAS, np.int64)
+    bcnt = np.zeros(N_BIAS, np.int64)
+    pv = np.zeros(N_PRED, np.int64)
+    sc = np.zeros(N_PRED, np.int64)
+    ctx = np.zeros(N_MODELS, np.int64)
+    cts = np.zeros(N_MODELS, np.int64)
+    xin = np.zeros(N_IN, np.int64)
+    lw = np.zeros(N_LMS, np.int64)          # NLMS weights, 2^-12 units
+    lu = np.zeros(N_LMS, np.int64)
+    st = np.zeros(8, np.int64)
+    st[1] = 0xFFFFFFFF
+    st[3] = 1
+    if mode == 1:
+        for _ in range(5):
+            st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    mid = (maxv + 1) // 2
+    kmax = N_K - 1
+    omant = _OFF_NB[N_MODELS]
+    for y in range(H):
+        cy = y & 1
+        py = cy ^ 1
+        for xx in range(W):
+            # ---- causal neighbours (reconstructed), with edge fallbacks
+            if y > 0 and xx > 0:
+                Wv = R[y, xx - 1]
+                Nv = R[y - 1, xx]
+                NWv = R[y - 1, xx - 1]
+            elif y > 0:
+                Nv = R[y - 1, xx]
+                Wv = Nv
+                NWv = Nv
+            elif xx > 0:
+                Wv = R[y, xx - 1]
+                Nv = Wv
+                NWv = Wv
+            else:
+                Wv = base[0, 0] if has_base else mid
+                Nv = Wv
+                NWv = Wv
+            NEv = R[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else Nv
+            WWv = R[y, xx - 2] if xx > 1 else Wv
+            NNv = R[y - 2, xx] if y > 1 else Nv
+            # ---- sub-predictions, 1/8 units
+            pv[0] = 8 * (Nv + Wv - NWv)
+            pv[1] = 8 * Wv
+            pv[2] = 8 * Nv
+            pv[3] = 8 * _med(Wv, Nv, NWv)
+            pv[4] = 8 * (Wv + NEv - Nv)
+            pv[5] = 4 * (Wv + NEv)
+            pv[6] = 8 * Nv + 4 * (Nv - NNv)
+            pv[7] = 8 * Wv + 4 * (Wv - WWv)
+            # NLMS on the 18 causal neighbours (0 outside the slice), centred on the mean of W, N
+            c0 = 4 * (Wv + Nv)
+            lnorm = 64 * s * s
+            lacc = 0
+            if y >= 3 and xx >= 3 and xx + 3 < W:  # interior: every tap inside
+                for i in range(N_LMS):
+                    u = 8 * R[y + LMS_DY[i], xx + LMS_DX[i]] - c0
+                    lu[i] = u
+                    lnorm += u * u
+                    lacc += lw[i] * u
+            else:
+                for i in range(N_LMS):
+                    yy = y + LMS_DY[i]
+                    xq = xx + LMS_DX[i]
+                    if yy < 0 or xq < 0 or xq >= W:
+                        u = 0
+                    else:
+                        u = 8 * R[yy, xq] - c0
+                    lu[i] = u
+                    lnorm += u * u
+                    lacc += lw[i] * u
+            pv[8] = c0 + (lacc >> 12)
+            if has_base:
+                b = base[y, xx]
+                if y > 0 and xx > 0:
+                    rW = Wv - base[y, xx - 1]
+                    rN = Nv - base[y - 1, xx]
+                    rNW = NWv - base[y - 1, xx - 1]
+                elif y > 0:
+                    rN = Nv - base[y - 1, xx]
+                    rW = rN
+                    rNW = rN
+                elif xx > 0:
+                    rW = Wv - base[y, xx - 1]
+                    rN = rW
+                    rNW = rW
+                else:
+                    rW = 0
+                    rN = 0
+                    rNW = 0
+                rNE = NEv - base[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else rN
+                pv[9] = 8 * b
+                pv[10] = 8 * (b + rW)
+                pv[11] = 8 * (b + rN)
+                pv[12] = 4 * (2 * b + rW + rN)
+                pv[13] = 8 * (b + rN + rW - rNW)
+                pv[14] = 4 * (2 * b + rW + rNE)
+            # ---- each sub-predictor's recent error; blend weights ∝ 1 / error²
+            smin = -1
+            for i in range(npred):
+                t = 0
+                if y > 0:
+                    t += E[i, py, xx]
+                    if xx > 0:
+                        t += E[i, py, xx - 1]
+                    if xx + 1 < W:
+                        t += E[i, py, xx + 1]
+                if xx > 0:
+                    t += 2 * E[i, cy, xx - 1]
+                    if xx > 1:
+                        t += E[i, cy, xx - 2]
+                sc[i] = t
+                if smin < 0 or t < smin:
+                    smin = t
+            wsum = 0
+            psum = 0
+            for i in range(npred):
+                w = ((smin + 32) << 8) // (sc[i] + 32)
+                w = w * w
+                wsum += w
+                psum += w * pv[i]
+            pb = (psum + (wsum >> 1)) // wsum
+            # ---- error energy, texture, bias correction
+            en = 0
+            if y > 0:
+                en += F[py, xx]
+                if xx > 0:
+                    en += F[py, xx - 1]
+                if xx + 1 < W:
+                    en += F[py, xx + 1]
+            if xx > 0:
+                en += 2 * F[cy, xx - 1]
+            ke = _bucket(en // s, e_th)
+            pint = pb >> 3
+            tex = 0
+            if Nv > pint:
+                tex |= 1
+            if Wv > pint:
+                tex |= 2
+            if NWv > pint:
+                tex |= 4
+            if NEv > pint:
+                tex |= 8
+            if NNv > pint:
+                tex |= 16
+            if WWv > pint:
+                tex |= 32
+            kb = tex * 4 + (ke >> 2)
+            corr = 0
+            if bcnt[kb] > 0:
+                corr = bsum[kb] // bcnt[kb]
+            p8 = pb + corr
+            if p8 < 0:
+                p8 = 0
+            elif p8 > 8 * maxv:
+                p8 = 8 * maxv
+            pred = (p8 + 4) >> 3
+            # ---- context features
+            if has_base:
+                dis = _iabs(8 * base[y, xx] - p8) // s
+            else:
+                lo = pv[0]
+                hi = pv[0]
+                for i in range(1, 4):
+                    if pv[i] < lo:
+                        lo = pv[i]
+                    if pv[i] > hi:
+                        hi = pv[i]
+                dis = (hi - lo) // s
+            kd = 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
+            act = (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
+                   + _iabs(Nv - NNv))
+            ka = _bucket(8 * act // s, e_th)
+            lev = _bucket(pred, LEV_TH)
+            kbest = _bucket(smin // s, e_th)
+            qW = Q[cy, xx - 1] if xx > 0 else 0
+            qN = Q[py, xx] if y > 0 else 0
+            qNW = Q[py, xx - 1] if (y > 0 and xx > 0) else 0
+            qNE = Q[py, xx + 1] if (y > 0 and xx + 1 < W) else 0
+            nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
+            nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
+            # magnitude-type contexts of the four models
+            ctx[0] = (ke * 4 + kd) * 3 + nz
+            ctx[1] = ka * 16 + lev
+            ctx[2] = kbest * 5 + nz4
+            ctx[3] = ke * 4 + (lev >> 2)
+            # ---- the quantised error
+            q = 0
+            if mode == 0:
+                e = x[y, xx] - pred
+                if e >= 0:
+                    q = (e + delta) // s
+                else:
+                    q = -((delta - e) // s)
+            row = ke
+            for j in range(N_MODELS):
+                cts[j] = OFFS[j] + D_ZERO * CSA[j] + ctx[j]
+            nzb = _mix_bit(mode, st, buf, C, M, cts, D_ZERO, D_ZERO * 16 + row,
+                           1 if q != 0 else 0, ST, SQ, xin, lr, A, D_ZERO * 16 + lev)
+            if collect:
+                for j in range(N_MODELS):
+                    stats[cts[j], nzb] += 1
+            if nzb:
+                sW = _sgn3(qW)
+                sN = _sgn3(qN)
+                sf = _sgn3(p8 - 8 * pred)
+                cts[0] = OFFS[0] + D_SIGN * CSA[0] + ((sW * 3 + sN) * 3 + sf) * 4 + (ke >> 2)
+                cts[1] = OFFS[1] + D_SIGN * CSA[1] + ((_sgn3(qNW) * 3 + _sgn3(qNE)) * 3 + sW) * 3 + sf
+                cts[2] = OFFS[2] + D_SIGN * CSA[2] + _sgn3(corr) * 9 + sW * 3 + sN
+                cts[3] = OFFS[3] + D_SIGN * CSA[3] + lev * 3 + sf
+                neg = _mix_bit(mode, st, buf, C, M, cts, D_SIGN, D_SIGN * 16 + row,
+                               1 if q < 0 else 0, ST, SQ, xin, lr, A, D_SIGN * 16 + lev)
+                if collect:
+                    for j in range(N_MODELS):
+                        stats[cts[j], neg] += 1
+                # Elias gamma of |q|: exponent k in unary, then k mantissa bits
+                mv = q if q > 0 else -q
+                k = 0
+                if mode == 0:
+                    t = mv
+                    while t > 1:
+                        t >>= 1
+                        k += 1
+                kk = 0
+                while kk < kmax:
+                    d = D_UNARY + kk
+                    for j in range(N_MODELS):
+                        cts[j] = OFFS[j] + d * CSA[j] + ctx[j]
+                    more = _mix_bit(mode, st, buf, C, M, cts, d, d * 16 + row,
+                                    1 if kk < k else 0, ST, SQ, xin, lr, A, d * 16 + lev)
+                    if collect:
+                        for j in range(N_MODELS):
+                            stats[cts[j], more] += 1
+                    if not more:
+                        break
+                    kk += 1
+                k = kk
+                if mode == 1:
+                    mv = 1
+                for j in range(k - 1, -1, -1):
+                    bitv = (mv >> j) & 1 if mode == 0 else 0
+                    if j == k - 1:
+                        d = D_MTOP + k
+                        for jj in range(N_MODELS):
+                            cts[jj] = OFFS[jj] + d * CSA[jj] + ctx[jj]
+                        bitv = _mix_bit(mode, st, buf, C, M, cts, d, d * 16 + row, bitv,
+                                        ST, SQ, xin, lr, A, d * 16 + lev)
+                        if collect:
+                            for jj in range(N_MODELS):
+                                stats[cts[jj], bitv] += 1
+                    else:
+                        cm = omant + k * N_K + j
+                        bitv = _plain_bit(mode, st, buf, C, cm, bitv)
+                        if collect:
+                            stats[cm, bitv] += 1
+                    if mode == 1:
+                        mv = (mv << 1) | bitv
+                if mode == 1:
+                    if mv - 1 > maxv:
+                        return st[4], 3
+                    q = -mv if neg else mv
+            v = pred + q * s
+            if v < 0:
+                v = 0
+            elif v > maxv:
+                v = maxv
+            if mode == 0:
+                dd = v - x[y, xx]
+                if dd > delta or dd < -delta:
+                    return st[4], 2
+            else:
+                x[y, xx] = v
+            R[y, xx] = v
+            Q[cy, xx] = q
+            v8 = 8 * v
+            for i in range(npred):
+                E[i, cy, xx] = _iabs(v8 - pv[i])
+            F[cy, xx] = _iabs(v8 - p8)
+            # NLMS step: w += 2^LMS_SHIFT · err · u / ‖u‖² (one division per voxel)
+            g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
+            for i in range(N_LMS):
+                t = lw[i] + ((g * lu[i]) >> 16)
+                # bounded (|w| ≤ 256): no int64 overflow whatever a forged stream decodes to
+                lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)
+            bsum[kb] += v8 - pb
+            bcnt[kb] += 1
+            if bcnt[kb] >= 64:
+                bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
+                bcnt[kb] = bcnt[kb] // 2
+    if collect:
+        mix_acc += M
+        apm_acc += A
+    if mode == 0:
+        rec[:, :] = R
+        for _ in range(5):
+            _shift_low(st, buf)
+        return st[4], (1 if st[6] else 0)
+    if st[4] > buf.shape[0] + 8:
+        return st[4], 3
+    return st[4], 0
+
+
+_OFF_NB = np.array(list(_OFF[:N_MODELS]) + [int(_OFF[-1])], dtype=np.int64)
+OFFS = _OFF_NB
+CSA = np.array(CS, dtype=np.int64)
+
+def flat_tables():
+    """Uninformed initial state: P(1) = ½ everywhere, equal mixer weights, identity secondary
+    estimation, no confidence → (PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0)."""
+    prior = np.full(N_CNT, 32768, dtype=np.int64)
+    mix = np.full((N_MROW, N_IN), 65536 // (2 * N_MODELS), dtype=np.int64)
+    mix[:, -1] = 0
+    apm = np.array([[_squash_py((j - 16) * 128) * 16 for j in range(33)]] * (N_DEC * 16),
+                   dtype=np.int64)
+    return prior, mix, apm, 0
+
+
+def _fitted_tables():
+    """The initial state fitted on training MRI (:mod:`bmz.codec.residual_prior`), if shipped."""
+    try:
+        from ._residual_tables import DATA
+    except ImportError:
+        return flat_tables()
+    from .residual_prior import load
+
+    t = load(DATA)
+    if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \
+            t["apm"].shape != (N_DEC * 16, 33):
+        raise RuntimeError("bmz/codec/_residual_tables.py does not match the residual coder")
+    return t["prior"], t["mix"], t["apm"], int(t["n0"][0])
+
+
+#: initial P(1) of every context (16-bit), mixer weights (16.16), secondary estimation, and the
+#: count the initial probabilities are worth
+PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0 = _fitted_tables()
+LR = 2
+_NO_STATS = np.zeros((0, 2), np.int64)
+_NO_ACC = np.zeros((0, 0), np.int64)
+
+
+def _args(stats=None, mix_acc=None, apm_acc=None):
+    return (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, STRETCH, _SQ_T, LR, PRIOR_N0,
+            _NO_STATS if stats is None else stats, _NO_ACC if mix_acc is None else mix_acc,
+            _NO_ACC if apm_acc is None else apm_acc)
+
+
+def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
+           stats=None, mix_acc=None, apm_acc=None) -> tuple[bytes, np.ndarray]:
+    """Code slice ``x`` (integers in ``[0, maxv]``) with max error ``delta`` (optionally on the
+    base reconstruction ``base``, same shape) → (bytes, the decoder's reconstruction, int64).
+    Raises RuntimeError if the reconstruction breaks the bound (an internal error)."""
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    has_base = base is not None
+    b = np.ascontiguousarray(base, dtype=np.int64) if has_base else np.zeros((1, 1), np.int64)
+    rec = np.zeros(x.shape, np.int64)
+    cap = x.size * 2 + 1024
+    while True:
+        buf = np.zeros(cap, np.uint8)
+        n, status = _code_slice(0, x, rec, b, has_base, int(maxv), int(delta), buf,
+                                *_args(stats, mix_acc, apm_acc))
+        if status == 1:
+            cap *= 8
+            continue
+        if status != 0:
+            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
+        return buf[:n].tobytes(), rec
+
+
+def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
+           base: np.ndarray | None = None) -> np.ndarray:
+    """Bytes of :func:`encode` → the reconstruction (int64). Raises ValueError when the stream
+    cannot be decoded (a damaged or forged stream may also decode to wrong values: the chunk's
+    CRC of the reconstruction catches those)."""
+    H, W = int(shape[0]), int(shape[1])
+    x = np.zeros((H, W), np.int64)
+    has_base = base is not None
+    b = np.ascontiguousarray(base, dtype=np.int64) if has_base else np.zeros((1, 1), np.int64)
+    buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
+    n, status = _code_slice(1, x, x, b, has_base, int(maxv), int(delta), buf, *_args())
+    if status != 0:
+        raise ValueError("residual stream cannot be decoded (corrupt)")
+    return x
+
+
+def _digest() -> str:
+    """SHA-256 of everything that steers the coder's decisions besides its code: the prior
+    tables and the constants. Part of :data:`CODER_ID`, so a file coded with other tables is
+    refused by name instead of failing its CRC."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, RATES, STRETCH,
+              np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN, N_PRED_BASE,
+                        N_BIAS], dtype=np.int64)):
+        h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+#: name and version of the residual coder with its tables (metadata ``codec.residual``)
+CODER_ID = "nlmix1-" + _digest()[:12]

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Regenerate the golden bounded-error files (run deliberately, after a change to the residual
+coder or its tables that is meant to change what stored files decode to — say so in the commit).
+
+    python tests/golden/bounded/make_golden.py
+
+Sources as in ``tests/golden/make_golden.py`` (permissively licensed real MRI): the README sample
+(SCT T1w, 8-bit) lossless; a crop of the 12-bit Siemens Prisma series at max error 2 with a
+learned base layer in every slice (the per-slice fallback to no base is switched off, so the base
+path is exercised); the int32 14-bit BOLD crop lossless. ``golden.json`` records the SHA-256 of each
+decoded array (C order) and δ."""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+
+from bmz import api  # noqa: E402
+from bmz.codec import bounded, pipeline, zoo  # noqa: E402
+from make_golden import decoded_sha, sources  # noqa: E402
+
+
+def with_base(vol: np.ndarray, delta: int, q: int) -> bytes:
+    """A bounded file whose every chunk keeps its base layer at quality ``q``."""
+    model, sha = zoo.load_model(zoo.DEFAULT_MODEL)
+    mapping = pipeline.mapping_for_range(int(vol.min()), int(vol.max()))
+    enc = bounded.BoundedEncoder(model, mapping, delta, q)
+    enc.fallback = False
+    codec = {"model": zoo.DEFAULT_MODEL, "weights_sha256": sha, "quality": q,
+             "chunk_format": bounded.CHUNK_FORMAT, "max_error": delta, "residual": bounded.CODER}
+    buf = _io.BytesIO()
+    api._write_chunks(buf, vol, vol, mapping, codec, "numpy", None, False, True, enc.encode_slice)
+    return buf.getvalue()
+
+
+def main() -> int:
+    src = sources()
+    plans = {"sct_t1w_8bit_lossless.bmz": lambda: api.compress(src["sct_t1w_8bit"], lossless=True,
+                                                                base_quality=0),
+             "prisma_12bit_d2_base_q1.bmz": lambda: with_base(src["prisma_12bit"], 2, 1),
+             "bold_int32_14bit_lossless.bmz": lambda: api.compress(src["bold_int32_14bit"],
+                                                                    lossless=True, base_quality=0)}
+    record = {}
+    for old in HERE.glob("*.bmz"):
+        old.unlink()
+    for fname, make in plans.items():
+        blob = make()
+        (HERE / fname).write_bytes(blob)
+        back = api.decompress(blob)
+        info = api.info(blob)
+        record[fname] = {"max_error": info["max_error"], "base_quality": info["quality"],
+                         "shape": list(back.shape), "dtype": back.dtype.str,
+                         "sha256": decoded_sha(back), "bytes": len(blob)}
+        print(fname, record[fname], file=sys.stderr)
+    (HERE / "golden.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
