@@ -69,16 +69,35 @@ def main() -> None:
 @click.option("--series", default=None, help="DICOM folder with several series: the one to encode (UID or number)")
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
 @click.option("--verify", is_flag=True, help="decode the written file and report PSNR and max error")
+@click.option("--max-error", "max_error", default=None, type=int, metavar="D",
+              help="guarantee |decoded - original| <= D stored units on every voxel (0 = lossless)")
+@click.option("--lossless", is_flag=True, help="keep every bit (= --max-error 0)")
+@click.option("--base-quality", default=None, metavar="auto|0|Q",
+              help="with --max-error/--lossless: quality of the learned base layer (0: none; "
+                   "default auto: whichever codes smaller)")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
-def encode(src, dst, quality, model, series, force, verify, quiet) -> None:
+def encode(src, dst, quality, model, series, force, verify, max_error, lossless, base_quality,
+           quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     from . import api
 
+    bounded = max_error is not None or lossless
+    if bounded and quality is not None:
+        raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
+                         "learned base layer's quality is --base-quality (auto, 0 or 1..8)")
+    if base_quality is not None and not bounded:
+        raise InputError("--base-quality needs --max-error D or --lossless")
     rep = api.encode_file(src, dst, quality=quality or api.DEFAULT_QUALITY, model=model,
-                          series=series, force=force, progress=not quiet, verify=verify)
+                          series=series, force=force, progress=not quiet, verify=verify,
+                          max_error=max_error, lossless=lossless,
+                          base_quality=base_quality or "auto")
     if not quiet:
         click.echo(f"{dst}: {rep.n_bytes} bytes from {rep.raw_bytes} raw, shape {list(rep.shape)} "
                    f"{rep.dtype}, {rep.bpp:.3f} bpp, ratio {rep.ratio:.1f}:1")
+        if bounded:
+            d = 0 if max_error is None else max_error
+            click.echo("guaranteed: lossless (every bit), checked at encode time" if d == 0 else
+                       f"guaranteed: max abs error <= {d} on every voxel, checked at encode time")
         if verify:
             click.echo(f"verified: PSNR {rep.psnr:.2f} dB (peak = volume max - min), "
                        f"max abs error {rep.max_error}")
@@ -161,6 +180,11 @@ def info(src, as_json) -> None:
     click.echo(f"model     {d['model']}  quality {d['quality']}  weights sha256 {str(d['weights_sha256'])[:16]}…")
     i = d["intensity"] or {}
     click.echo(f"intensity stored {i.get('min')}..{i.get('max')} ({i.get('bits')} bits) ↔ [0, 1]")
+    if d.get("max_error") is not None:
+        base = f"learned base layer quality {d['quality']}" if d["quality"] else "no base layer"
+        click.echo("fidelity  lossless: every bit (max error 0)" if d["max_error"] == 0 else
+                   f"fidelity  max abs error {d['max_error']} (stored units), guaranteed")
+        click.echo(f"layers    {base} + residual coder")
     click.echo(f"size      {d['bytes']} bytes  {d['bpp']:.4f} bpp  ratio {d['ratio']:.1f}:1")
     if sizes:
         click.echo(f"slices    {len(sizes)}: min {min(sizes)} / mean {sum(sizes) / len(sizes):.0f} / "
@@ -242,6 +266,176 @@ def rd_curve(inputs, outdir, codecs, models, max_slices, jobs, anchor, reuse, qu
                 click.echo(f"  {b['group']} {b['curve']}: BD-rate vs JPEG 2000 (PSNR) "
                            + ("n/a" if v is None else f"{v:+.1f} %"))
         click.echo(f"report: {outdir}/report.md")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "dst", required=True, type=click.Path(),
+              help=".nii / .nii.gz (one volume per mixture: NAME_LABEL.nii.gz when several), .npy "
+                   "(all mixtures in one array) or .png (a grid of sources and mixtures)")
+@click.option("--alpha", default=None, help="two files: comma list of α in [0, 1], weights (1-α, α)")
+@click.option("--weights", multiple=True, help="one weight per file, comma-separated, summing to 1 "
+                                               "(repeat for several mixtures)")
+@click.option("--random", "n_random", default=None, type=int,
+              help="K mixtures with weights drawn from Dirichlet(1, …, 1)")
+@click.option("--seed", default=None, type=int, help="seed of --random")
+@click.option("--concentration", default=1.0, show_default=True, type=float,
+              help="Dirichlet concentration of --random (1 = uniform on the simplex)")
+@click.option("--slices", default=None, help="output slices (the first file's grid): A:B, K or K,L,M; "
+                                             ".png: the rows (default: the middle slice)")
+@click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
+@click.option("--quiet", is_flag=True)
+def interpolate(files, dst, alpha, weights, n_random, seed, concentration, slices, force, quiet) -> None:
+    """Mix the latent codes of .bmz FILES (one model) and synthesise new slices.
+
+    Only the stored codes are entropy-decoded and mixed (no pixel decode and re-encode); the
+    mixture is on the first file's slice grid, other lengths matched by relative position."""
+    from . import interpolate as ip
+
+    if sum(x is not None and x != () for x in (alpha, weights, n_random)) != 1:
+        raise InputError("give exactly one of --alpha (two files), --weights or --random K")
+    if seed is not None and n_random is None:
+        raise InputError("--seed applies to --random only")
+    if alpha is not None:
+        if len(files) != 2:
+            raise InputError(f"--alpha mixes two files, got {len(files)}; use --weights or --random "
+                             "for more")
+        alphas = ip.parse_numbers(alpha, "--alpha")
+        w, labels = ip.alpha_weights(alphas), [f"a{a:g}" for a in alphas]
+    elif weights:
+        w = [ip.parse_numbers(t, "--weights") for t in weights]
+        labels = [f"w{i + 1}" for i in range(len(w))]
+    else:
+        w = ip.dirichlet_weights(len(files), n_random, seed, concentration)
+        labels = [f"r{i + 1:02d}" for i in range(len(w))]
+    paths = ip.interpolate_files(list(files), dst, w, labels, slices=_parse_slices(slices),
+                                 force=force, progress=not quiet)
+    if not quiet:
+        rows = ip.validate_weights(w, len(files))
+        if len(paths) == len(rows):
+            for p, lab, row in zip(paths, labels, rows):
+                click.echo(f"{p}: {lab}, weights {', '.join(f'{x:.4f}' for x in row)}")
+        else:
+            click.echo(f"{paths[0]}: {len(rows)} mixtures ({', '.join(labels)}) of {len(files)} files")
+
+
+# --------------------------------------------------------------------------------------------
+# bmz batch: whole folders on a Dask cluster (bmz/batch.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _batch_cluster_options(f):
+    f = click.option("--quiet", is_flag=True, help="no progress bar, no summary")(f)
+    f = click.option("--workers", default=None, type=click.IntRange(min=1),
+                     help="worker processes of the local cluster (default: one per core); with "
+                          "--scheduler, wait until that many workers are connected")(f)
+    f = click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="a running Dask scheduler (tcp://host:8786) or its scheduler file; "
+                          "default: a LocalCluster on this machine")(f)
+    return f
+
+
+def _batch_run(fn, *args, **kw):
+    """Run a bmz.batch function; Ctrl-C says what is kept (finished inputs are in the manifest)."""
+    try:
+        return fn(*args, **kw)
+    except KeyboardInterrupt:
+        click.echo("bmz: interrupted; the inputs finished so far are complete and in the manifest "
+                   "(run the same command again to continue)", err=True)
+        sys.exit(130)
+
+
+def _batch_report(res, quiet: bool, label: str = "error") -> None:
+    """Failures one line each (at most 20, then a count), then the summary; exit 1 if any."""
+    from . import batch
+
+    bad = res.failures
+    for r in bad[:20]:
+        what = r["input"] + (f" (series {r['series']})" if r.get("series") else "")
+        click.echo(f"bmz: {label}: {what}: {r.get('status')}: {r.get('error')}", err=True)
+    if len(bad) > 20:
+        click.echo(f"bmz: {label}: … and {len(bad) - 20} more"
+                   + (f" (see {res.manifest})" if res.manifest else ""), err=True)
+    if not quiet:
+        click.echo(batch.summary(res))
+    if bad:
+        sys.exit(3 if res.kind == "verify" and all(r.get("status") in ("damaged", "mismatch", "missing")
+                                                   for r in bad) else 1)
+
+
+@main.group()
+def batch() -> None:
+    """Encode, decode or verify whole folders on a Dask cluster (local by default).
+
+    Each input is one task; a manifest (DST_DIR/manifest.jsonl and .csv) records every input;
+    a re-run skips what is done and intact. Exit status 1 when any input failed."""
+
+
+@batch.command("encode")
+@click.argument("src_dir", type=click.Path())
+@click.option("-o", "--output", "dst_dir", required=True, type=click.Path(), help="output folder (same layout as SRC_DIR)")
+@click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. 8 (best); default 5")
+@click.option("-m", "--model", default=None, help="model name (default: the flagship)")
+@click.option("-f", "--force", is_flag=True, help="re-encode inputs the manifest says are done")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="decode each output and record PSNR and max error")
+@click.option("--max-error", "max_error", default=None, type=int, metavar="D",
+              help="guarantee |decoded - original| <= D stored units on every voxel (0 = lossless)")
+@click.option("--lossless", is_flag=True, help="keep every bit (= --max-error 0)")
+@click.option("--base-quality", default=None, metavar="auto|0|Q",
+              help="with --max-error/--lossless: quality of the learned base layer")
+@_batch_cluster_options
+def batch_encode(src_dir, dst_dir, quality, model, force, verify, max_error, lossless,
+                 base_quality, scheduler, workers, quiet) -> None:
+    """Encode every NIfTI file and DICOM series under SRC_DIR, one .bmz each."""
+    from . import api, batch as b
+
+    bounded = max_error is not None or lossless
+    if bounded and quality is not None:
+        raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
+                         "learned base layer's quality is --base-quality (auto, 0 or 1..8)")
+    if base_quality is not None and not bounded:
+        raise InputError("--base-quality needs --max-error D or --lossless")
+    res = _batch_run(b.encode, src_dir, dst_dir, quality=quality or api.DEFAULT_QUALITY,
+                     model=model, scheduler=scheduler, workers=workers, force=force,
+                     verify=verify, progress=not quiet, max_error=max_error, lossless=lossless,
+                     base_quality=base_quality or "auto")
+    _batch_report(res, quiet)
+
+
+@batch.command("decode")
+@click.argument("src_dir", type=click.Path())
+@click.option("-o", "--output", "dst_dir", required=True, type=click.Path(), help="output folder (same layout as SRC_DIR)")
+@click.option("--format", "fmt", default="nii.gz", show_default=True,
+              type=click.Choice(["nii.gz", "nii", "npy"]), help="output format")
+@click.option("-f", "--force", is_flag=True, help="re-decode files the manifest says are done")
+@_batch_cluster_options
+def batch_decode(src_dir, dst_dir, fmt, force, scheduler, workers, quiet) -> None:
+    """Decode every .bmz under SRC_DIR."""
+    from . import batch as b
+
+    res = _batch_run(b.decode, src_dir, dst_dir, fmt, scheduler=scheduler, workers=workers,
+                     force=force, progress=not quiet)
+    _batch_report(res, quiet)
+
+
+@batch.command("verify")
+@click.argument("folder", type=click.Path())
+@click.option("--decode", "decode_all", is_flag=True, help="also decode every file in full")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line per file on stdout")
+@_batch_cluster_options
+def batch_verify(folder, decode_all, as_json, scheduler, workers, quiet) -> None:
+    """Check every .bmz under FOLDER (checksums; SHA-256 against its manifest, if any).
+
+    Exit status 3 when a file is damaged, missing or not the one the manifest records."""
+    from . import batch as b
+
+    res = _batch_run(b.verify, folder, decode_all=decode_all, scheduler=scheduler,
+                     workers=workers, progress=not quiet and not as_json)
+    if as_json:
+        for r in res.results:
+            click.echo(json.dumps(r, sort_keys=True))
+    _batch_report(res, quiet or as_json, label="problem")
 
 
 if __name__ == "__main__":  # pragma: no cover
