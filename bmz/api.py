@@ -509,7 +509,9 @@ def _lossy_coding(meta: dict, n_bytes: int):
 
     raw = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
     codec = meta["codec"]
-    return LossyCoding(ratio=raw / max(1, n_bytes), model=codec["model"], quality=codec["quality"])
+    bound = codec.get("max_error") if codec.get("chunk_format") == 3 else None
+    return LossyCoding(ratio=raw / max(1, n_bytes), model=codec["model"], quality=codec["quality"],
+                       max_error=bound)
 
 
 def _check_dicom_output(src, dst, slices, force: bool) -> None:
@@ -525,8 +527,13 @@ def _check_dicom_output(src, dst, slices, force: bool) -> None:
     dicom.check_output_folder(dst, force)
 
 
-def compress_dataset(datasets, quality: int = DEFAULT_QUALITY, model: str | None = None) -> bytes:
+def compress_dataset(datasets, quality: int = DEFAULT_QUALITY, model: str | None = None, *,
+                     max_error: int | None = None, lossless: bool = False,
+                     base_quality="auto") -> bytes:
     """Encode a DICOM series held in memory → a complete ``.bmz`` file as bytes.
+
+    ``max_error`` / ``lossless`` / ``base_quality``: guaranteed fidelity, as for :func:`compress`
+    (a lossless file decodes to the original instances, UIDs included).
 
     ``datasets``: a pydicom ``Dataset``, a binary file object or ``bytes`` holding a DICOM file,
     or a list of them, all of one series (classic single-frame files, or multi-frame ones).
@@ -538,7 +545,8 @@ def compress_dataset(datasets, quality: int = DEFAULT_QUALITY, model: str | None
     from .io import dicom
 
     vol = dicom.read_datasets(datasets)
-    return compress(vol.data, quality, model, source="dicom", source_meta=vol.meta)
+    return compress(vol.data, quality, model, source="dicom", source_meta=vol.meta,
+                    max_error=max_error, lossless=lossless, base_quality=base_quality)
 
 
 def decompress_to_datasets(data) -> list:
@@ -547,7 +555,7 @@ def decompress_to_datasets(data) -> list:
 
     Each is the original file's dataset with the decoded pixels, marked lossy-compressed by bmz
     and derived, with new SOP Instance UIDs and a new Series Instance UID (the rules:
-    :func:`bmz.io.dicom.derived_datasets`); ``ds.filename`` is the original file's relative name
+    :func:`bmz.io.dicom.derived_datasets`; a lossless file gives the original instances back); ``ds.filename`` is the original file's relative name
     and ``ds.save_as(path_or_buffer, enforce_file_format=True)`` writes it. Elements the ``.bmz``
     did not keep (binary elements over 64 KiB) are omitted, each with a ``UserWarning``.
 

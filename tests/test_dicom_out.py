@@ -384,3 +384,41 @@ def test_a_failure_midway_leaves_no_folder(shared_data, tmp_path):
     with pytest.raises(FormatError, match="slice 2"):
         bmz.decode_file(damaged, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.bmz"]
+
+
+@pytest.mark.parametrize("key", ["j2k-series", "12bit-signed"])
+def test_lossless_file_restores_the_original_instances(shared_data, tmp_path, key):
+    """A --lossless .bmz decoded to DICOM is the original series: same UIDs, no lossy marking,
+    identical pixels; --max-error 2 is marked lossy (near-lossless, its bound in the
+    description) with every pixel within 2 of the original's."""
+    src = source_of(shared_data, key, tmp_path)
+    for opts, folder in ((["--lossless"], tmp_path / "exact"), (["--max-error", "2"], tmp_path / "near")):
+        r = run("encode", src, "-o", tmp_path / f"{folder.name}.bmz", *opts, "--quiet")
+        assert r.exit_code == 0, r.output
+        r = run("decode", tmp_path / f"{folder.name}.bmz", "-o", f"{folder}/", "--quiet")
+        assert r.exit_code == 0, r.output
+    for rel, orig_path in originals(src).items():
+        orig = pydicom.dcmread(orig_path)
+        exact = pydicom.dcmread(tmp_path / "exact" / rel)
+        assert exact.SOPInstanceUID == orig.SOPInstanceUID
+        assert exact.SeriesInstanceUID == orig.SeriesInstanceUID
+        assert exact.get("LossyImageCompression") == orig.get("LossyImageCompression")
+        assert list(exact.ImageType) == list(orig.ImageType)
+        np.testing.assert_array_equal(exact.pixel_array, orig.pixel_array)
+        near = pydicom.dcmread(tmp_path / "near" / rel)
+        assert near.LossyImageCompression == "01" and near.SOPInstanceUID != orig.SOPInstanceUID
+        assert "maximum error 2" in near.DerivationDescription
+        diff = near.pixel_array.astype(np.int64) - orig.pixel_array.astype(np.int64)
+        assert np.abs(diff).max() <= 2
+
+
+def test_in_memory_lossless_gives_the_original_datasets(shared_data):
+    files = sorted((shared_data / "dicom" / "dcm_qa_frag" / "6001_j2k").iterdir())[:3]
+    originals_ = [pydicom.dcmread(f) for f in files]
+    data = bmz.compress_dataset([f.read_bytes() for f in files], lossless=True)
+    back = bmz.decompress_to_datasets(data)
+    assert sorted(d.SOPInstanceUID for d in back) == sorted(d.SOPInstanceUID for d in originals_)
+    by_uid = {d.SOPInstanceUID: d for d in originals_}
+    for d in back:
+        np.testing.assert_array_equal(d.pixel_array, by_uid[d.SOPInstanceUID].pixel_array)
+        assert d.get("LossyImageCompression") == by_uid[d.SOPInstanceUID].get("LossyImageCompression")

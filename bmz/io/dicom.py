@@ -935,11 +935,19 @@ class LossyCoding:
     """How a volume's pixels were compressed; :func:`write_dicom` records it in every file.
 
     ``ratio`` is the original's uncompressed pixel bytes over the compressed (``.bmz``) bytes;
-    ``model`` and ``quality`` are the codec's."""
+    ``model`` and ``quality`` are the codec's; ``max_error`` the guaranteed bound of a bounded
+    (``--max-error``) file, ``None`` for plain lossy coding. ``max_error == 0`` (``--lossless``)
+    is no lossy compression at all: the files are the originals, with their UIDs, bit for bit in
+    the pixels (:attr:`lossless`)."""
 
     ratio: float
     model: str
     quality: int
+    max_error: int | None = None
+
+    @property
+    def lossless(self) -> bool:
+        return self.max_error == 0
 
     def ratio_text(self) -> str:
         """The ratio as a DICOM decimal string (at most 16 characters)."""
@@ -952,6 +960,11 @@ class LossyCoding:
     def description(self) -> str:
         from .. import __version__
 
+        if self.max_error is not None:
+            base = (f"learned base layer {self.model} quality {self.quality}" if self.quality
+                    else "no base layer")
+            return (f"Near-lossless compression by bmz {__version__} (maximum error "
+                    f"{self.max_error}, {base}), compression ratio {self.ratio_text()}:1")
         return (f"Lossy compression by bmz {__version__} (learned codec, model {self.model}, "
                 f"quality {self.quality}), compression ratio {self.ratio_text()}:1")
 
@@ -1410,10 +1423,13 @@ def _derived_file(d: dict, name: str, ts: str, pixels: bytes, value_range: list[
         raise OutputError(f"{where}: {name}: the original has no SOP Class UID; cannot write a "
                           "valid DICOM file")
     original = (sop_class, str(ds.get("SOPInstanceUID", "")).strip() or "0")
-    was_lossy = _set_lossy(ds, str(uid), lossy, name, notes)
-    _mark_derived(ds, lossy, was_lossy, original, plan["enhanced"])
-    ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = series_uid
+    if not lossy.lossless:  # lossless: the original instance itself, in a native transfer syntax
+        was_lossy = _set_lossy(ds, str(uid), lossy, name, notes)
+        _mark_derived(ds, lossy, was_lossy, original, plan["enhanced"])
+        ds.SOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = series_uid
+    elif original[1] == "0":
+        ds.SOPInstanceUID = generate_uid()
     vr = "SS" if plan["signed"] else "US"
     for keyword, value in (("SmallestImagePixelValue", value_range[0]),
                            ("LargestImagePixelValue", value_range[1])):
