@@ -130,12 +130,27 @@ def main(argv=None) -> int:
                 print(f"{name} {item.name} q{q + 1}: rate cost {rows[-1]['rate_cost_pct']:+.3f} %, "
                       f"PSNR cost {rows[-1]['psnr_cost_db']:+.4f} dB", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    rows = previous_rows(args.out / "fixedpoint.csv", exclude=set(names)) + rows
     with open(args.out / "fixedpoint.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     write_md(args.out / "fixedpoint.md", rows, args)
     return 0
+
+
+def previous_rows(path: Path, exclude: set[str]) -> list[dict]:
+    """The rows of an earlier run's csv for models not measured now (a ``--models`` run updates
+    those models and keeps the others' numbers)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        out = [r for r in csv.DictReader(f) if r["model"] not in exclude]
+    for r in out:
+        for k, v in r.items():
+            if k not in ("model", "group", "volume"):
+                r[k] = int(v) if k in ("quality", "n_slices", "max_abs_diff") else float(v)
+    return out
 
 
 def write_md(path: Path, rows: list[dict], args) -> None:

@@ -61,6 +61,16 @@ def main() -> None:
     """bmz: learned compression for MRI (NIfTI, DICOM, NumPy ↔ .bmz)."""
 
 
+def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
+    """--quality is for lossy files, --base-quality for bounded ones (--max-error / --lossless)."""
+    bounded = max_error is not None or lossless
+    if bounded and quality is not None:
+        raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
+                         "learned base layer's quality is --base-quality (auto, 0 or 1..8)")
+    if base_quality is not None and not bounded:
+        raise InputError("--base-quality needs --max-error D or --lossless")
+
+
 @main.command()
 @click.argument("src", type=click.Path())
 @click.option("-o", "--output", "dst", required=True, type=click.Path(), help="output .bmz file")
@@ -81,12 +91,7 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     from . import api
 
-    bounded = max_error is not None or lossless
-    if bounded and quality is not None:
-        raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
-                         "learned base layer's quality is --base-quality (auto, 0 or 1..8)")
-    if base_quality is not None and not bounded:
-        raise InputError("--base-quality needs --max-error D or --lossless")
+    _check_fidelity_options(quality, max_error, lossless, base_quality)
     rep = api.encode_file(src, dst, quality=quality or api.DEFAULT_QUALITY, model=model,
                           series=series, force=force, progress=not quiet, verify=verify,
                           max_error=max_error, lossless=lossless,
@@ -94,7 +99,7 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
     if not quiet:
         click.echo(f"{dst}: {rep.n_bytes} bytes from {rep.raw_bytes} raw, shape {list(rep.shape)} "
                    f"{rep.dtype}, {rep.bpp:.3f} bpp, ratio {rep.ratio:.1f}:1")
-        if bounded:
+        if max_error is not None or lossless:
             d = 0 if max_error is None else max_error
             click.echo("guaranteed: lossless (every bit), checked at encode time" if d == 0 else
                        f"guaranteed: max abs error <= {d} on every voxel, checked at encode time")
@@ -390,12 +395,7 @@ def batch_encode(src_dir, dst_dir, quality, model, force, verify, max_error, los
     """Encode every NIfTI file and DICOM series under SRC_DIR, one .bmz each."""
     from . import api, batch as b
 
-    bounded = max_error is not None or lossless
-    if bounded and quality is not None:
-        raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
-                         "learned base layer's quality is --base-quality (auto, 0 or 1..8)")
-    if base_quality is not None and not bounded:
-        raise InputError("--base-quality needs --max-error D or --lossless")
+    _check_fidelity_options(quality, max_error, lossless, base_quality)
     res = _batch_run(b.encode, src_dir, dst_dir, quality=quality or api.DEFAULT_QUALITY,
                      model=model, scheduler=scheduler, workers=workers, force=force,
                      verify=verify, progress=not quiet, max_error=max_error, lossless=lossless,

@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Regenerate the golden files (run deliberately, after a model or format change that is meant to
-change what stored files decode to — and say so in the commit).
+"""Golden files: add those of newly shipped weights, or regenerate all after a deliberate change.
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py          # add files for installed weights not yet covered
+    python tests/golden/make_golden.py --all    # a format or numerics change meant to alter what
+                                                # stored files decode to: regenerate every file
+                                                # (and say so in the commit)
 
 Sources (all permissively licensed real MRI): the README sample (SCT T1w, MIT, 8-bit), a crop of
 the native 12-bit Siemens Prisma FLASH series (dcm_qa_decubitus, BSD-2-Clause) and a crop of a
 BOLD EPI volume stored as int32 with 14 significant bits (niivue demo images, BSD-2-Clause). Each is
 encoded with the flagship at its lowest and highest quality and with one factorized-prior model;
-``golden.json`` records what each file must decode to (SHA-256 of the C-order array bytes).
+``golden.json`` records what each file must decode to (SHA-256 of the C-order array bytes) and the
+weights it names. Retraining a model does not retire its files: the superseded weights are
+archived (``models/archive``) and the old files must keep decoding with them, so the default mode
+only adds files (named with the new weights' short SHA-256) beside the existing ones.
 """
 
 from __future__ import annotations
@@ -41,27 +46,46 @@ def decoded_sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    regenerate = "--all" in (argv if argv is not None else sys.argv[1:])
     flagship = zoo.DEFAULT_MODEL
     family = "cnn-ae-8" if "cnn-ae-8" in zoo.available_models() else None
-    record = {}
-    for old in HERE.glob("*.bmz"):
-        old.unlink()
+    path = HERE / "golden.json"
+    record = {} if regenerate or not path.is_file() else json.loads(path.read_text())
+    if regenerate:
+        for old in HERE.glob("*.bmz"):
+            old.unlink()
+    covered = {(r["model"], r.get("weights_sha256") or _weights_of(HERE / f)) for f, r in record.items()}
     for name, vol in sources().items():
         model, _ = zoo.load_model(flagship)
         plans = [(flagship, 1), (flagship, model.n_qualities)]
         if family:
             plans.append((family, 2))
         for mdl, q in plans:
+            sha = zoo.sha256_file(zoo.find_weights(mdl))
+            if (mdl, sha) in covered:
+                continue
             blob = api.compress(vol, quality=q, model=mdl)
             fname = f"{name}_{mdl}_q{q}.bmz"
+            if (HERE / fname).exists():
+                fname = f"{name}_{mdl}-{sha[:12]}_q{q}.bmz"
             (HERE / fname).write_bytes(blob)
             back = api.decompress(blob)
             record[fname] = {"model": mdl, "quality": q, "shape": list(vol.shape), "dtype": vol.dtype.str,
-                             "decoded_sha256": decoded_sha(back), "bytes": len(blob)}
+                             "weights_sha256": sha, "decoded_sha256": decoded_sha(back),
+                             "bytes": len(blob)}
             print(fname, len(blob), "bytes")
-    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+    for fname, rec in record.items():
+        rec.setdefault("weights_sha256", _weights_of(HERE / fname))
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def _weights_of(path: Path) -> str:
+    from bmz.bitstream import BmzReader
+
+    with BmzReader(path) as r:
+        return r.meta["codec"]["weights_sha256"]
 
 
 if __name__ == "__main__":
