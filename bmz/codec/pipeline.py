@@ -130,6 +130,15 @@ def encode_slice(model, s: np.ndarray, mapping: dict, quality: int) -> bytes:
     return bytes([CHUNK_LEARNED]) + floor.to_bytes(2, "little") + payload
 
 
+def _learned_floor(model, chunk: bytes) -> int:
+    """The floor of a learned chunk (its payload is ``chunk[3:]``), after the header checks."""
+    if model is None:
+        raise ValueError("learned chunk but no model")
+    if len(chunk) < 3:
+        raise ValueError(f"learned chunk of {len(chunk)} bytes, shorter than its 3-byte header")
+    return int.from_bytes(chunk[1:3], "little")
+
+
 def decode_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, quality: int,
                  dtype: np.dtype) -> np.ndarray:
     """Chunk bytes → stored-value slice (H, W) in ``dtype``. Raises ValueError on a bad chunk."""
@@ -145,11 +154,7 @@ def decode_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, qua
             raise ValueError(f"constant value {value} outside the volume range")
         return np.full(shape, value, dtype=dtype)
     if kind == CHUNK_LEARNED:
-        if model is None:
-            raise ValueError("learned chunk but no model")
-        if len(chunk) < 3:
-            raise ValueError(f"learned chunk of {len(chunk)} bytes, shorter than its 3-byte header")
-        floor = int.from_bytes(chunk[1:3], "little")
+        floor = _learned_floor(model, chunk)
         x_hat = model.decompress_slice(chunk[3:], padded_shape(shape, model.downsampling), quality)
         v = from_unit(x_hat[0, 0, :H, :W].numpy(), mapping, dtype)
         if floor:
@@ -187,11 +192,7 @@ def decode_latents(model, chunk: bytes, shape: tuple[int, int], quality: int) ->
             raise ValueError(f"constant chunk of {len(chunk)} bytes, expected 9")
         return SliceLatents(kind, shape, quality, value=int.from_bytes(chunk[1:9], "little", signed=True))
     if kind == CHUNK_LEARNED:
-        if model is None:
-            raise ValueError("learned chunk but no model")
-        if len(chunk) < 3:
-            raise ValueError(f"learned chunk of {len(chunk)} bytes, shorter than its 3-byte header")
-        floor = int.from_bytes(chunk[1:3], "little")
+        floor = _learned_floor(model, chunk)
         sym = model.decode_latents(chunk[3:], padded_shape(shape, model.downsampling), quality)
         return SliceLatents(kind, shape, quality, floor=floor, symbols=sym)
     raise ValueError(f"unknown chunk kind {kind}")
