@@ -20,14 +20,14 @@ the synthesis transform's input:
   each ŷ element), not the image, so it is decoded (it must be, to decode ŷ) and then dropped.
   Rejected alternative, measured (``benchmarks/results/interpolation.md``, 24 IXI pairs and 48
   3-/5-way mixtures of val subjects): mixing the *whitened* latent ŷ/σ(ẑ) and the hyper-latents ẑ,
-  then re-scaling by σ(ẑ_mix). It makes the α path less even (largest / mean step 1.34 against
-  1.10), lowers SSIM to the nearest source (0.796 against 0.805) and α-precision at α = ½ (0.75
-  against 0.88), and needs the float hyper-synthesis, for FD 2.0 against 2.1 — not worth it.
+  then re-scaling by σ(ẑ_mix). It makes the α path less even (largest / mean step 1.39 against
+  1.12), lowers PSNR to the nearest source (28.23 against 28.55 dB) and α-precision at α = ½,
+  and needs the float hyper-synthesis, for FD 1.9 against 2.1 — not worth it.
 * ``factorized``, ``cnn-ae-*`` (factorized priors): ŷ, the only latent there is.
 
 What to expect (same benchmark): with the shipped models a latent mixture is close to blending
 the decoded sources voxel by voxel — within 0.06 dB and 0.005 SSIM for the factorized families,
-0.25 dB / 0.015 SSIM below it (and less sharp) for the hyperprior. Mixtures are new in the sense of
+0.28 dB / 0.018 SSIM below it (and less sharp) for the hyperprior. Mixtures are new in the sense of
 authenticity (not copies of a real slice; α = 0 and 1 are) but stay nearest to their own
 sources and contract towards the mean (β-recall ≈ 0 against held-out subjects).
 
