@@ -8,7 +8,8 @@ case mutates a valid file — encoded from real MRI (the README sample, MIT) wit
 with a factorized-prior model — in one of these ways: random bytes; 1–16 bit flips anywhere;
 truncation at a random offset; absurd slice counts, lengths, offsets and versions written into the
 header / index *with their CRCs recomputed*; forged chunk payloads with valid CRCs (random bytes,
-another slice's chunk, spliced or truncated payloads, constant chunks with absurd values); forged
+another slice's chunk, spliced or truncated payloads, constant chunks with absurd values) — for
+learned and for bounded-error (``--lossless`` / ``--max-error``) files; forged
 metadata (valid CRC, wrong shapes, dtypes, intensity ranges, qualities). Allowed outcomes: the
 original array (undamaged input), an array of the right shape and dtype within the stored range
 (a forged but decodable chunk), or a :class:`bmz.errors.BmzError`. Anything else — another
@@ -67,7 +68,8 @@ def make_case(seed: int, files: list[bytes]):
         c = chunks[k]
         how = int(rng.integers(5))
         if how == 0:
-            chunks[k] = bytes([1]) + rng.integers(0, 256, int(rng.integers(0, 2000)), dtype=np.uint8).tobytes()
+            # the chunk's own kind (learned, or bounded-error) + random payload
+            chunks[k] = c[:1] + rng.integers(0, 256, int(rng.integers(0, 2000)), dtype=np.uint8).tobytes()
         elif how == 1:
             chunks[k] = chunks[int(rng.integers(len(chunks)))]
         elif how == 2:
@@ -168,6 +170,9 @@ def source_files() -> list[bytes]:
     fam = [m for m in zoo.available_models() if m != zoo.DEFAULT_MODEL]
     if fam:
         files.append(api.compress(vol[:3], quality=2, model=sorted(fam)[0]))
+    # bounded-error files (chunk format 3): lossless, and max error 2 over a learned base layer
+    files.append(api.compress(vol[:2], lossless=True))
+    files.append(api.compress(vol[2:4, :32, :40], max_error=2, base_quality=1))
     return files
 
 
@@ -216,7 +221,7 @@ def main(argv=None) -> int:
     L = ["# Fuzzing the parser and decoder", "",
          f"`python benchmarks/fuzz.py --minutes {args.minutes:g}`: {len(results)} cases in "
          f"{(time.time() - started) / 60:.1f} min on {os.cpu_count()} CPU(s), over {len(files)} valid files "
-         "(README sample, MIT: flagship at q3 and q8, and a factorized-prior model).", "",
+         "(README sample, MIT: flagship at q3 and q8, a factorized-prior model, and two bounded-error files: lossless, and max error 2 over a q1 base layer).", "",
          f"**Failures: {len(fails)}; process crashes: {len(crashes)}.**", "",
          "| mutation | outcome | cases |", "|---|---|---|"]
     for (k, o), n in sorted(counts.items()):
