@@ -179,6 +179,19 @@ def _remove_stale(path: str) -> None:
             os.unlink(path)
 
 
+def _done_before(out: str, expect: dict | None, res: dict, t0: float) -> dict | None:
+    """A re-run: the manifest entry ``expect`` (marked skipped) when its output still checks out,
+    else None, with the reason to redo it in ``res["redo"]``."""
+    if expect is None:
+        return None
+    why = _output_ok(out, expect)
+    if why is None:
+        return {**expect, "skipped": True, "seconds_check": time.perf_counter() - t0,
+                **_process_facts()}
+    res["redo"] = why
+    return None
+
+
 def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool = True,
                 expect: dict | None = None, bound: int | None = None,
                 base_quality: int | str = "auto") -> dict:
@@ -190,12 +203,9 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
     res.update(quality=quality, model=model, bound=bound,
                base_quality=None if bound is None else base_quality)
     try:
-        if expect is not None:
-            why = _output_ok(out, expect)
-            if why is None:
-                return {**expect, "skipped": True, "seconds_check": time.perf_counter() - t0,
-                        **_process_facts()}
-            res["redo"] = why
+        done = _done_before(out, expect, res, t0)
+        if done is not None:
+            return done
         from . import api
         from .codec import zoo
 
@@ -227,12 +237,9 @@ def decode_task(job: Job, dst_root: str, fmt: str, expect: dict | None = None) -
     res = _base_result(job)
     res.update(format=fmt)
     try:
-        if expect is not None:
-            why = _output_ok(out, expect)
-            if why is None:
-                return {**expect, "skipped": True, "seconds_check": time.perf_counter() - t0,
-                        **_process_facts()}
-            res["redo"] = why
+        done = _done_before(out, expect, res, t0)
+        if done is not None:
+            return done
         from . import api
 
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
