@@ -364,12 +364,9 @@ def _looks_dicom(path: str) -> bool:
         return True
     if low.endswith(_NOT_DICOM):
         return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    from .io.dicom import _has_preamble
+
+    return _has_preamble(Path(path))
 
 
 def _rel(path: str, root: str) -> str:
@@ -862,6 +859,18 @@ def _still_valid(old: dict | None, job: Job, quality: int, model: str, weights_s
                 and (old.get("psnr") is not None or not verify))
 
 
+def _run_all(cl, task, items, res, manifest, dst: str, progress: bool, on_result,
+             label: str) -> None:
+    """Run ``task`` over ``items`` (``(job, args)``) on the cluster, recording each result; then,
+    whatever happened, remove leftover ``.part`` files of the jobs' outputs and compact the
+    manifest."""
+    try:
+        _collect(res, manifest, _run_tasks(cl, task, items), progress, on_result, label)
+    finally:
+        _remove_part_files(dst, [j.output for j, _ in items])
+        manifest.compact()
+
+
 def encode(src: str, dst: str, quality: int = 5, model: str | None = None, *,
            scheduler: str | None = None, workers: int | None = None, client=None,
            force: bool = False, verify: bool = True, progress: bool = False,
@@ -905,12 +914,7 @@ def encode(src: str, dst: str, quality: int = 5, model: str | None = None, *,
             valid = _still_valid(old, j, quality, model, weights_sha, verify, bound, base_quality)
             items.append((j, (dst, quality, model, verify, old if valid else None, bound,
                               base_quality)))
-        try:
-            _collect(res, manifest, _run_tasks(cl, encode_task, items), progress, on_result,
-                     "encode")
-        finally:
-            _remove_part_files(dst, [j.output for j in jobs])
-            manifest.compact()
+        _run_all(cl, encode_task, items, res, manifest, dst, progress, on_result, "encode")
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -939,12 +943,7 @@ def decode(src: str, dst: str, fmt: str = "nii.gz", *, scheduler: str | None = N
                   and list(old.get("fingerprint") or []) == list(j.fingerprint)
                   and old.get("format") == fmt)
             items.append((j, (dst, fmt, old if ok else None)))
-        try:
-            _collect(res, manifest, _run_tasks(cl, decode_task, items), progress, on_result,
-                     "decode")
-        finally:
-            _remove_part_files(dst, [j.output for j in jobs])
-            manifest.compact()
+        _run_all(cl, decode_task, items, res, manifest, dst, progress, on_result, "decode")
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -125,12 +125,9 @@ def _suffix(p: Path) -> str:
 def _is_dicom_file(p: Path) -> bool:
     if _suffix(p) in _DICOM_SUFFIXES:
         return True
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) >= 132 and head[128:132] == b"DICM"
+    from .io.dicom import _has_preamble
+
+    return _has_preamble(p)
 
 
 def _dicom_items(folder: Path, name: str, source: str) -> list[InputItem]:
