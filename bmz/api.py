@@ -392,8 +392,7 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int = D
 def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
     """PSNR (peak = the original's max − min) and max |error| of a written file against the
     original (array or SliceStack), one slice at a time."""
-    import math
-
+    from . import metrics
     from .codec import pipeline
 
     sse, max_err, lo, hi = 0, 0, None, None
@@ -410,11 +409,7 @@ def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
                     hi = int(a.max()) if hi is None else max(hi, int(a.max()))
         finally:
             bar.close()
-    mse = sse / max(1, back.size)
-    peak = (hi or 0) - (lo or 0)  # as bmz.metrics.psnr: inf when identical
-    if mse == 0:
-        return math.inf, max_err
-    return (10.0 * math.log10(peak ** 2 / mse) if peak > 0 else -math.inf), max_err
+    return metrics.psnr_from_mse(sse / max(1, back.size), (hi or 0) - (lo or 0)), max_err
 
 
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike,

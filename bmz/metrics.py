@@ -68,7 +68,11 @@ def psnr(ref, test, peak: float | None = None) -> float:
     ``peak`` defaults to the reference volume's ``max - min``."""
     if peak is None:
         peak = volume_range(ref)
-    m = mse(ref, test)
+    return psnr_from_mse(mse(ref, test), peak)
+
+
+def psnr_from_mse(m: float, peak: float) -> float:
+    """10·log10(peak² / m): ``inf`` when ``m`` is 0, ``-inf`` when the peak is not positive."""
     if m == 0.0:
         return math.inf
     if peak <= 0:
