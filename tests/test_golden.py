@@ -27,23 +27,29 @@ def test_golden_files_exist():
         assert (GOLDEN / name).is_file(), name
 
 
+def _decoded_on_1_and_2_threads(blob: bytes) -> list[tuple[tuple, np.dtype, str]]:
+    """(shape, dtype, SHA-256) of the array ``blob`` decodes to, on 1 and on 2 threads."""
+    n = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            arr = np.ascontiguousarray(api.decompress(blob))
+            out.append((arr.shape, arr.dtype, hashlib.sha256(arr.tobytes()).hexdigest()))
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(RECORD))
 def test_golden_file_decodes_bit_exactly(name):
     rec = RECORD[name]
     blob = (GOLDEN / name).read_bytes()
-    n = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            arr = api.decompress(blob)
-            assert arr.shape == tuple(rec["shape"]) and arr.dtype == np.dtype(rec["dtype"])
-            sha = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-            assert sha == rec["decoded_sha256"], (
-                f"{name} decodes differently than when it was stored ({threads} thread(s)): a model, "
-                "format or numerics change altered stored files. If that is intended, regenerate with "
-                "python tests/golden/make_golden.py and say so in the commit")
-    finally:
-        torch.set_num_threads(n)
+    expected = (tuple(rec["shape"]), np.dtype(rec["dtype"]), rec["decoded_sha256"])
+    assert _decoded_on_1_and_2_threads(blob) == [expected] * 2, (
+        f"{name} decodes differently than when it was stored (on 1 or 2 threads): a model, format or "
+        "numerics change altered stored files. If that is intended, regenerate with "
+        "python tests/golden/make_golden.py and say so in the commit")
 
 
 def test_files_of_superseded_weights_stay_decodable():
@@ -64,3 +70,22 @@ def test_files_of_superseded_weights_stay_decodable():
     installed = {rec["model"]: zoo.sha256_file(zoo.find_weights(rec["model"])) for rec in RECORD.values()}
     assert all(rec["weights_sha256"] == installed[rec["model"]] or name in superseded
                for name, rec in RECORD.items())
+
+
+# ---- golden bounded files (max_error / lossless, chunk format 3) ------------------------------
+
+BOUNDED = GOLDEN / "bounded"
+BOUNDED_RECORD = (json.loads((BOUNDED / "golden.json").read_text())
+                  if (BOUNDED / "golden.json").is_file() else {})
+
+
+def test_golden_bounded_files_exist():
+    assert len(BOUNDED_RECORD) >= 2, "tests/golden/bounded is empty: run python tests/golden/bounded/make_golden.py"
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED_RECORD))
+def test_golden_bounded_decodes_bit_exactly(name):
+    rec = BOUNDED_RECORD[name]
+    blob = (BOUNDED / name).read_bytes()
+    assert [sha for _, _, sha in _decoded_on_1_and_2_threads(blob)] == [rec["sha256"]] * 2
+    assert api.info(blob)["max_error"] == rec["max_error"]
