@@ -198,7 +198,7 @@ def info(src, as_json) -> None:
 
 @main.command()
 @click.option("--model", "model_name", default="hyperprior", show_default=True)
-@click.option("--lambdas", default=None, help="comma-separated λ, one per quality level (variable-rate models)")
+@click.option("--lambdas", default=None, help="comma-separated λ, one per quality level (variable-rate models); with --resume, the checkpoint's λ plus new ones below or above add quality levels")
 @click.option("--data", multiple=True, help="training folders (default ../shared/data/train)")
 @click.option("--val", "val_data", multiple=True, help="validation folders (default ../shared/data/val)")
 @click.option("--steps", default=100000, show_default=True, type=int)

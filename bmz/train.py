@@ -14,6 +14,7 @@ written atomically every ``--checkpoint-minutes`` and at the end; ``--resume`` c
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -159,6 +160,87 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 @torch.no_grad()
+def _optimizer_groups(model, groups: int) -> list[list[str]]:
+    """Names of the parameters of each optimiser group, in the optimiser's order.
+
+    The factorized priors' density parameters start wide (CompressAI's init_scale 10) and learn
+    slowly at the transforms' rate: new runs give them ``DENSITY_LR_MULT``× the learning rate, in a
+    second group (checkpoints written with one group resume with one). The entropy bottlenecks'
+    ``quantiles`` have their own (auxiliary) optimiser."""
+    names = [n for n, _ in model.named_parameters() if not n.endswith(".quantiles")]
+    if groups == 1:
+        return [names]
+    dens = {n for n in names if "entropy_bottleneck" in n}
+    return [[n for n in names if n not in dens], [n for n in names if n in dens]]
+
+
+def extend_qualities(state: dict, lambdas: list[float]) -> dict:
+    """A training checkpoint of a variable-rate model, given more quality levels.
+
+    ``lambdas`` must hold the checkpoint's λ as one contiguous run, with new λ below and/or above
+    it (ascending). Every trained weight is kept; each parameter with one row per quality (the gain
+    units) gets rows for the new levels: ``log2_gain`` continues linearly in the level index with
+    the mean slope of its two outermost steps, any other per-quality parameter (``log2_inv_gain``)
+    copies its nearest trained row. The optimiser's moments follow (first moment 0, second moment
+    of the nearest row); buffers that ``freeze()`` derives start empty. Models whose per-quality
+    state is more than rows of a tensor (one entropy model per quality) are refused."""
+    old = [float(v) for v in state["model_config"]["lambdas"]]
+    new = [float(v) for v in lambdas]
+    if new != sorted(new) or len(set(new)) != len(new):
+        raise ValueError(f"λ must be distinct and ascending, got {new}")
+    k0 = next((k for k in range(len(new) - len(old) + 1) if new[k:k + len(old)] == old), None)
+    if k0 is None:
+        raise ValueError(f"the new λ {new} do not contain the checkpoint's {old} as one run")
+    nq_old, nq_new = len(old), len(new)
+    src = [min(max(i - k0, 0), nq_old - 1) for i in range(nq_new)]  # nearest trained row
+
+    def widen(name: str, t: torch.Tensor, moment: str | None = None) -> torch.Tensor:
+        out = t[src].clone()
+        if moment == "exp_avg":
+            out[:k0] = 0
+            out[k0 + nq_old:] = 0
+        elif moment is None and name.endswith("log2_gain") and nq_old >= 3:
+            lo = (t[2] - t[0]).mean() / 2
+            hi = (t[-1] - t[-3]).mean() / 2
+            for i in range(nq_new):
+                if i < k0:
+                    out[i] = t[0] - (k0 - i) * lo
+                elif i >= k0 + nq_old:
+                    out[i] = t[-1] + (i - k0 - nq_old + 1) * hi
+        return out
+
+    model = build_model(state["model_name"], **{**state["model_config"], "lambdas": new})
+    fresh = model.state_dict()
+    params = dict(model.named_parameters())
+    missing = [k for k in fresh if k not in state["model"] and not k.startswith(_DERIVED)]
+    if missing:
+        raise ValueError(f"{state['model_name']}: quality levels cannot be added to this model "
+                         f"(new per-quality state: {', '.join(missing[:4])})")
+    sd, widened = {}, set()
+    for k, v in state["model"].items():
+        f = fresh.get(k)
+        if f is None or f.shape == v.shape:
+            sd[k] = v
+        elif v.shape[0] == nq_old and f.shape == (nq_new, *v.shape[1:]):
+            if k in params:
+                sd[k] = widen(k, v)
+                widened.add(k)
+            else:  # derived by freeze() from the parameters
+                sd[k] = f
+        else:
+            raise ValueError(f"{k}: shape {tuple(v.shape)} cannot become {tuple(f.shape)}")
+    opt = copy.deepcopy(state["opt"])
+    order = [n for names in _optimizer_groups(model, len(opt["param_groups"])) for n in names]
+    ids = [i for g in opt["param_groups"] for i in g["params"]]
+    for i, name in zip(ids, order):
+        if name in widened and i in opt["state"]:
+            st = opt["state"][i]
+            for m in ("exp_avg", "exp_avg_sq"):
+                st[m] = widen(name, st[m], moment=m)
+    out = dict(state, model=sd, opt=opt, model_config={**state["model_config"], "lambdas": new})
+    return out
+
+
 def validate(model, val: list[np.ndarray], qualities: list[int]) -> dict:
     """Estimated bpp and PSNR on fixed validation slices (padded to the model's downsampling multiple)."""
     model.eval()
@@ -271,6 +353,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     state = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
     if state is not None:
+        if lambdas and [float(v) for v in lambdas] != [float(v) for v in state["model_config"].get("lambdas", [])]:
+            state = extend_qualities(state, lambdas)
+            log.info("%s: quality levels extended to λ = %s", resume, lambdas)
         model_name, model_config = state["model_name"], state["model_config"]
         seed, batch_size = state["seed"], state["batch_size"]
     config = dict(model_config or {})
@@ -291,19 +376,12 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    # the factorized priors' density parameters start wide (CompressAI's init_scale 10) and learn
-    # slowly at the transforms' rate: new runs give them DENSITY_LR_MULT× the learning rate, in a
-    # second parameter group (checkpoints written with one group resume with one)
     groups = 2 if state is None or len(state["opt"]["param_groups"]) == 2 else 1
     mults = [1.0, DENSITY_LR_MULT][:groups]
+    params = dict(model.named_parameters())
+    param_groups = [{"params": [params[n] for n in names]} for names in _optimizer_groups(model, groups)]
     if groups == 2:
-        dens = {n for n, _ in model.named_parameters() if "entropy_bottleneck" in n and not n.endswith(".quantiles")}
-        param_groups = [{"params": [p for n, p in model.named_parameters()
-                                    if not n.endswith(".quantiles") and n not in dens]},
-                         {"params": [p for n, p in model.named_parameters() if n in dens],
-                          "lr": (lr or 2e-4) * DENSITY_LR_MULT}]
-    else:
-        param_groups = [{"params": main_params}]
+        param_groups[1]["lr"] = (lr or 2e-4) * DENSITY_LR_MULT
     opt = torch.optim.Adam(param_groups, lr=lr or 2e-4)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
