@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         from bmz import api
 
         final = api.decompress(target.read_bytes())
-        candidates = [api.decompress(api.compress(np.load(s), quality=api.DEFAULT_QUALITY)) for s in srcs]
+        candidates = [api.decompress(api.compress(np.load(s))) for s in srcs]
         matches = [i for i, c in enumerate(candidates) if np.array_equal(c, final)]
         leftovers = [p.name for p in d.iterdir() if p.name.startswith(".same.bmz")]
     cpu = platform.processor() or platform.machine()

@@ -211,7 +211,7 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
 
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         kw = {} if bound is None else {"max_error": bound, "base_quality": base_quality}
-        rep = api.encode_file(job.src, out, quality=quality or api.DEFAULT_QUALITY, model=model,
+        rep = api.encode_file(job.src, out, quality=quality, model=model,
                               series=job.series, force=True, progress=False, verify=verify, **kw)
         if bound is not None and rep.max_error is not None and rep.max_error > bound:
             _remove_stale(out)  # cannot happen (the encoder checks); never let it pass silently
@@ -834,16 +834,17 @@ def _n_workers(client) -> int:
     return len(client.scheduler_info().get("workers", {}))
 
 
-def _check_model(model: str, quality: int | None) -> tuple[str, int]:
-    """The model's weights SHA-256 and number of qualities, checked here (no torch)."""
+def _check_model(model: str, quality: int | None) -> tuple[str, int, int]:
+    """The model's weights SHA-256, number of qualities and default quality, checked here
+    (no torch)."""
     from .codec import zoo
 
     card = zoo.read_card(model)  # UnknownModelError names the shipped models
-    n_q = len(card.get("qualities") or []) or 8
+    n_q, default = zoo.card_qualities(card)
     if quality is not None and (not isinstance(quality, int) or not 1 <= quality <= n_q):
         raise InputError(f"quality must be an integer from 1 to {n_q} for model {model}, "
                          f"got {quality!r}")
-    return zoo.sha256_file(zoo.find_weights(model)), n_q
+    return zoo.sha256_file(zoo.find_weights(model)), n_q, default
 
 
 def _still_valid(old: dict | None, job: Job, quality: int, model: str, weights_sha: str,
@@ -871,12 +872,14 @@ def _run_all(cl, task, items, res, manifest, dst: str, progress: bool, on_result
         manifest.compact()
 
 
-def encode(src: str, dst: str, quality: int = 5, model: str | None = None, *,
+def encode(src: str, dst: str, quality: int | None = None, model: str | None = None, *,
            scheduler: str | None = None, workers: int | None = None, client=None,
            force: bool = False, verify: bool = True, progress: bool = False,
            on_result: Callable[[dict], None] | None = None, max_error: int | None = None,
            lossless: bool = False, base_quality: int | str = "auto") -> BatchResult:
     """Encode every NIfTI file and DICOM series under ``src`` into ``dst`` (see the module doc).
+
+    ``quality``: 1 (smallest) .. the model's number of levels; default: the model's default.
 
     ``client``: an existing ``distributed.Client`` (else one is made from ``scheduler`` /
     ``workers``, see :func:`connect`). ``force``: redo inputs the manifest says are done.
@@ -894,7 +897,9 @@ def encode(src: str, dst: str, quality: int = 5, model: str | None = None, *,
     if bound is not None:
         quality = None  # unused: the base layer's quality is base_quality
     model = model or zoo.DEFAULT_MODEL
-    weights_sha, n_q = _check_model(model, quality)
+    weights_sha, n_q, default = _check_model(model, quality)
+    if bound is None and quality is None:
+        quality = default
     base_quality = check_base_quality(base_quality, SimpleNamespace(n_qualities=n_q))
     src, dst = _check_src(src), _prepare_dst(dst)
     t0 = time.perf_counter()

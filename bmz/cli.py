@@ -74,7 +74,7 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
 @main.command()
 @click.argument("src", type=click.Path())
 @click.option("-o", "--output", "dst", required=True, type=click.Path(), help="output .bmz file")
-@click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. 8 (best); default 5")
+@click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. the model's number of levels (`bmz models`); default: the model's default")
 @click.option("-m", "--model", default=None, help="model name (default: the flagship)")
 @click.option("--series", default=None, help="DICOM folder with several series: the one to encode (UID or number)")
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
@@ -92,7 +92,7 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
     from . import api
 
     _check_fidelity_options(quality, max_error, lossless, base_quality)
-    rep = api.encode_file(src, dst, quality=quality or api.DEFAULT_QUALITY, model=model,
+    rep = api.encode_file(src, dst, quality=quality, model=model,
                           series=series, force=force, progress=not quiet, verify=verify,
                           max_error=max_error, lossless=lossless,
                           base_quality=base_quality or "auto")
@@ -194,6 +194,38 @@ def info(src, as_json) -> None:
     if sizes:
         click.echo(f"slices    {len(sizes)}: min {min(sizes)} / mean {sum(sizes) / len(sizes):.0f} / "
                    f"max {max(sizes)} bytes")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def models(as_json) -> None:
+    """List the shipped models: quality levels, default level, measured rate range, status."""
+    from .codec import zoo
+
+    rows = []
+    for name, path in sorted(zoo.available_models().items()):
+        card = zoo.read_card(name)
+        n_q, default = zoo.card_qualities(card)
+        rd = {q["quality"]: q for q in card.get("rd_val") or [] if q.get("group") == "val/8-bit"}
+        rows.append({"name": name, "qualities": n_q, "default_quality": default,
+                     "default": name == zoo.DEFAULT_MODEL, "status": card.get("status", ""),
+                     "steps": (card.get("training") or {}).get("steps"),
+                     "val_8bit": [{"quality": q, "bpp": rd[q]["bpp"], "psnr": rd[q]["psnr"]}
+                                  for q in sorted(rd)],
+                     "weights": str(path), "sha256": card.get("sha256")})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        v = r["val_8bit"]
+        rate = (f"{v[0]['bpp']:.2f}–{v[-1]['bpp']:.2f} bpp, {v[0]['psnr']:.1f}–{v[-1]['psnr']:.1f} dB on val/8-bit"
+                if v else "not measured")
+        d = next((x for x in v if x["quality"] == r["default_quality"]), None)
+        dflt = f"default {r['default_quality']}" + (f" ({d['bpp']:.2f} bpp, {d['psnr']:.1f} dB)" if d else "")
+        click.echo(f"{r['name']}{' (default model)' if r['default'] else ''}: qualities 1..{r['qualities']}, "
+                   f"{dflt}; {rate}; {r['steps']} training steps")
+        if r["status"]:
+            click.echo(f"    {r['status']}")
 
 
 @main.command()
@@ -379,7 +411,7 @@ def batch() -> None:
 @batch.command("encode")
 @click.argument("src_dir", type=click.Path())
 @click.option("-o", "--output", "dst_dir", required=True, type=click.Path(), help="output folder (same layout as SRC_DIR)")
-@click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. 8 (best); default 5")
+@click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. the model's number of levels (`bmz models`); default: the model's default")
 @click.option("-m", "--model", default=None, help="model name (default: the flagship)")
 @click.option("-f", "--force", is_flag=True, help="re-encode inputs the manifest says are done")
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -396,7 +428,7 @@ def batch_encode(src_dir, dst_dir, quality, model, force, verify, max_error, los
     from . import api, batch as b
 
     _check_fidelity_options(quality, max_error, lossless, base_quality)
-    res = _batch_run(b.encode, src_dir, dst_dir, quality=quality or api.DEFAULT_QUALITY,
+    res = _batch_run(b.encode, src_dir, dst_dir, quality=quality,
                      model=model, scheduler=scheduler, workers=workers, force=force,
                      verify=verify, progress=not quiet, max_error=max_error, lossless=lossless,
                      base_quality=base_quality or "auto")

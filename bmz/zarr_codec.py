@@ -57,7 +57,8 @@ class Bmz(Codec):
     """numcodecs codec: integer array chunk (2-D, 3-D, …) ↔ ``.bmz`` bytes.
 
     Args:
-        quality: 1 (smallest) .. the model's number of levels (8 for the flagship); default 5.
+        quality: 1 (smallest) .. the model's number of levels; default: the model's default
+            (:func:`bmz.codec.zoo.default_quality`).
         model: a shipped model name (``bmz info`` / ``models/``); default the flagship.
         **settings: further :func:`bmz.compress` settings: ``lossless=True``, ``max_error=D``,
             ``base_quality`` ("auto", 0 or a quality).
@@ -65,12 +66,14 @@ class Bmz(Codec):
 
     codec_id = CODEC_ID
 
-    def __init__(self, quality: int = 5, model: str | None = None, **settings):
+    def __init__(self, quality: int | None = None, model: str | None = None, **settings):
         from .codec import zoo
 
         self.model = model or zoo.DEFAULT_MODEL
         card = zoo.read_card(self.model)  # an unknown name raises UnknownModelError (no torch)
-        n_q = len(card.get("qualities") or []) or 8
+        n_q, default = zoo.card_qualities(card)
+        if quality is None:
+            quality = default
         bounded = settings.get("max_error") is not None or settings.get("lossless")
         if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) \
                 or not (1 <= quality <= n_q or bounded):  # bounded modes do not use quality

@@ -219,3 +219,19 @@ def test_model_file_not_matching_its_card_is_refused(encoded, tmp_path, monkeypa
     assert r.exit_code == 4, r.output
     assert "does not match its model card" in r.output and str(tmp_path) in r.output
     assert not out.exists()
+
+
+def test_models_lists_every_shipped_model():
+    from bmz.codec import zoo
+
+    res = run("models", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert set(rows) == set(zoo.available_models())
+    flagship = rows[zoo.DEFAULT_MODEL]
+    assert flagship["default"] and flagship["qualities"] >= 6
+    assert flagship["default_quality"] == zoo.card_qualities(zoo.read_card(zoo.DEFAULT_MODEL))[1]
+    bpp = [q["bpp"] for q in flagship["val_8bit"]]
+    assert len(bpp) == flagship["qualities"] and bpp == sorted(bpp)  # measured, rising with quality
+    text = run("models")
+    assert text.exit_code == 0 and f"{zoo.DEFAULT_MODEL} (default model): qualities 1..{flagship['qualities']}" in text.output

@@ -157,3 +157,28 @@ def test_retrained_weights_keep_old_files_decodable(tmp_path, monkeypatch):
     with pytest.raises(bmz_errors.ModelMismatchError, match=rf"mini.*{old_sha[:12]}.*archive"):
         api.decompress(pack(r.meta, [r.chunk(k) for k in range(r.n_slices)]))
     assert api.verify(old_file)["model_available"] is False
+
+
+def test_default_quality_follows_the_lambdas():
+    """The default level is the one nearest λ = 0.15625 (log scale; the higher on a tie), so it
+    keeps its meaning — about 1.3 bpp / 45 dB with the flagship — when a model gains levels."""
+    flagship8 = [0.004 * 2.5**i for i in range(8)]
+    assert zoo.default_quality(flagship8) == 5
+    assert zoo.default_quality([0.004 * 2.5**i for i in range(-3, 8)]) == 8
+    assert zoo.default_quality([0.01, 0.0625, 0.390625, 2.44140625]) == 3  # a tie: the higher
+    assert zoo.default_quality([2.0]) == 1
+    for name in zoo.available_models():
+        n_q, default = zoo.card_qualities(zoo.read_card(name))
+        assert 1 <= default <= n_q
+
+
+def test_encoding_without_a_quality_uses_the_models_default():
+    rng = np.random.default_rng(3)
+    vol = (rng.random((1, 40, 40)) * 200).astype(np.uint8)
+    model, _ = zoo.load_model("hyperprior")
+    default = zoo.default_quality(model.lambdas)
+    data = api.compress(vol)
+    assert api.info(data)["quality"] == default
+    assert data == api.compress(vol, quality=default)
+    with pytest.raises(bmz_errors.InputError, match=f"from 1 to {model.n_qualities}"):
+        api.compress(vol, quality=model.n_qualities + 1)
