@@ -18,7 +18,11 @@ from .bitstream import BmzReader, BmzWriter
 from .errors import BmzError, FormatError, InputError
 
 #: the format of slice chunks (bmz.codec.pipeline); bump when it changes
-CHUNK_FORMAT = 2  # 1: pre-release (CompressAI rANS, float synthesis), never shipped
+#: chunk format of the lossy files bmz writes: 4 (compact learned chunks, kind 3). Format 2 (kind
+#: 1) files decode as ever; 3 is bounded error (bmz.codec.bounded); 1 was a never-shipped draft
+CHUNK_FORMAT = 4
+#: lossy chunk formats bmz decodes → the learned chunk kind their files hold
+LEARNED_KIND_OF_FORMAT = {2: 1, 4: 3}
 
 
 @dataclass
@@ -248,7 +252,7 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     if not isinstance(codec, dict):
         raise bad(f"'codec' ({codec!r})")
     bounded = codec.get("chunk_format") == 3  # bounded error (bmz.codec.bounded)
-    if codec.get("chunk_format") != CHUNK_FORMAT and not bounded:
+    if codec.get("chunk_format") not in LEARNED_KIND_OF_FORMAT and not bounded:
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
     q = codec.get("quality")
@@ -310,7 +314,7 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
         k = ks[i]
         try:
             chunk = reader.chunk(k)
-            if model is None and (chunk[:1] == bytes([pipeline.CHUNK_LEARNED])
+            if model is None and ((chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS)
                                   or (chunk[:1] == b"\x02" and chunk[1:2] not in (b"", b"\x00"))):
                 from .codec import zoo
 
@@ -321,6 +325,10 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
 
                     out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)
                 else:
+                    if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS \
+                            and chunk[0] != LEARNED_KIND_OF_FORMAT[codec["chunk_format"]]:
+                        raise ValueError(f"chunk kind {chunk[0]} in a file of chunk format "
+                                         f"{codec['chunk_format']}")
                     qi = int(codec["quality"]) - 1
                     out = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
             except (ValueError, RuntimeError, IndexError, OverflowError) as e:

@@ -155,8 +155,8 @@ class LatentCodes:
             return hit
         chunk = self._reader.chunk(k)  # ChecksumError names the file and slice
         try:
-            model = self.model if chunk[:1] == bytes([pipeline.CHUNK_LEARNED]) else None
-            lat = pipeline.decode_latents(model, chunk, self.hw, self.quality - 1)
+            model = self.model if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS else None
+            lat = pipeline.decode_latents(model, chunk, self.hw, self.quality - 1, self.mapping)
             if lat.kind == pipeline.CHUNK_CONSTANT and not (
                     self.mapping["min"] <= lat.value <= self.mapping["max"]):
                 raise ValueError(f"constant value {lat.value} outside the volume range")

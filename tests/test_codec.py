@@ -249,8 +249,97 @@ def test_floor_restores_flat_background(ixi):
     bg = ixi[40:44] == ixi.min()
     r = BmzReader(data)  # the same file with every floor zeroed: what the network alone gives
     chunks = [r.chunk(k) for k in range(r.n_slices)]
-    unfloored = api.decompress(pack(r.meta, [c[:1] + bytes(2) + c[3:] for c in chunks]))
+    assert {c[0] for c in chunks} == {pipeline.CHUNK_LEARNED_COMPACT}  # floor: a varint after the kind
+    unfloored = api.decompress(pack(r.meta, [c[:1] + b"\x00" + c[pipeline._read_varint(c, 1)[1]:]
+                                             for c in chunks]))
     exact, exact_without = np.mean(back[bg] == ixi.min()), np.mean(unfloored[bg] == ixi.min())
     # air is mostly exact (the rest is ringing next to tissue, beyond any SSE-optimal floor),
     # and far more of it than without the floor (hyperprior 49k steps: 0.91 vs 0.60)
     assert exact > 0.85 and exact > exact_without + 0.2, (exact, exact_without)
+
+
+# ---- chunk formats: 4 (compact, written) and 2 (decoded as ever) --------------------------------
+
+
+def _repack(data: bytes, chunks=None, meta_edit=None) -> bytes:
+    """The same file with other chunks / metadata (CRCs recomputed: a forged file)."""
+    with BmzReader(data) as r:
+        meta, old = r.meta, [r.chunk(i) for i in range(r.n_slices)]
+    if meta_edit:
+        meta_edit(meta)
+    return pack(meta, old if chunks is None else chunks)
+
+
+@pytest.mark.parametrize("model", ["hyperprior", "cnn-ae-8"])
+def test_compact_chunks_decode_like_format_2_and_are_smaller(ixi, model):
+    """Format 4 (kind 3: varint floor, one stream) holds the same latents as format 2 (kind 1:
+    u16 floor, u32 z length, two streams): the same decoded voxels, fewer bytes per slice."""
+    from bmz.codec import pipeline
+
+    sub = ixi[38:44]
+    m, _ = zoo.load_model(model)
+    q = zoo.default_quality(m.lambdas)
+    data4 = api.compress(sub, quality=q, model=model)
+    with BmzReader(data4) as r:
+        assert r.meta["codec"]["chunk_format"] == 4
+        c4 = [r.chunk(i) for i in range(r.n_slices)]
+    assert {c[0] for c in c4} == {pipeline.CHUNK_LEARNED_COMPACT}
+    mapping = pipeline.intensity_mapping(sub)
+    c2 = [pipeline.encode_slice(m, s, mapping, q - 1, kind=pipeline.CHUNK_LEARNED) for s in sub]
+
+    def fmt2(meta):
+        meta["codec"]["chunk_format"] = 2
+    data2 = _repack(data4, c2, fmt2)
+    assert np.array_equal(api.decompress(data2), api.decompress(data4))
+    saved = [len(a) - len(b) for a, b in zip(c2, c4)]
+    # hyperprior: 4 length bytes + 1 floor byte + one stream's sealing (whole 32-bit words);
+    # the factorized families have one stream anyway: the floor byte only
+    assert all(s >= (5 if model == "hyperprior" else 1) for s in saved), saved
+
+
+def test_learned_chunk_kind_must_match_the_files_format(ixi):
+    from bmz.codec import pipeline
+
+    sub = ixi[40:42]
+    data4 = api.compress(sub, quality=2)
+    m, _ = zoo.load_model("hyperprior")
+    c2 = [pipeline.encode_slice(m, s, pipeline.intensity_mapping(sub), 1, kind=pipeline.CHUNK_LEARNED)
+          for s in sub]
+    with pytest.raises(FormatError, match="slice 0 of 2: .*chunk kind 1 in a file of chunk format 4"):
+        api.decompress(_repack(data4, c2))
+
+    def fmt2(meta):
+        meta["codec"]["chunk_format"] = 2
+    with pytest.raises(FormatError, match="slice 0 of 2: .*chunk kind 3 in a file of chunk format 2"):
+        api.decompress(_repack(data4, None, fmt2))
+
+    def fmt5(meta):
+        meta["codec"]["chunk_format"] = 5
+    with pytest.raises(FormatError, match="chunk format 5 is not supported"):
+        api.decompress(_repack(data4, None, fmt5))
+
+
+@pytest.mark.parametrize("header, msg", [
+    (b"\x03", "truncated in its floor"),
+    (b"\x03\x80", "truncated in its floor"),
+    (b"\x03\x81\x00", "not minimal"),
+    (b"\x03\xff\xff\xff\x01", "longer than 3 bytes"),
+    (b"\x03\x7f", "floor 127 above the largest"),   # 8-bit volume: floors 0..7
+])
+def test_bad_compact_chunk_headers_are_refused(ixi, header, msg):
+    sub = ixi[40:41]
+    data = api.compress(sub, quality=2)
+    with BmzReader(data) as r:
+        chunk = r.chunk(0)
+    forged = header if "truncated" in msg else header + chunk[2:]
+    with pytest.raises(FormatError, match=msg):
+        api.decompress(_repack(data, [forged]))
+
+
+def test_floor_varint_round_trips():
+    from bmz.codec import pipeline
+
+    for v in (0, 1, 127, 128, 300, 16383, 16384, 65535):
+        enc = pipeline._varint(v)
+        assert len(enc) == (1 if v < 128 else 2 if v < 16384 else 3)
+        assert pipeline._read_varint(b"\x03" + enc + b"rest", 1) == (v, 1 + len(enc))

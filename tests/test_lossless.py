@@ -397,9 +397,9 @@ def test_bounded_chunk_in_a_lossy_file_refused():
     bounded_chunk = container.BmzReader(bmz.compress(a, lossless=True, base_quality=0)).chunk(0)
     lossy = bmz.compress(a, quality=1)
 
-    def claim(m):  # a format-2 file that also claims a max_error: still not a bounded file
+    def claim(m):  # a lossy file that also claims a max_error: still not a bounded file
         m["codec"]["max_error"] = 0
 
     for edit in (None, claim):
-        with pytest.raises(FormatError, match="slice 0 .*chunk format 2"):
+        with pytest.raises(FormatError, match="slice 0 .*chunk format 4"):
             bmz.decompress(_repack(lossy, 0, bounded_chunk, edit))

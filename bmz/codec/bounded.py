@@ -96,7 +96,7 @@ class BoundedEncoder:
         decoded base in ``[0, maxv]``)."""
         from . import pipeline
 
-        chunk = pipeline.encode_slice(self.model, s, self.mapping, q - 1)
+        chunk = pipeline.encode_slice(self.model, s, self.mapping, q - 1, kind=pipeline.CHUNK_LEARNED)
         if chunk[0] != pipeline.CHUNK_LEARNED:  # cannot happen: constant slices never get here
             raise RuntimeError("base layer of a non-constant slice is not a learned chunk")
         base = pipeline.decode_slice(self.model, chunk, s.shape, self.mapping, q - 1, np.int64)

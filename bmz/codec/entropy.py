@@ -148,7 +148,15 @@ class TableCoder:
         return mdl
 
     def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
-        Uniform, RangeEncoder = _cs().model.Uniform, _cs().queue.RangeEncoder
+        """One stream holding ``symbols`` coded with the tables ``indexes`` (see the class doc)."""
+        enc = _cs().queue.RangeEncoder()
+        self.encode_into(enc, symbols, indexes)
+        return stream_bytes(enc)
+
+    def encode_into(self, enc, symbols: torch.Tensor, indexes: torch.Tensor) -> None:
+        """Append ``symbols`` to an open range encoder (several coders may share one stream; the
+        decoder reads them back in the same order with :meth:`decode_from`)."""
+        Uniform = _cs().model.Uniform
         v = symbols.reshape(-1).numpy().astype(np.int64)
         idx = indexes.reshape(-1).numpy().astype(np.int64)
         order = np.argsort(idx, kind="stable")
@@ -157,7 +165,6 @@ class TableCoder:
         n = self._n[idx]
         esc = (s < 0) | (s >= n - 1)
         s = np.where(esc, n - 1, s).astype(np.int32)
-        enc = RangeEncoder()
         for a, b in _runs(idx):
             enc.encode(s[a:b], self._model(int(idx[a])))
         for k in np.flatnonzero(esc):
@@ -170,19 +177,20 @@ class TableCoder:
             for sh in range(0, nb, 16):
                 w = min(16, nb - sh)
                 enc.encode((r >> sh) & ((1 << w) - 1), Uniform(max(2, 1 << w)))
-        return enc.get_compressed().astype("<u4").tobytes()
 
     def decode(self, data: bytes, indexes: torch.Tensor) -> torch.Tensor:
         """Decode values for ``indexes``; raises ValueError on a stream that cannot be decoded."""
-        Uniform, RangeDecoder = _cs().model.Uniform, _cs().queue.RangeDecoder
-        if len(data) % 4:
-            raise ValueError(f"entropy-coded stream of {len(data)} bytes is not a whole number of words")
+        return self.decode_from(stream_decoder(data), indexes)
+
+    def decode_from(self, dec, indexes: torch.Tensor) -> torch.Tensor:
+        """Read values for ``indexes`` from an open range decoder (:func:`stream_decoder`);
+        raises ValueError on a stream that cannot be decoded."""
+        Uniform = _cs().model.Uniform
         idx = indexes.reshape(-1).numpy().astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self._n)):
             raise ValueError("table index out of range")
         order = np.argsort(idx, kind="stable")
         sidx = idx[order]
-        dec = RangeDecoder(np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32))
         s = np.empty(len(sidx), dtype=np.int64)
         try:
             for a, b in _runs(sidx):
@@ -202,3 +210,21 @@ class TableCoder:
         out = np.empty_like(v)
         out[order] = v
         return torch.from_numpy(out.astype(np.int32)).reshape(indexes.shape)
+
+
+def stream_encoder():
+    """An empty range encoder (``constriction.stream.queue.RangeEncoder``) for
+    :meth:`TableCoder.encode_into`; :func:`stream_bytes` seals it."""
+    return _cs().queue.RangeEncoder()
+
+
+def stream_bytes(enc) -> bytes:
+    """The sealed stream of a range encoder: its 32-bit words, little-endian."""
+    return enc.get_compressed().astype("<u4").tobytes()
+
+
+def stream_decoder(data: bytes):
+    """A range decoder over stream bytes (a whole number of 32-bit little-endian words)."""
+    if len(data) % 4:
+        raise ValueError(f"entropy-coded stream of {len(data)} bytes is not a whole number of words")
+    return _cs().queue.RangeDecoder(np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32))

@@ -93,21 +93,23 @@ class GainedFactorizedCodec(BmzModel):
 
     # ---- bitstream -----------------------------------------------------------------------
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor, q: int) -> tuple[bytes, torch.Tensor]:
+    def analyse(self, x: torch.Tensor, q: int, single_stream: bool = False) -> tuple[bytes, torch.Tensor]:
         """Encode one slice ``(1, 1, H, W)`` → (one range-coded stream of the gained, quantised
-        latent, the symbols)."""
+        latent, the symbols); ``single_stream`` changes nothing (there is one stream anyway)."""
         y = self.g_a(x)
         sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]
                           - self._medians(q)).to(torch.int32)
         return self.coders[q].encode(sym, entropy.channel_indexes(sym.shape)), sym
 
     @torch.no_grad()
-    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
+    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
+                         single_stream: bool = False) -> torch.Tensor:
         """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
         return self.synthesize(self.decode_latents(data, shape, q)["y"], q)
 
     @torch.no_grad()
-    def decode_latents(self, data: bytes, shape: tuple[int, int], q: int) -> dict[str, torch.Tensor]:
+    def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,
+                       single_stream: bool = False) -> dict[str, torch.Tensor]:
         """Entropy-decode one slice payload of padded size ``shape``, without synthesis →
         ``{"y": int32 symbols (1, M, H/D, W/D)}`` (``round(y · gain[q] − median[q])``)."""
         H, W = shape

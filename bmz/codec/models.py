@@ -249,43 +249,60 @@ class GainedScaleHyperprior(BmzModel):
         return self.entropy_bottleneck.quantiles[:, 0, 1].detach()
 
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor, q: int) -> tuple[bytes, torch.Tensor]:
-        """Encode one slice ``(1, 1, H, W)`` → (bytes ``u32 len(z) | z stream | y stream``, the
-        latent symbols coded)."""
+    def analyse(self, x: torch.Tensor, q: int, single_stream: bool = False) -> tuple[bytes, torch.Tensor]:
+        """Encode one slice ``(1, 1, H, W)`` → (payload bytes, the latent symbols coded).
+
+        The payload is ``u32 len(z) | z stream | y stream`` (chunk kind 1), or with
+        ``single_stream`` one stream holding z then y (chunk kind 3: 4 length bytes and one
+        stream's sealing fewer per slice)."""
         z_coder, y_coder = self.coders
         y = self.g_a(x)
         z = self.h_a(torch.abs(y))
         med = self._z_medians()[None, :, None, None]
         z_sym = torch.round(z - med).to(torch.int32)
         z_hat = z_sym.to(torch.float32) + med
-        z_bytes = z_coder.encode(z_sym, entropy.channel_indexes(z_sym.shape))
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]).to(torch.int32)
+        if single_stream:
+            enc = entropy.stream_encoder()
+            z_coder.encode_into(enc, z_sym, entropy.channel_indexes(z_sym.shape))
+            y_coder.encode_into(enc, y_sym, y_idx)
+            return entropy.stream_bytes(enc), y_sym
+        z_bytes = z_coder.encode(z_sym, entropy.channel_indexes(z_sym.shape))
         y_bytes = y_coder.encode(y_sym, y_idx)
         return len(z_bytes).to_bytes(4, "little") + z_bytes + y_bytes, y_sym
 
     @torch.no_grad()
-    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int) -> torch.Tensor:
+    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
+                         single_stream: bool = False) -> torch.Tensor:
         """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
-        return self.synthesize(self.decode_latents(data, shape, q)["y"], q)
+        return self.synthesize(self.decode_latents(data, shape, q, single_stream)["y"], q)
 
     @torch.no_grad()
-    def decode_latents(self, data: bytes, shape: tuple[int, int], q: int) -> dict[str, torch.Tensor]:
-        """Entropy-decode one slice payload of padded size ``shape``, without synthesis →
-        ``{"y": int32 symbols of the gained latent (1, M, H/2**stages, W/2**stages), "z": int32
-        symbols of the hyper-latent (1, N, H/2**(stages+2), W/2**(stages+2))}`` (ẑ = z + median)."""
+    def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,
+                       single_stream: bool = False) -> dict[str, torch.Tensor]:
+        """Entropy-decode one slice payload of padded size ``shape`` (laid out as :meth:`analyse`
+        wrote it), without synthesis → ``{"y": int32 symbols of the gained latent (1, M,
+        H/2**stages, W/2**stages), "z": int32 symbols of the hyper-latent (1, N,
+        H/2**(stages+2), W/2**(stages+2))}`` (ẑ = z + median)."""
         z_coder, y_coder = self.coders
         H, W = shape
-        if len(data) < 4:
-            raise ValueError("slice payload shorter than its 4-byte header")
-        nz = int.from_bytes(data[:4], "little")
-        if nz > len(data) - 4:
-            raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
         zshape = (1, self.N, H // self.downsampling, W // self.downsampling)
-        z_sym = z_coder.decode(data[4:4 + nz], entropy.channel_indexes(zshape))
+        if single_stream:
+            dec = entropy.stream_decoder(data)
+            z_data = y_data = None
+        else:
+            if len(data) < 4:
+                raise ValueError("slice payload shorter than its 4-byte header")
+            nz = int.from_bytes(data[:4], "little")
+            if nz > len(data) - 4:
+                raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
+            z_data, y_data = data[4:4 + nz], data[4 + nz:]
+        z_idx = entropy.channel_indexes(zshape)
+        z_sym = z_coder.decode_from(dec, z_idx) if single_stream else z_coder.decode(z_data, z_idx)
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
         y_idx = self.int_hs.indexes(z_hat, q)
-        y_sym = y_coder.decode(data[4 + nz:], y_idx)
+        y_sym = y_coder.decode_from(dec, y_idx) if single_stream else y_coder.decode(y_data, y_idx)
         return {"y": y_sym, "z": z_sym}
 
 
