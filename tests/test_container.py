@@ -65,20 +65,23 @@ def with_check_id(stream: bytes, check_id: int) -> bytes:
 
 def craft(*, major=1, minor=0, flags=0, meta_blob=None, meta_len=None, n=None, entries=None,
           chunks=(), header_crc=None, tail=b"") -> bytes:
-    """Hand-build a container; every field may be overridden, CRCs are correct unless given."""
+    """Hand-build a container; every field may be overridden, CRCs are correct unless given.
+    Version 1.0 layout (16-byte index entries: offset, length, CRC) unless ``flags`` has bit 0
+    (packed index, version 1.1: entries are (length, CRC))."""
+    packed = bool(flags & 1)
     if meta_blob is None:
         meta_blob = xz(json.dumps({}).encode())
     if entries is None:
         entries, pos = [], 0
-        base = 32 + len(meta_blob) + 4 + 16 * len(chunks) + 4
+        base = 32 + len(meta_blob) + 4 + (8 if packed else 16) * len(chunks) + 4
         for c in chunks:
-            entries.append((base + pos, len(c), crc(c)))
+            entries.append((len(c), crc(c)) if packed else (base + pos, len(c), crc(c)))
             pos += len(c)
     n = len(entries) if n is None else n
     meta_len = len(meta_blob) if meta_len is None else meta_len
     fields = struct.pack("<HHIQI", major, minor, flags, meta_len, n)
     hcrc = crc(fields) if header_crc is None else header_crc
-    index = b"".join(struct.pack("<QII", *e) for e in entries)
+    index = b"".join(struct.pack("<II" if packed else "<QII", *e) for e in entries)
     return (MAGIC + fields + struct.pack("<I", hcrc) + meta_blob + struct.pack("<I", crc(meta_blob))
             + index + struct.pack("<I", crc(index)) + b"".join(chunks) + tail)
 
@@ -93,7 +96,7 @@ def read_all(src, **kw):
 
 def test_constants():
     assert MAGIC == b"\x89BMZ\r\n\x1a\n"
-    assert FORMAT_VERSION == (1, 0)
+    assert FORMAT_VERSION == (1, 1)
 
 
 def test_exact_layout_matches_spec():
@@ -101,15 +104,26 @@ def test_exact_layout_matches_spec():
     raw = json.dumps(META, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
     # the reference writer: xz, check None, LZMA2 preset 9e, dictionary max(4096, len(raw))
     meta_blob = xz(raw, preset=9 | lzma.PRESET_EXTREME, dict_size=max(4096, len(raw)))
-    assert data == craft(meta_blob=meta_blob, chunks=CHUNKS)
+    assert data == craft(minor=1, flags=1, meta_blob=meta_blob, chunks=CHUNKS)
     assert lzma.decompress(meta_blob) == raw
     assert data[:8] == MAGIC
     major, minor, flags, mlen, n, hcrc = struct.unpack_from("<HHIQII", data, 8)
-    assert (major, minor, flags, mlen, n) == (1, 0, 0, len(meta_blob), 3)
+    assert (major, minor, flags, mlen, n) == (1, 1, 1, len(meta_blob), 3)
     assert hcrc == crc(data[8:28])
 
 
-SPEC_EXAMPLE = bytes.fromhex(  # docs/FORMAT.md, section 12
+SPEC_EXAMPLE_11 = bytes.fromhex(  # docs/FORMAT.md, section 12: version 1.1 (what bmz writes)
+    "89 42 4d 5a 0d 0a 1a 0a 01 00 01 00 01 00 00 00"
+    "44 00 00 00 00 00 00 00 02 00 00 00 bf c3 e4 b2"
+    "fd 37 7a 58 5a 00 00 00 ff 12 d9 41 02 00 21 01"
+    "00 00 00 00 37 27 97 d6 01 00 10 7b 22 73 68 61"
+    "70 65 22 3a 5b 32 2c 31 2c 31 5d 7d 00 00 00 00"
+    "00 01 21 11 3a 80 a9 c6 06 72 9e 7a 01 00 00 00"
+    "00 00 59 5a ed 36 7a f2 01 00 00 00 1b df 05 a5"
+    "02 00 00 00 c7 21 e6 ea b5 21 2f 33 01 02 03"
+)
+
+SPEC_EXAMPLE = bytes.fromhex(  # docs/FORMAT.md, section 12: the same file in version 1.0
     "89 42 4d 5a 0d 0a 1a 0a 01 00 00 00 00 00 00 00"
     "44 00 00 00 00 00 00 00 02 00 00 00 cf e4 de f3"
     "fd 37 7a 58 5a 00 00 00 ff 12 d9 41 02 00 21 01"
@@ -142,9 +156,17 @@ def test_spec_worked_example():
     for a, b, value in [(8, 12, 0x41D912FF), (20, 24, 0xD6972737), (52, 56, 0xC6A9803A),
                         (56, 60, 0x7A9E7206)]:  # the CRC-32s inside the xz stream
         assert struct.unpack_from("<I", blob, a) == (value,)
+    # version 1.1: the same header blocks, then the packed index (length, CRC) and the chunks
+    assert len(SPEC_EXAMPLE_11) == 127
+    assert read_all(SPEC_EXAMPLE_11) == read_all(SPEC_EXAMPLE)
+    assert struct.unpack_from("<HHIQII", SPEC_EXAMPLE_11, 8) == (1, 1, 1, 68, 2, 0xB2E4C3BF)
+    assert SPEC_EXAMPLE_11[32:104] == SPEC_EXAMPLE[32:104]
+    index = [struct.unpack_from("<II", SPEC_EXAMPLE_11, 104 + 8 * k) for k in range(2)]
+    assert index == [(1, 0xA505DF1B), (2, 0xEAE621C7)]
+    assert struct.unpack_from("<I", SPEC_EXAMPLE_11, 120) == (0x332F21B5,) == (crc(SPEC_EXAMPLE_11[104:120]),)
     # the reference writer makes exactly these bytes with the same liblzma output
     if xz(b'{"shape":[2,1,1]}', preset=9 | lzma.PRESET_EXTREME, dict_size=4096) == blob:
-        assert pack({"shape": [2, 1, 1]}, [b"\x01", b"\x02\x03"]) == SPEC_EXAMPLE
+        assert pack({"shape": [2, 1, 1]}, [b"\x01", b"\x02\x03"]) == SPEC_EXAMPLE_11
 
 
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "fileobj", "path"])
@@ -164,7 +186,7 @@ def test_round_trip_pack(kind, tmp_path):
     with BmzReader(src) as r:
         assert r.meta == META
         assert r.n_slices == 3 and len(r) == 3
-        assert r.version == (1, 0)
+        assert r.version == (1, 1) and r.flags == 1
         assert r.file_size == len(data)
         assert r.chunk_sizes() == [len(c) for c in CHUNKS]
         assert [r.chunk(k) for k in range(3)] == CHUNKS
@@ -423,8 +445,10 @@ def test_unknown_major_version_and_newer_minor():
 
 
 def test_flags():
-    with pytest.raises(UnsupportedVersionError, match="critical"):
-        BmzReader(craft(flags=0x0001))
+    with pytest.raises(UnsupportedVersionError, match="critical flags 0x0002"):
+        BmzReader(craft(flags=0x0002))
+    with pytest.raises(UnsupportedVersionError, match="critical flags 0x0002"):
+        BmzReader(craft(flags=0x0003))
     with BmzReader(craft(flags=0x00010000, chunks=[b"q"])) as r:  # ancillary: ignored
         assert r.flags == 0x00010000 and r.chunk(0) == b"q"
 
@@ -681,3 +705,44 @@ else:
     @pytest.mark.skip(reason="hypothesis is not installed (pip install hypothesis): fuzz skipped")
     def test_fuzz_random_bytes():
         pass
+
+
+
+# --- version 1.1: the packed index (flag bit 0) -------------------------------------------------
+
+
+def test_packed_index_saves_8_bytes_per_slice_and_reads_like_1_0():
+    chunks = [b"", b"abc", b"", b"d" * 300, b"e"]
+    new = pack(META, chunks)
+    old = craft(meta_blob=new[32:32 + struct.unpack_from("<Q", new, 16)[0]], chunks=chunks)
+    assert len(old) - len(new) == 8 * len(chunks)
+    assert read_all(new) == read_all(old) == (META, chunks)
+    with BmzReader(new) as r:
+        assert r.chunk_sizes() == [len(c) for c in chunks] and r.verify() == []
+        assert r.data_start == len(new) - sum(map(len, chunks))
+
+
+def test_packed_index_damage_is_named():
+    data = bytearray(pack(META, CHUNKS))
+    with pytest.raises(TruncatedError, match="slice 2 of 3"):
+        BmzReader(bytes(data[:-1]))  # the last chunk runs past the end
+    data[-1] ^= 0xFF
+    with pytest.raises(ChecksumError, match="slice 2 of 3") as e:
+        read_all(bytes(data))
+    assert e.value.slice_index == 2
+    mlen = struct.unpack_from("<Q", data, 16)[0]
+    index_pos = 32 + mlen + 4
+    data = bytearray(pack(META, CHUNKS))
+    data[index_pos] ^= 1  # a chunk length: the index CRC catches it
+    with pytest.raises(ChecksumError, match="slice index"):
+        BmzReader(bytes(data))
+    # a forged index (CRC recomputed) whose lengths run past the data
+    forged = craft(minor=1, flags=1, entries=[(5, crc(b"abcde")), (2**32 - 1, 0)], chunks=[])
+    with pytest.raises(TruncatedError, match="slice 0 of 2"):
+        BmzReader(forged + b"abcd")
+
+
+def test_packed_index_with_trailing_bytes_and_ancillary_flags():
+    data = craft(minor=1, flags=0x00010001, chunks=[b"xy", b"z"], tail=b"ignored")
+    with BmzReader(data) as r:
+        assert [r.chunk(0), r.chunk(1)] == [b"xy", b"z"] and r.flags == 0x00010001

@@ -10,18 +10,20 @@ Byte layout (all integers little-endian; ``M`` = metadata length, ``N`` = slice 
     offset        size   field
     0             8      signature  89 42 4D 5A 0D 0A 1A 0A   ("\\x89BMZ\\r\\n\\x1a\\n")
     8             2      u16 major version (= 1)
-    10            2      u16 minor version (= 0)
-    12            4      u32 flags (= 0)
+    10            2      u16 minor version (= 1)
+    12            4      u32 flags (= 1: packed index)
     16            8      u64 M, length of the compressed metadata
     24            4      u32 N, number of slices
     28            4      u32 CRC-32 of bytes 8..27
     32            M      metadata: xz stream (LZMA2) of UTF-8 JSON object
     32+M          4      u32 CRC-32 of the M metadata bytes
-    36+M          16*N   slice index: N x (u64 offset, u32 length, u32 CRC-32 of the chunk)
-    36+M+16N      4      u32 CRC-32 of the 16*N index bytes
-    40+M+16N      ...    chunks, in slice order, contiguous
+    36+M          8*N    slice index: N x (u32 length, u32 CRC-32 of the chunk)
+    36+M+8N       4      u32 CRC-32 of the 8*N index bytes
+    40+M+8N       ...    chunks, in slice order, contiguous: chunk k starts after chunks 0..k-1
 
-Offsets in the index count from the first byte of the signature. Slices are numbered from 0.
+Version 1.0 files (flags 0) have a 16-byte index entry (u64 offset, u32 length, u32 CRC-32) with
+offsets counted from the first byte of the signature; this module reads both. Slices are
+numbered from 0.
 
 Public API: :data:`MAGIC`, :data:`FORMAT_VERSION`, :func:`pack`, :class:`BmzWriter`,
 :class:`BmzReader`, :func:`is_bmz`.
@@ -54,26 +56,30 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "pack", "BmzWriter", "BmzReader", "is_bmz"
 MAGIC: bytes = b"\x89BMZ\r\n\x1a\n"
 
 #: The format version this module writes: (major, minor). It reads every ``1.x``.
-FORMAT_VERSION: tuple[int, int] = (1, 0)
+FORMAT_VERSION: tuple[int, int] = (1, 1)
 
 # --- layout constants -------------------------------------------------------------------------
 
 _VERSION = struct.Struct("<HH")  # major, minor (stable across all major versions, offset 8)
 _HEADER_FIELDS = struct.Struct("<HHIQI")  # major, minor, flags, metadata length, slice count
 _U32 = struct.Struct("<I")
-_ENTRY = struct.Struct("<QII")  # chunk offset, chunk length, chunk CRC-32
+_ENTRY = struct.Struct("<QII")  # chunk offset, chunk length, chunk CRC-32 (version 1.0 index)
+_PACKED_ENTRY = struct.Struct("<II")  # chunk length, chunk CRC-32 (packed index, flag bit 0)
 
 SIGNATURE_SIZE = len(MAGIC)  # 8
 FIXED_HEADER_SIZE = _HEADER_FIELDS.size + _U32.size  # 24: fields + CRC
 PREAMBLE_SIZE = SIGNATURE_SIZE + FIXED_HEADER_SIZE  # 32: where the metadata starts
-INDEX_ENTRY_SIZE = _ENTRY.size  # 16
+INDEX_ENTRY_SIZE = _ENTRY.size  # 16 (version 1.0 index)
+PACKED_INDEX_ENTRY_SIZE = _PACKED_ENTRY.size  # 8
 CRC_SIZE = _U32.size  # 4
 
 #: Flag bits 0-15 are *critical*: a reader that does not know a set critical bit must refuse the
-#: file. Bits 16-31 are *ancillary*: a reader ignores those it does not know. Version 1.0 defines
-#: no flags.
+#: file. Bits 16-31 are *ancillary*: a reader ignores those it does not know.
 CRITICAL_FLAGS_MASK = 0x0000FFFF
-KNOWN_FLAGS = 0
+#: Flag bit 0 (critical, version 1.1): the index holds (length, CRC-32) per chunk and the chunks
+#: lie contiguously from the end of the index in slice order (8 bytes per slice instead of 16).
+FLAG_PACKED_INDEX = 0x00000001
+KNOWN_FLAGS = FLAG_PACKED_INDEX
 
 #: Largest metadata block accepted, compressed or decompressed (a decompression-bomb guard).
 MAX_METADATA_SIZE = 64 * 1024 * 1024
@@ -264,9 +270,10 @@ class BmzWriter(AbstractContextManager):
             self._seekable = _seekable(dst)
             self._base = dst.tell() if self._seekable else 0
 
-        head = _header_bytes(len(meta_blob), n_slices) + meta_blob + _U32.pack(_crc32(meta_blob))
+        head = (_header_bytes(len(meta_blob), n_slices, FLAG_PACKED_INDEX) + meta_blob
+                + _U32.pack(_crc32(meta_blob)))
         self._index_pos = len(head)  # relative to the container start
-        self._data_start = self._index_pos + INDEX_ENTRY_SIZE * n_slices + CRC_SIZE
+        self._data_start = self._index_pos + PACKED_INDEX_ENTRY_SIZE * n_slices + CRC_SIZE
         self._pos = self._data_start  # where the next chunk goes, relative to the container start
         try:
             if self._seekable:
@@ -314,7 +321,7 @@ class BmzWriter(AbstractContextManager):
         self._count += 1
 
     def _index_bytes(self) -> bytes:
-        body = b"".join(_ENTRY.pack(*e) for e in self._entries)
+        body = b"".join(_PACKED_ENTRY.pack(length, crc) for _, length, crc in self._entries)
         return body + _U32.pack(_crc32(body))
 
     def close(self) -> None:
@@ -595,10 +602,12 @@ class BmzReader(AbstractContextManager):
                 f"{self._where('metadata')}: {meta_len} bytes, more than the {MAX_METADATA_SIZE} "
                 f"allowed"
             )
-        data_start = index_pos + INDEX_ENTRY_SIZE * n + CRC_SIZE
+        packed = bool(flags & FLAG_PACKED_INDEX)
+        entry_size = PACKED_INDEX_ENTRY_SIZE if packed else INDEX_ENTRY_SIZE
+        data_start = index_pos + entry_size * n + CRC_SIZE
         if data_start > size:
             raise TruncatedError(
-                f"{self._where('slice index')}: declares {n} slices ({INDEX_ENTRY_SIZE * n + 4} "
+                f"{self._where('slice index')}: declares {n} slices ({entry_size * n + 4} "
                 f"index bytes at offset {index_pos}) but the file has only {size} bytes "
                 f"(file truncated or damaged)"
             )
@@ -614,14 +623,20 @@ class BmzReader(AbstractContextManager):
         meta = _decode_meta(body, self._where("metadata"))
 
         # 7. slice index
-        raw = self._read_exact(index_pos, INDEX_ENTRY_SIZE * n + CRC_SIZE, "slice index")
+        raw = self._read_exact(index_pos, entry_size * n + CRC_SIZE, "slice index")
         body, (stored,) = raw[:-CRC_SIZE], _U32.unpack(raw[-CRC_SIZE:])
         if _crc32(body) != stored:
             raise ChecksumError(
                 f"{self._where('slice index')}: checksum mismatch (stored 0x{stored:08x}, "
                 f"computed 0x{_crc32(body):08x}); the file is damaged"
             )
-        entries = list(_ENTRY.iter_unpack(body))
+        if packed:  # chunks back to back from the data start, in slice order
+            entries, off = [], data_start
+            for length, crc in _PACKED_ENTRY.iter_unpack(body):
+                entries.append((off, length, crc))
+                off += length
+        else:
+            entries = list(_ENTRY.iter_unpack(body))
         self._check_entries(entries, data_start, size, n)
 
         self.meta = meta
