@@ -86,7 +86,7 @@ GUIDANCE = (("German consensus (~1:7)", 7.0), ("10:1", 10.0), ("CAR upper bound 
 D8, DHI = "8-bit", ">8-bit"
 CHECK_DB, CHECK_BPP = 0.3, 0.03  # reference check tolerances (dB, relative bpp)
 
-FIELDS = ["group", "source", "volume", "path", "series", "codec", "model", "version", "setting",
+FIELDS = ["group", "source", "volume", "path", "series", "codec", "model", "version", "format", "setting",
           "mode", "param", "max_slices", "n_slices", "height", "width", "dtype", "bits", "vmin",
           "vmax", "n_voxels", "n_bytes", "hdr_bytes", "bpp", "bpp_nohdr", "ratio", "psnr", "ssim",
           "ms_ssim", "maxerr", "enc_s", "dec_s", "enc_MBps", "dec_MBps", "threads", "error"]
@@ -330,7 +330,17 @@ def _base_row(item: InputItem, spec: CodecSpec | None, max_slices: int | None) -
     return {"source": item.source, "volume": item.name, "path": item.path,
             "series": item.series or "", "codec": spec.codec if spec else "",
             "model": spec.model if spec else "", "version": spec.version if spec else "",
+            "format": bmz_file_format() if spec and spec.kind == BMZ else "",
             "max_slices": max_slices or 0, "threads": 1, "error": ""}
+
+
+def bmz_file_format() -> str:
+    """What bmz's output bytes depend on besides the weights: container version / chunk format
+    (e.g. ``1.1/4``). Part of a bmz point's cache key: a format change re-measures every model."""
+    from .api import CHUNK_FORMAT
+    from .bitstream.container import FORMAT_VERSION
+
+    return f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}/{CHUNK_FORMAT}"
 
 
 @dataclass
@@ -400,8 +410,11 @@ def _init_worker() -> None:
 
 
 def point_key(row: dict) -> tuple:
+    """(volume, series, max_slices, codec, model, version|format, setting): the identity of a point
+    (bmz rows measured with another file format — or before the format was recorded — differ)."""
     return (str(row["volume"]), str(row.get("series") or ""), int(float(row.get("max_slices") or 0)),
-            str(row["codec"]), str(row.get("model") or ""), str(row["version"]), str(row["setting"]))
+            str(row["codec"]), str(row.get("model") or ""),
+            f"{row['version']}|{row.get('format') or ''}", str(row["setting"]))
 
 
 def _parse(row: dict) -> dict:

@@ -342,3 +342,18 @@ def test_cli_end_to_end(shared_data, tmp_path):
     # bad codec name: a clear one-line error
     r = CliRunner().invoke(main, ["rd-curve", str(src), "--codecs", "webp", "-o", str(out)])
     assert r.exit_code == 2 and "unknown baseline codec" in r.output
+
+
+def test_bmz_points_of_another_file_format_are_measured_again():
+    """A cached bmz point stands only for the container / chunk format it was measured with: its
+    bytes depend on them, not only on the weights (classical rows carry no format)."""
+    row = {"volume": "v", "series": "", "max_slices": 0, "codec": "bmz", "model": "hyperprior",
+           "version": "ab" * 32, "setting": "q1"}
+    now = dict(row, format=rdcurve.bmz_file_format())
+    assert rdcurve.point_key(now) != rdcurve.point_key(row)  # measured before formats were recorded
+    assert rdcurve.point_key(now) != rdcurve.point_key(dict(row, format="1.0/2"))
+    assert rdcurve.point_key(now) == rdcurve.point_key(dict(now))
+    assert rdcurve.bmz_file_format() == "1.1/4"
+    j2k = {"volume": "v", "series": "", "max_slices": 0, "codec": "JPEG2000", "model": "",
+           "version": "openjpeg 2.5.4", "setting": "psnr40"}
+    assert rdcurve.point_key(j2k) == rdcurve.point_key(dict(j2k, format=""))
