@@ -251,8 +251,9 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     codec = meta.get("codec")
     if not isinstance(codec, dict):
         raise bad(f"'codec' ({codec!r})")
-    bounded = codec.get("chunk_format") == 3  # bounded error (bmz.codec.bounded)
-    if codec.get("chunk_format") not in LEARNED_KIND_OF_FORMAT and not bounded:
+    fmt = codec.get("chunk_format")
+    bounded = is_int(fmt) and fmt == 3  # bounded error (bmz.codec.bounded)
+    if not (is_int(fmt) and fmt in LEARNED_KIND_OF_FORMAT) and not bounded:
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
     q = codec.get("quality")
