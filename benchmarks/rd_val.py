@@ -272,9 +272,44 @@ def write_family(out: Path, res, comps: dict, group: str) -> list[dict]:
                  + " | ".join(_n(d[f'ssim@{r:g}'], '{:.3f}') for r in FAMILY_RATES) + " | "
                  f"{_n(d['bd_rate_psnr_vs_j2k'], '{:+.1f}')} % / {_n(d['bd_rate_ssim_vs_j2k'], '{:+.1f}')} % | "
                  f"{_n(d['enc_ms_per_slice'], '{:.1f}')} | {_n(d['dec_ms_per_slice'], '{:.1f}')} |")
+    missing = unshipped_rows(rows)
+    if missing:
+        L += ["", "Registered architectures without shipped weights (size from the architecture; "
+              "no RD to report):", "",
+              "| model | params | dec MACs/px | why not shipped |", "|---|---|---|---|"]
+        for d in missing:
+            L.append(f"| `{d['model']}` | {d['parameters'] / 1e6:.3g} M | "
+                     f"{d['decoder_macs_per_pixel'] / 1e3:.3g} k | {d['why']} |")
     L.append("")
     (out / "family.md").write_text("\n".join(L))
     return rows
+
+
+#: why a registered architecture has no shipped weights (measured on this project's machine)
+NOT_SHIPPED = {
+    "unet-noskip-v1": "needs a GPU: 5.9 s per training step (batch 8 of 128², one CPU core), "
+                      "so the 4 000 steps of the other zoo baselines are 6.5 core-hours; weights "
+                      "of 114 MB (float32)",
+    "unet-noskip-v2": "needs a GPU: 2.25× V1's weights and compute (about 13 s per CPU training "
+                      "step); weights of 256 MB (float32)",
+}
+
+
+def unshipped_rows(shipped: list[dict]) -> list[dict]:
+    """Registered models with no weights in any models folder: parameters, decoder MACs, why."""
+    from bmz.codec import zoo
+    from bmz.codec.models import build_model, decoder_macs_per_pixel, model_names
+
+    have = set(zoo.available_models()) | {d["model"] for d in shipped}
+    out = []
+    for name in model_names():
+        if name in have:
+            continue
+        m = build_model(name)
+        out.append({"model": name, "parameters": sum(p.numel() for p in m.parameters()),
+                    "decoder_macs_per_pixel": decoder_macs_per_pixel(m),
+                    "why": NOT_SHIPPED.get(name, "not trained yet")})
+    return out
 
 
 def update_cards(res, comps: dict) -> None:
