@@ -13,7 +13,9 @@ encoded with the flagship at its lowest and highest quality and with one factori
 ``golden.json`` records what each file must decode to (SHA-256 of the C-order array bytes) and the
 weights it names. Retraining a model does not retire its files: the superseded weights are
 archived (``models/archive``) and the old files must keep decoding with them, so the default mode
-only adds files (named with the new weights' short SHA-256) beside the existing ones.
+only adds files (named with the new weights' short SHA-256) beside the existing ones. A new file
+format (container version / chunk format) is covered the same way: files of the old format stay,
+and files in the new one are added (named with the format too).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from bmz import api, io  # noqa: E402
 from bmz.codec import zoo  # noqa: E402
+from bmz.rdcurve import bmz_file_format  # noqa: E402
 
 
 def sources() -> dict[str, np.ndarray]:
@@ -55,7 +58,9 @@ def main(argv=None) -> int:
     if regenerate:
         for old in HERE.glob("*.bmz"):
             old.unlink()
-    covered = {(r["model"], r.get("weights_sha256") or _weights_of(HERE / f)) for f, r in record.items()}
+    fmt = bmz_file_format()
+    covered = {(r["model"], r.get("weights_sha256") or _weights_of(HERE / f), r.get("format") or _format_of(HERE / f))
+               for f, r in record.items()}
     for name, vol in sources().items():
         model, _ = zoo.load_model(flagship)
         plans = [(flagship, 1), (flagship, model.n_qualities)]
@@ -63,22 +68,32 @@ def main(argv=None) -> int:
             plans.append((family, 2))
         for mdl, q in plans:
             sha = zoo.sha256_file(zoo.find_weights(mdl))
-            if (mdl, sha) in covered:
+            if (mdl, sha, fmt) in covered:
                 continue
             blob = api.compress(vol, quality=q, model=mdl)
-            fname = f"{name}_{mdl}_q{q}.bmz"
-            if (HERE / fname).exists():
-                fname = f"{name}_{mdl}-{sha[:12]}_q{q}.bmz"
+            tag = fmt.replace(".", "").replace("/", "f")  # 1.1/4 -> 11f4
+            fname = next(f for f in (f"{name}_{mdl}_q{q}.bmz", f"{name}_{mdl}-{sha[:12]}_q{q}.bmz",
+                                     f"{name}_{mdl}-{sha[:12]}-v{tag}_q{q}.bmz")
+                         if not (HERE / f).exists())
             (HERE / fname).write_bytes(blob)
             back = api.decompress(blob)
             record[fname] = {"model": mdl, "quality": q, "shape": list(vol.shape), "dtype": vol.dtype.str,
-                             "weights_sha256": sha, "decoded_sha256": decoded_sha(back),
+                             "weights_sha256": sha, "format": fmt, "decoded_sha256": decoded_sha(back),
                              "bytes": len(blob)}
             print(fname, len(blob), "bytes")
     for fname, rec in record.items():
         rec.setdefault("weights_sha256", _weights_of(HERE / fname))
+        rec.setdefault("format", _format_of(HERE / fname))
     path.write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def _format_of(path: Path) -> str:
+    """``container major.minor/chunk format`` of a stored file (as :func:`bmz_file_format`)."""
+    from bmz.bitstream import BmzReader
+
+    with BmzReader(path) as r:
+        return f"{r.version[0]}.{r.version[1]}/{r.meta['codec']['chunk_format']}"
 
 
 def _weights_of(path: Path) -> str:
