@@ -490,6 +490,7 @@ def info(src: str | os.PathLike | bytes) -> dict:
         meta = r.meta
         sizes = r.chunk_sizes()
         size = r.file_size
+        version = r.version
     shape = meta.get("shape", [])
     n_vox = int(np.prod(shape)) if shape else 0
     raw = n_vox * np.dtype(meta.get("dtype", "u1")).itemsize
@@ -500,6 +501,7 @@ def info(src: str | os.PathLike | bytes) -> dict:
         "intensity": meta.get("intensity"), "bytes": size,
         "bpp": 8.0 * size / max(1, n_vox), "ratio": raw / max(1, size),
         "slice_bytes": sizes, "bmz_version": meta.get("bmz_version"),
+        "format_version": f"{version[0]}.{version[1]}", "chunk_format": meta.get("codec", {}).get("chunk_format"),
         # guaranteed fidelity (bounded-error files): δ in stored units, 0 = lossless; else None
         "max_error": meta.get("codec", {}).get("max_error"),
     }

@@ -66,7 +66,7 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
     bounded = max_error is not None or lossless
     if bounded and quality is not None:
         raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
-                         "learned base layer's quality is --base-quality (auto, 0 or 1..8)")
+                         "learned base layer's quality is --base-quality (auto, 0 or one of the model's levels)")
     if base_quality is not None and not bounded:
         raise InputError("--base-quality needs --max-error D or --lossless")
 
@@ -190,6 +190,7 @@ def info(src, as_json) -> None:
         click.echo("fidelity  lossless: every bit (max error 0)" if d["max_error"] == 0 else
                    f"fidelity  max abs error {d['max_error']} (stored units), guaranteed")
         click.echo(f"layers    {base} + residual coder")
+    click.echo(f"format    .bmz {d['format_version']}, chunk format {d['chunk_format']}, written by bmz {d['bmz_version']}")
     click.echo(f"size      {d['bytes']} bytes  {d['bpp']:.4f} bpp  ratio {d['ratio']:.1f}:1")
     if sizes:
         click.echo(f"slices    {len(sizes)}: min {min(sizes)} / mean {sum(sizes) / len(sizes):.0f} / "
