@@ -179,11 +179,16 @@ def extend_qualities(state: dict, lambdas: list[float]) -> dict:
 
     ``lambdas`` must hold the checkpoint's λ as one contiguous run, with new λ below and/or above
     it (ascending). Every trained weight is kept; each parameter with one row per quality (the gain
-    units) gets rows for the new levels: ``log2_gain`` continues linearly in the level index with
-    the mean slope of its two outermost steps, any other per-quality parameter (``log2_inv_gain``)
-    copies its nearest trained row. The optimiser's moments follow (first moment 0, second moment
-    of the nearest row); buffers that ``freeze()`` derives start empty. Models whose per-quality
-    state is more than rows of a tensor (one entropy model per quality) are refused."""
+    units) gets rows for the new levels: ``log2_gain`` is the nearest trained row plus
+    ``0.5 · log2(λ_new / λ_nearest)`` (the quantisation step ∝ λ^-1/2 of high-rate theory), any
+    other per-quality parameter (``log2_inv_gain``) copies its nearest trained row. The optimiser's
+    moments follow (first moment 0, second moment of the nearest row); buffers that ``freeze()``
+    derives start empty. Models whose per-quality state is more than rows of a tensor (one entropy
+    model per quality) are refused.
+
+    (Extrapolating the trained gains' own slope instead went too far down for the flagship: its
+    lowest trained levels drop 1.1–1.3 per level where channels switch off, and levels started
+    there coded every latent as zero, where the gradient could not lift them.)"""
     old = [float(v) for v in state["model_config"]["lambdas"]]
     new = [float(v) for v in lambdas]
     if new != sorted(new) or len(set(new)) != len(new):
@@ -199,14 +204,10 @@ def extend_qualities(state: dict, lambdas: list[float]) -> dict:
         if moment == "exp_avg":
             out[:k0] = 0
             out[k0 + nq_old:] = 0
-        elif moment is None and name.endswith("log2_gain") and nq_old >= 3:
-            lo = (t[2] - t[0]).mean() / 2
-            hi = (t[-1] - t[-3]).mean() / 2
+        elif moment is None and name.endswith("log2_gain"):
             for i in range(nq_new):
-                if i < k0:
-                    out[i] = t[0] - (k0 - i) * lo
-                elif i >= k0 + nq_old:
-                    out[i] = t[-1] + (i - k0 - nq_old + 1) * hi
+                if not k0 <= i < k0 + nq_old:
+                    out[i] = t[src[i]] + 0.5 * math.log2(new[i] / old[src[i]])
         return out
 
     model = build_model(state["model_name"], **{**state["model_config"], "lambdas": new})

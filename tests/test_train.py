@@ -4,6 +4,7 @@ as an uninterrupted run; a finished run ships frozen weights with a model card."
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -68,8 +69,8 @@ def test_resume_with_more_quality_levels(data_dir, tmp_path):
     g_old, g_new = old["model"]["log2_gain"], new["model"]["log2_gain"]
     assert g_new.shape == (5, g_old.shape[1])
     assert torch.equal(g_new[1:4], g_old) and torch.equal(new["model"]["log2_inv_gain"][1:4], old["model"]["log2_inv_gain"])
-    lo, hi = (g_old[2] - g_old[0]).mean() / 2, (g_old[2] - g_old[0]).mean() / 2
-    assert torch.allclose(g_new[0], g_old[0] - lo) and torch.allclose(g_new[4], g_old[2] + hi)
+    half_log2_10 = 0.5 * math.log2(10.0)  # λ 10× apart: quantisation steps √10× apart
+    assert torch.allclose(g_new[0], g_old[0] - half_log2_10) and torch.allclose(g_new[4], g_old[2] + half_log2_10)
     assert torch.equal(new["model"]["log2_inv_gain"][0], old["model"]["log2_inv_gain"][0])
     moments = [st for st in new["opt"]["state"].values() if st["exp_avg"].shape[:1] == (5,)]
     assert len(moments) == 2 and all(float(st["exp_avg"][[0, 4]].abs().sum()) == 0 for st in moments)
