@@ -1,7 +1,7 @@
 """bmz: learned compression for MRI.
 
 >>> import bmz
->>> data = bmz.compress(volume, quality=5)     # 2-D or 3-D integer array, slices along axis 0
+>>> data = bmz.compress(volume)              # 2-D or 3-D integer array, slices along axis 0
 >>> volume2 = bmz.decompress(data)              # same dtype and shape
 """
 

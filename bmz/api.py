@@ -1,6 +1,6 @@
 """bmz's Python API: arrays ↔ ``.bmz`` bytes, files ↔ files. The CLI is a thin layer on this.
 
->>> data = bmz.compress(volume, quality=5)        # volume: 2-D or 3-D integer array, slices on axis 0
+>>> data = bmz.compress(volume)               # volume: 2-D or 3-D integer array, slices on axis 0
 >>> back = bmz.decompress(data)                    # same dtype and shape
 >>> part = bmz.decompress(data, slices=range(10, 20))
 """

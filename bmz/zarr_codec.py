@@ -8,9 +8,9 @@ flattened to slices of its last two axes). Chunks must hold integers of at most 
 >>> import zarr
 >>> from bmz.zarr_codec import Bmz, BmzZarr3
 >>> z = zarr.create_array("scan.zarr", shape=vol.shape, chunks=(16, 256, 256), dtype=vol.dtype,
-...                       serializer=BmzZarr3(quality=5), compressors=None)   # Zarr format 3
+...                       serializer=BmzZarr3(quality=8), compressors=None)   # Zarr format 3
 >>> z = zarr.create_array("scan.zarr", shape=vol.shape, chunks=(16, 256, 256), dtype=vol.dtype,
-...                       zarr_format=2, compressors=Bmz(quality=5))          # Zarr format 2
+...                       zarr_format=2, compressors=Bmz(quality=8))          # Zarr format 2
 
 Registration: importing this module registers :class:`Bmz` with numcodecs
 (``numcodecs.register_codec``) and, when zarr ≥ 3.1.3 is installed, :class:`BmzZarr3` with zarr
@@ -152,7 +152,7 @@ if _NumcodecsArrayBytesCodec is not None:
 
     class BmzZarr3(_NumcodecsArrayBytesCodec, codec_name=CODEC_ID):
         """bmz as the serializer (array → bytes codec) of a Zarr format 3 array:
-        ``zarr.create_array(..., serializer=BmzZarr3(quality=5), compressors=None)``."""
+        ``zarr.create_array(..., serializer=BmzZarr3(quality=8), compressors=None)``."""
 
         def __init__(self, **codec_config):
             # stored resolved (the model's name too, not "the default"): bad settings fail here

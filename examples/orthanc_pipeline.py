@@ -6,7 +6,7 @@ compresses it with bmz, decodes the ``.bmz`` bytes into a DERIVED series (new Se
 and SOPInstanceUIDs, ImageType DERIVED, LossyImageCompression "01", pixel data = bmz's decode)
 and stores that series back with STOW-RS. The original series is not modified.
 
-    python examples/orthanc_pipeline.py --url http://127.0.0.1:8042 --series 1.2.3.4 --quality 5
+    python examples/orthanc_pipeline.py --url http://127.0.0.1:8042 --series 1.2.3.4 --quality 8
     python examples/orthanc_pipeline.py --url https://pacs.example/orthanc --user alice \\
         --password-env ORTHANC_PASSWORD --series 1.2.3.4 --save series.bmz
 
@@ -212,7 +212,7 @@ def store_series(client, datasets: Sequence[Dataset], study_uid: str | None = No
     return response, stored
 
 
-def run(client, series_uid: str, quality: int = 5, *, save: str | os.PathLike | None = None,
+def run(client, series_uid: str, quality: int | None = None, *, save: str | os.PathLike | None = None,
         log=print) -> RoundTrip:
     """Fetch ``series_uid``, compress it with bmz at ``quality``, decode it into a DERIVED series
     and store that back. ``save``: also write the ``.bmz`` bytes to this file."""
@@ -225,7 +225,7 @@ def run(client, series_uid: str, quality: int = 5, *, save: str | os.PathLike | 
     log(f"fetched {len(original)} instances of series {series_uid} (study {study_uid})")
     data = bmz.compress_dataset(original, quality=quality)
     raw = sum(len(ds.PixelData) for ds in original)
-    log(f"bmz quality {quality}: {raw:,} pixel bytes -> {len(data):,} bytes "
+    log(f"bmz quality {bmz.info(data)['quality']}: {raw:,} pixel bytes -> {len(data):,} bytes "
         f"({raw / max(len(data), 1):.1f}:1)")
     if save is not None:
         Path(save).write_bytes(data)
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--url", required=True,
                    help="Orthanc's base URL, e.g. http://127.0.0.1:8042")
     p.add_argument("--series", required=True, help="SeriesInstanceUID of the series to compress")
-    p.add_argument("--quality", type=int, default=5, help="bmz quality 1..8 (default 5)")
+    p.add_argument("--quality", type=int, default=None, help="bmz quality, 1 .. the model's levels (default: the model's default)")
     p.add_argument("--save", metavar="FILE.bmz", help="also write the compressed series here")
     p.add_argument("--user", help="HTTP basic-auth user name, if Orthanc asks for one")
     p.add_argument("--password-env", metavar="VAR", default="ORTHANC_PASSWORD",
@@ -254,8 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds per HTTP request (default {DEFAULT_TIMEOUT:g})")
     args = p.parse_args(argv)
-    if not 1 <= args.quality <= 8:
-        p.error("--quality must be between 1 and 8")
+    if args.quality is not None:
+        from bmz.codec import zoo
+
+        n_q = zoo.card_qualities(zoo.read_card(zoo.DEFAULT_MODEL))[0]
+        if not 1 <= args.quality <= n_q:
+            p.error(f"--quality must be between 1 and {n_q}")
     password = os.environ.get(args.password_env) if args.user else None
     from bmz.errors import BmzError
 

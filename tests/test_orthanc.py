@@ -334,4 +334,4 @@ def test_example_cli_errors(orthanc, capsys):
                     "--timeout", "5"]) == 1
     assert "cannot connect" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        op.main(["--url", orthanc, "--series", "1.2.3", "--quality", "9"])
+        op.main(["--url", orthanc, "--series", "1.2.3", "--quality", "12"])
