@@ -110,6 +110,15 @@ def _sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _finished(res: dict, t0: float, c0: float) -> dict:
+    """A task's entry with its wall time, this worker process's CPU time since ``t0`` / ``c0``
+    (``time.perf_counter()`` / ``time.process_time()`` at its start) and the process facts."""
+    res["seconds"] = time.perf_counter() - t0
+    res["cpu_seconds"] = time.process_time() - c0
+    res.update(_process_facts())
+    return res
+
+
 def _process_facts() -> dict:
     """Who ran a task: host, pid, models loaded by this process so far, torch threads."""
     import sys
@@ -224,10 +233,7 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
     except Exception as e:  # noqa: BLE001 - one input's failure is its result, not the run's
         _fail(res, e)
         _remove_stale(out)
-    res["seconds"] = time.perf_counter() - t0
-    res["cpu_seconds"] = time.process_time() - c0  # this worker process's CPU time
-    res.update(_process_facts())
-    return res
+    return _finished(res, t0, c0)
 
 
 def decode_task(job: Job, dst_root: str, fmt: str, expect: dict | None = None) -> dict:
@@ -251,10 +257,7 @@ def decode_task(job: Job, dst_root: str, fmt: str, expect: dict | None = None) -
     except Exception as e:  # noqa: BLE001
         _fail(res, e)
         _remove_stale(out)
-    res["seconds"] = time.perf_counter() - t0
-    res["cpu_seconds"] = time.process_time() - c0  # this worker process's CPU time
-    res.update(_process_facts())
-    return res
+    return _finished(res, t0, c0)
 
 
 def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> dict:
@@ -293,10 +296,7 @@ def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> d
             res["status"] = "damaged"
     except Exception as e:  # noqa: BLE001
         _fail(res, e)
-    res["seconds"] = time.perf_counter() - t0
-    res["cpu_seconds"] = time.process_time() - c0  # this worker process's CPU time
-    res.update(_process_facts())
-    return res
+    return _finished(res, t0, c0)
 
 
 def _list_series_task(folder: str) -> dict:
