@@ -263,14 +263,14 @@ class GainedScaleHyperprior(BmzModel):
         z_hat = z_sym.to(torch.float32) + med
         y_idx = self.int_hs.indexes(z_hat, q)
         y_sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]).to(torch.int32)
+        z_enc = entropy.stream_encoder()
+        y_enc = z_enc if single_stream else entropy.stream_encoder()
+        z_coder.encode_into(z_enc, z_sym, entropy.channel_indexes(z_sym.shape))
+        y_coder.encode_into(y_enc, y_sym, y_idx)
         if single_stream:
-            enc = entropy.stream_encoder()
-            z_coder.encode_into(enc, z_sym, entropy.channel_indexes(z_sym.shape))
-            y_coder.encode_into(enc, y_sym, y_idx)
-            return entropy.stream_bytes(enc), y_sym
-        z_bytes = z_coder.encode(z_sym, entropy.channel_indexes(z_sym.shape))
-        y_bytes = y_coder.encode(y_sym, y_idx)
-        return len(z_bytes).to_bytes(4, "little") + z_bytes + y_bytes, y_sym
+            return entropy.stream_bytes(z_enc), y_sym
+        z_bytes = entropy.stream_bytes(z_enc)
+        return len(z_bytes).to_bytes(4, "little") + z_bytes + entropy.stream_bytes(y_enc), y_sym
 
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
@@ -289,20 +289,17 @@ class GainedScaleHyperprior(BmzModel):
         H, W = shape
         zshape = (1, self.N, H // self.downsampling, W // self.downsampling)
         if single_stream:
-            dec = entropy.stream_decoder(data)
-            z_data = y_data = None
+            z_dec = y_dec = entropy.stream_decoder(data)
         else:
             if len(data) < 4:
                 raise ValueError("slice payload shorter than its 4-byte header")
             nz = int.from_bytes(data[:4], "little")
             if nz > len(data) - 4:
                 raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
-            z_data, y_data = data[4:4 + nz], data[4 + nz:]
-        z_idx = entropy.channel_indexes(zshape)
-        z_sym = z_coder.decode_from(dec, z_idx) if single_stream else z_coder.decode(z_data, z_idx)
+            z_dec, y_dec = entropy.stream_decoder(data[4:4 + nz]), entropy.stream_decoder(data[4 + nz:])
+        z_sym = z_coder.decode_from(z_dec, entropy.channel_indexes(zshape))
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
-        y_idx = self.int_hs.indexes(z_hat, q)
-        y_sym = y_coder.decode_from(dec, y_idx) if single_stream else y_coder.decode(y_data, y_idx)
+        y_sym = y_coder.decode_from(y_dec, self.int_hs.indexes(z_hat, q))
         return {"y": y_sym, "z": z_sym}
 
 
