@@ -242,9 +242,12 @@ def models(as_json) -> None:
 @click.option("--checkpoint-minutes", default=5.0, show_default=True, type=float)
 @click.option("--max-minutes", default=None, type=float, help="stop (with a checkpoint) after this long")
 @click.option("--until", default=None, type=int, help="stop (with a checkpoint) at this step")
+@click.option("--init-from", default=None, type=click.Path(exists=True), help="new run: start from the same-named, same-shaped weights of this checkpoint or .pt (a warm start across architectures)")
+@click.option("--budget-minutes", default=None, type=float, help="a run planned by wall time: the lr decay starts at 90 %% of it, the run stops (with a checkpoint) at it")
+@click.option("--depth", default=None, type=int, help="consecutive slices per sample (default 2 for inter-slice models, else 1)")
 @click.option("-o", "--output", "out", required=True, help="output stem, e.g. models/hyperprior")
 def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, threads,
-          checkpoint_minutes, max_minutes, until, out) -> None:
+          checkpoint_minutes, max_minutes, until, init_from, budget_minutes, depth, out) -> None:
     """Train a model; writes OUT.ckpt (resumable, every few minutes) and OUT.log; when --steps is reached, also the frozen OUT.pt and its card OUT.json (see `bmz export`)."""
     from pathlib import Path
 
@@ -254,7 +257,8 @@ def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, th
     run(model_name, out, list(data) or [str(root / "train")], list(val_data) or [str(root / "val")],
         steps, resume=resume, batch_size=batch_size, lr=lr, threads=threads,
         checkpoint_minutes=checkpoint_minutes, until=until, max_minutes=max_minutes,
-        lambdas=[float(v) for v in lambdas.split(",")] if lambdas else None)
+        lambdas=[float(v) for v in lambdas.split(",")] if lambdas else None,
+        init_from=init_from, depth=depth, budget_minutes=budget_minutes)
 
 
 @main.command()

@@ -43,6 +43,21 @@ class TrainVolume:
     name: str
     slices: np.ndarray  # float32 (n, H, W) in [0, 1], only slices with content
     bits: int
+    positions: np.ndarray | None = None  # each kept slice's index in the volume (adjacency)
+    scale: int = 0  # stored max − min (the intensity mapping's scale)
+
+
+def load_pack(path: Path) -> list[TrainVolume]:
+    """Volumes from a pack written by ``benchmarks/pack_train.py`` (stored values − min as
+    uint16 with their scale: the same [0, 1] slices :func:`load_volumes` makes)."""
+    z = np.load(path)
+    ids = sorted({k.split("_")[0] for k in z.files}, key=lambda k: int(k[1:]))
+    out = []
+    for i in ids:
+        scale, bits = (int(v) for v in z[f"{i}_meta"])
+        x = z[f"{i}_data"].astype(np.float32) / np.float32(scale)
+        out.append(TrainVolume(str(z[f"{i}_name"]), x, bits, z[f"{i}_pos"].astype(np.int64), scale))
+    return out
 
 
 def _discover(folders: list[str]) -> list[Path]:
@@ -50,7 +65,7 @@ def _discover(folders: list[str]) -> list[Path]:
     out: list[Path] = []
     for folder in folders:
         root = Path(folder)
-        if root.is_file():
+        if root.is_file() or root.suffix == ".npz":
             out.append(root)
             continue
         for dirpath, _dirs, files in os.walk(root):
@@ -65,13 +80,16 @@ def _discover(folders: list[str]) -> list[Path]:
 
 
 def load_volumes(folders: list[str], exclude: tuple[str, ...] = ("phantom",)) -> list[TrainVolume]:
-    from . import io as bio
-    from .errors import BmzError
-
     vols = []
     for path in _discover(folders):
         if any(e in str(path).lower() for e in exclude):
             continue
+        if path.suffix == ".npz":
+            vols += load_pack(path)
+            continue
+        from . import io as bio  # (packs need no readers: they train where no DICOM stack is)
+        from .errors import BmzError
+
         try:
             v = bio.read(path)
         except (BmzError, Exception) as e:  # unreadable or unsupported inputs are skipped, logged
@@ -87,7 +105,9 @@ def load_volumes(folders: list[str], exclude: tuple[str, ...] = ("phantom",)) ->
         keep = [(s > 0.05).mean() >= MIN_CONTENT for s in x]
         if not any(keep):
             continue
-        vols.append(TrainVolume(str(path), x[np.asarray(keep)].astype(np.float32), mapping["bits"]))
+        keep = np.asarray(keep)
+        vols.append(TrainVolume(str(path), x[keep].astype(np.float32), mapping["bits"],
+                                np.flatnonzero(keep), mapping["scale"]))
         log.info("use %s: %s slices %s, %d bits", path, int(np.sum(keep)), data.shape[1:], mapping["bits"])
     return vols
 
@@ -102,36 +122,60 @@ class PatchSampler:
         w = np.array([1.0 if "ixi" in v.name.lower() else 4.0 for v in vols])
         self.p = w / w.sum()
 
-    def patch(self) -> np.ndarray:
-        v = self.vols[self.rng.choice(len(self.vols), p=self.p)]
-        s = v.slices[self.rng.integers(len(v.slices))]
-        H, W = s.shape
+    def _pairable(self) -> np.ndarray:
+        """Per volume, the indices ``k`` of kept slices whose slice ``k − 1`` is the volume's
+        previous slice (what a group of consecutive slices can start from)."""
+        if getattr(self, "_pairs", None) is None:
+            self._pairs = []
+            for v in self.vols:
+                pos = v.positions if v.positions is not None else np.arange(len(v.slices))
+                self._pairs.append(np.flatnonzero(np.diff(pos) == 1) + 1)
+        return self._pairs
+
+    def patch(self, depth: int = 1) -> np.ndarray:
+        """One ``(depth, 128, 128)`` patch: ``depth`` consecutive slices of one volume (the same
+        crop and flips), drawn from volumes that have such runs."""
+        p = self.p
+        if depth > 1:
+            ok = np.array([len(k) > 0 for k in self._pairable()], dtype=float)
+            p = p * ok / (p * ok).sum()
+        vi = self.rng.choice(len(self.vols), p=p)
+        v = self.vols[vi]
+        if depth > 1:  # a run of depth consecutive slices ending at k (runs of 2 are checked)
+            cands = self._pairable()[vi]
+            k = int(cands[self.rng.integers(len(cands))])
+            ks = [max(0, k - depth + 1 + i) for i in range(depth)]
+            s = v.slices[ks]
+        else:
+            s = v.slices[self.rng.integers(len(v.slices))][None]
+        _, H, W = s.shape
         ph, pw = max(0, PATCH - H), max(0, PATCH - W)
         if ph or pw:
-            s = np.pad(s, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="edge")
-            H, W = s.shape
+            s = np.pad(s, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="edge")
+            _, H, W = s.shape
         i, j = self.rng.integers(H - PATCH + 1), self.rng.integers(W - PATCH + 1)
-        p = s[i:i + PATCH, j:j + PATCH]
+        p = s[:, i:i + PATCH, j:j + PATCH]
         if self.rng.random() < 0.5:
-            p = p[:, ::-1]
+            p = p[:, :, ::-1]
         if self.rng.random() < 0.5:
-            p = p[::-1, :]
+            p = p[:, ::-1, :]
         if self.rng.random() < 0.5:
-            p = p.T
+            p = p.transpose(0, 2, 1)
         return np.ascontiguousarray(p)
 
-    def batch(self, n: int, n_qualities: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.stack([self.patch() for _ in range(n)])[:, None]
+    def batch(self, n: int, n_qualities: int, depth: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, depth, 128, 128)`` patches and ``n`` quality indices."""
+        x = np.stack([self.patch(depth) for _ in range(n)])
         q = self.rng.integers(n_qualities, size=n)
         return torch.from_numpy(x), torch.from_numpy(q)
 
 
 def rd_loss(model, out: dict, x: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    n_pix = x.shape[2] * x.shape[3]
+    n_pix = x[0].numel()  # all slices of a sample (several for inter-slice models)
     bits = sum(torch.log2(l).sum(dim=(1, 2, 3)) for l in out["likelihoods"].values())
     bpp = -bits / n_pix
     mse = ((out["x_hat"] - x) ** 2).mean(dim=(1, 2, 3))
-    lam = torch.tensor(model.lambdas, dtype=torch.float32)[q]
+    lam = torch.tensor(model.lambdas, dtype=torch.float32, device=q.device)[q]
     loss = (bpp + lam * 255.0**2 * mse).mean()
     return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "loss": loss.item()}
 
@@ -245,16 +289,17 @@ def extend_qualities(state: dict, lambdas: list[float]) -> dict:
 def validate(model, val: list[np.ndarray], qualities: list[int]) -> dict:
     """Estimated bpp and PSNR on fixed validation slices (padded to the model's downsampling multiple)."""
     model.eval()
+    device = next(model.parameters()).device
     res = {}
     for qi in qualities:
         bpp_sum, mse_sum, n_sum = 0.0, 0.0, 0
         for s in val:
-            x = torch.from_numpy(pipeline.pad_to_multiple(s, model.downsampling))[None, None]
-            out = model(x, torch.tensor([qi]))
+            x = torch.from_numpy(pipeline.pad_to_multiple(s, model.downsampling))[None, None].to(device)
+            out = model(x, torch.tensor([qi], device=device))
             H, W = s.shape
             bits = sum(-torch.log2(l).sum() for l in out["likelihoods"].values()).item()
             bpp_sum += bits
-            mse_sum += ((out["x_hat"][0, 0, :H, :W].clamp(0, 1) - torch.from_numpy(s)) ** 2).sum().item()
+            mse_sum += ((out["x_hat"][0, 0, :H, :W].clamp(0, 1).cpu() - torch.from_numpy(s)) ** 2).sum().item()
             n_sum += H * W
         mse = mse_sum / n_sum
         res[f"q{qi}"] = {"bpp": bpp_sum / n_sum, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
@@ -333,13 +378,23 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
           resume: str | None = None, batch_size: int = 8, lr: float | None = None, seed: int = 0,
           checkpoint_minutes: float = 5.0, validate_every: int = 500, threads: int | None = None,
           model_config: dict | None = None, lambdas: list[float] | None = None,
-          until: int | None = None, max_minutes: float | None = None) -> Path:
+          until: int | None = None, max_minutes: float | None = None,
+          init_from: str | None = None, depth: int | None = None,
+          budget_minutes: float | None = None) -> Path:
     """Train ``model_name``; write the checkpoint ``OUT.ckpt`` (resumable) and, when ``steps`` is
     reached, the frozen weights ``OUT.pt`` and its card ``OUT.json`` (see :func:`export`).
 
     ``until`` (a step) and ``max_minutes`` stop this run early with a checkpoint, without touching
     the learning-rate schedule, which is set by ``steps``: resuming continues exactly as if the run
-    had never stopped. SIGTERM / SIGINT do the same."""
+    had never stopped. SIGTERM / SIGINT do the same.
+
+    ``init_from`` (new runs): a checkpoint or shipped weights whose parameters of the same name
+    and shape start this model (a warm start across architectures: layers it lacks keep their
+    initialisation); its λ are used unless ``lambdas`` are given. ``depth``: consecutive slices
+    per training sample — 2 by default for inter-slice models (the first coded on its own, the
+    second with it as context), 1 otherwise. ``budget_minutes``: a run planned by wall time (a
+    leased GPU): the ×0.1 decay phase starts at 90 % of the budget (or of ``steps``, whichever
+    comes first) and the run stops with a checkpoint at the budget."""
     from tqdm import tqdm
 
     if threads:
@@ -353,6 +408,15 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
                         handlers=[logging.FileHandler(logfile), logging.StreamHandler()])
 
     state = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
+    init = None
+    if init_from and state is None:
+        init = torch.load(init_from, map_location="cpu", weights_only=False)
+        if "model" in init:  # a training checkpoint
+            if not lambdas:
+                lambdas = init["model_config"]["lambdas"]
+            init = init["model"]
+        elif not lambdas and "lambdas" in init.get("_config", {}):
+            lambdas = init["_config"]["lambdas"]
     if state is not None:
         if lambdas and [float(v) for v in lambdas] != [float(v) for v in state["model_config"].get("lambdas", [])]:
             state = extend_qualities(state, lambdas)
@@ -365,8 +429,19 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    model = build_model(model_name, **config).to(device)
+    model = build_model(model_name, **config)
+    if init is not None:
+        own = model.state_dict()
+        take = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape
+                and not k.startswith(_DERIVED) and "_quantized_cdf" not in k
+                and "_cdf_length" not in k and not k.endswith("._offset")}
+        model.load_state_dict(take, strict=False)
+        log.info("warm start from %s: %d tensors taken, new: %s", init_from, len(take),
+                 ", ".join(sorted({k.split(".")[0] for k in own if k not in take})))
+    model = model.to(device)
     config = model.config()
+    if depth is None:
+        depth = state.get("depth", 1) if state is not None else (2 if getattr(model, "inter_slice", False) else 1)
 
     vols = load_volumes(data)
     if not vols:
@@ -385,7 +460,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         param_groups[1]["lr"] = (lr or 2e-4) * DENSITY_LR_MULT
     opt = torch.optim.Adam(param_groups, lr=lr or 2e-4)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
+    timed = {"decay": False}
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 if timed["decay"] else lr_factor(s, steps))
     step, history = 0, []
     if state is not None:
         load_trained_state(model, state["model"])
@@ -407,7 +484,8 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
                             "batch_size": batch_size, "step": step, "steps": steps,
                             "model": model.state_dict(), "opt": opt.state_dict(),
                             "aux_opt": aux_opt.state_dict(), "sched": sched.state_dict(),
-                            "rng": _rng_state(sampler), "history": history, "data": data}, ckpt_p)
+                            "rng": _rng_state(sampler), "history": history, "data": data,
+                            "depth": depth}, ckpt_p)
 
     import signal
 
@@ -421,8 +499,8 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     started = last_ckpt = time.time()
     bar = tqdm(total=steps, initial=step, desc=f"train {model_name}", mininterval=5)
     stats = []
-    while step < steps:
-        x, q = sampler.batch(batch_size, model.n_qualities)
+    while step < steps and (until is None or step < until):
+        x, q = sampler.batch(batch_size, model.n_qualities, depth)
         x, q = x.to(device), q.to(device)
         opt.zero_grad()
         aux_opt.zero_grad()
@@ -454,8 +532,13 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         if stop["signal"] is not None:
             log.info("signal %s at step %d: checkpoint and stop", stop["signal"], step)
             break
+        if budget_minutes is not None and not timed["decay"] and \
+                time.time() - started > 0.9 * budget_minutes * 60:
+            timed["decay"] = True
+            log.info("step %d: 90 %% of the %.1f-minute budget: learning rate x0.1", step, budget_minutes)
         if (until is not None and step >= until) or (
-                max_minutes is not None and time.time() - started > max_minutes * 60):
+                max_minutes is not None and time.time() - started > max_minutes * 60) or (
+                budget_minutes is not None and time.time() - started > budget_minutes * 60):
             log.info("stop requested at step %d: checkpoint and stop", step)
             break
     bar.close()

@@ -103,3 +103,91 @@ def test_quality_levels_of_per_quality_priors_cannot_be_added(data_dir, tmp_path
         torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="cannot be added"):
         extend_qualities(torch.load(ckpt, weights_only=False), [0.001, 0.01, 0.1])
+
+
+def _volume_dir(shared_data, tmp_path, n=6):
+    from bmz import io
+
+    vol = io.read(shared_data / "val/ixi_nichart/t1/IXI175-HH-1570_T1.nii.gz").data[40:40 + n]
+    d = tmp_path / "pairs"
+    d.mkdir()
+    np.save(d / "vol.npy", vol)
+    return d, vol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU training "
+                    "path is checked only where one is present")
+def test_training_runs_on_cuda(data_dir, tmp_path):
+    """`bmz train` on a CUDA machine: λ and validation tensors follow the model's device."""
+    ckpt = _run(tmp_path / "g" / "m", data_dir)
+    assert torch.load(ckpt, weights_only=False)["step"] == 6
+    ctx = train("hyperprior-ctx", str(tmp_path / "c" / "m"), [str(data_dir)], [str(data_dir)],
+                steps=4, batch_size=2, validate_every=2, checkpoint_minutes=100,
+                model_config=TINY)
+    assert torch.load(ctx, weights_only=False)["depth"] == 2
+
+
+def test_context_model_trains_in_pairs_and_decodes_exactly(shared_data, tmp_path):
+    """hyperprior-ctx: trained on pairs of consecutive slices, warm-started from a hyperprior
+    checkpoint (the untrained context reproduces the hyperprior's latents exactly); a slice coded
+    with its predecessor as context decodes only with that predecessor."""
+    d, vol = _volume_dir(shared_data, tmp_path)
+    base = _run(tmp_path / "h" / "m", d)
+    threads = torch.get_num_threads()
+    try:
+        ckpt = train("hyperprior-ctx", str(tmp_path / "c" / "m"), [str(d)], [str(d)], steps=3,
+                     batch_size=2, validate_every=1000, checkpoint_minutes=100, threads=1,
+                     model_config=TINY, init_from=str(base), until=0)
+    finally:
+        torch.set_num_threads(threads)
+    st = torch.load(ckpt, weights_only=False)
+    assert st["depth"] == 2 and st["step"] == 0
+    from bmz.codec import pipeline
+    from bmz.codec.models import build_model
+    from bmz.train import load_trained_state
+
+    hp = build_model("hyperprior", **TINY)
+    load_trained_state(hp, torch.load(base, weights_only=False)["model"])
+    hp.freeze()
+    cm = build_model("hyperprior-ctx", **TINY)
+    load_trained_state(cm, st["model"])
+    cm.freeze()
+    mapping = pipeline.intensity_mapping(vol)
+    x = pipeline.to_unit(vol, mapping)
+    prev = None
+    for k in range(3):
+        s = torch.from_numpy(pipeline.pad_to_multiple(x[k], cm.downsampling))[None, None]
+        data, y = cm.analyse(s, 1, single_stream=True, prev=prev)
+        _, y_hp = hp.analyse(s, 1, single_stream=True)
+        assert torch.equal(y, y_hp)  # zero-initialised context = the warm start's latents
+        lat = cm.decode_latents(data, s.shape[2:], 1, single_stream=True, prev=prev)
+        assert torch.equal(lat["y"], y)
+        if prev is not None:  # without its predecessor the slice does not decode to the same latent
+            try:
+                wrong = cm.decode_latents(data, s.shape[2:], 1, single_stream=True, prev=None)["y"]
+            except ValueError:
+                wrong = None
+            # untrained context: the prediction does not depend on prev yet, so equality is allowed
+        prev = cm.context_input(y, 1)
+
+    # after training steps the context is live: slices coded with a predecessor need it
+    try:
+        ckpt2 = train("hyperprior-ctx", str(tmp_path / "c2" / "m"), [str(d)], [str(d)], steps=4,
+                      batch_size=2, validate_every=1000, checkpoint_minutes=100, threads=1,
+                      model_config=TINY, init_from=str(base), lr=1e-2)
+    finally:
+        torch.set_num_threads(threads)
+    cm2 = build_model("hyperprior-ctx", **TINY)
+    load_trained_state(cm2, torch.load(ckpt2, weights_only=False)["model"])
+    cm2.freeze()
+    s0 = torch.from_numpy(pipeline.pad_to_multiple(x[0], cm2.downsampling))[None, None]
+    s1 = torch.from_numpy(pipeline.pad_to_multiple(x[1], cm2.downsampling))[None, None]
+    _, y0 = cm2.analyse(s0, 1, single_stream=True)
+    p0 = cm2.context_input(y0, 1)
+    data1, y1 = cm2.analyse(s1, 1, single_stream=True, prev=p0)
+    assert torch.equal(cm2.decode_latents(data1, s1.shape[2:], 1, single_stream=True, prev=p0)["y"], y1)
+    try:
+        wrong = cm2.decode_latents(data1, s1.shape[2:], 1, single_stream=True, prev=None)["y"]
+        assert not torch.equal(wrong, y1)
+    except ValueError:
+        pass

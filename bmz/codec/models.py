@@ -338,3 +338,4 @@ def decoder_macs_per_pixel(model: BmzModel, size: int = 64) -> float:
 
 # the factorized-prior families register themselves on import
 from . import factorized  # noqa: E402,F401
+from . import context  # noqa: E402,F401
