@@ -21,8 +21,13 @@ from .errors import BmzError, FormatError, InputError
 #: chunk format of the lossy files bmz writes: 4 (compact learned chunks, kind 3). Format 2 (kind
 #: 1) files decode as ever; 3 is bounded error (bmz.codec.bounded); 1 was a never-shipped draft
 CHUNK_FORMAT = 4
-#: lossy chunk formats bmz decodes → the learned chunk kind their files hold
-LEARNED_KIND_OF_FORMAT = {2: 1, 4: 3}
+#: chunk format of files coded in groups of slices by an inter-slice model (codec.group = G):
+#: kinds 0x03 (coded alone) and 0x04 (coded with the previous slice as context)
+CHUNK_FORMAT_GROUPED = 5
+#: lossy chunk formats bmz decodes → the learned chunk kinds their files hold
+LEARNED_KIND_OF_FORMAT = {2: (1,), 4: (3,), 5: (3, 4)}
+#: the largest slice group bmz writes or accepts
+MAX_GROUP = 1024
 
 
 @dataclass
@@ -89,9 +94,26 @@ def _quality_index(model, quality: int) -> int:
     return int(quality) - 1
 
 
+def _group_size(model, model_name: str, group: int | None) -> int:
+    """The slice group size G to code with: ``group``, or the model's default (its card's
+    ``default_group``; 1 = every slice on its own)."""
+    from .codec import zoo
+
+    inter = getattr(model, "inter_slice", False)
+    if group is None:
+        return zoo.default_group(model_name) if inter else 1
+    if not isinstance(group, (int, np.integer)) or isinstance(group, bool) or not 1 <= group <= MAX_GROUP:
+        raise InputError(f"group must be an integer from 1 to {MAX_GROUP}, got {group!r}")
+    if group > 1 and not inter:
+        raise InputError(f"model {model_name} codes every slice on its own: --group {group} needs a "
+                         "model with inter-slice context (e.g. hyperprior-ctx)")
+    return int(group)
+
+
 def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
                source: str, source_meta: dict | None, progress: bool, force: bool,
-               name: str, max_error: int | None = None, base_quality="auto") -> CodingReport:
+               name: str, max_error: int | None = None, base_quality="auto",
+               group: int | None = None) -> CodingReport:
     from .codec import pipeline, zoo
 
     a, (vmin, vmax) = _check_array(array, name)
@@ -102,6 +124,9 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     if max_error is not None:  # guaranteed fidelity: bmz.codec.bounded (chunk format 3)
         from .codec import bounded
 
+        if group not in (None, 1):
+            raise InputError("--group applies to lossy coding; --max-error / --lossless code "
+                             "every slice on its own")
         enc = bounded.BoundedEncoder(model, mapping, max_error,
                                      bounded.check_base_quality(base_quality, model))
         with pipeline.single_thread():
@@ -114,6 +139,7 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     if quality is None:
         quality = zoo.default_quality(model.lambdas)
     qi = _quality_index(model, quality)
+    G = _group_size(model, model_name, group)
     meta = {
         "bmz_version": __version__,
         "shape": list(a.shape),
@@ -124,6 +150,8 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
         "codec": {"model": model_name, "weights_sha256": sha, "quality": int(quality),
                   "chunk_format": CHUNK_FORMAT},
     }
+    if getattr(model, "inter_slice", False):  # its files say how slices depend on each other
+        meta["codec"].update(chunk_format=CHUNK_FORMAT_GROUPED, group=G)
     sizes = []
     with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
         slices: Iterable[int] = range(vol.shape[0])
@@ -131,8 +159,11 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
             from tqdm import tqdm
 
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
+        prev = None
         for k in slices:
-            chunk = pipeline.encode_slice(model, vol[k], mapping, qi)
+            chunk, ctx = pipeline.encode_slice_in_group(model, vol[k], mapping, qi,
+                                                        prev=prev if k % G else None)
+            prev = ctx
             sizes.append(len(chunk))
             w.add(chunk)
     # n_bytes is filled in by the caller that knows where the bytes went
@@ -163,7 +194,7 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
 def compress(array: np.ndarray, quality: int | None = None, model: str | None = None, *,
              source: str = "numpy", source_meta: dict | None = None,
              max_error: int | None = None, lossless: bool = False,
-             base_quality: int | str = "auto") -> bytes:
+             base_quality: int | str = "auto", group: int | None = None) -> bytes:
     """Encode a 2-D or 3-D integer array (slices along axis 0) → a complete ``.bmz`` file as bytes.
 
     ``quality``: 1 (smallest) .. the model's number of levels; default: the model's default
@@ -172,7 +203,11 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
     ``max_error=δ`` (stored units, ≥ 0) guarantees ``|decoded − original| ≤ δ`` on every voxel;
     ``lossless=True`` is ``δ = 0`` (every bit kept). Those files hold a learned base layer at
     ``base_quality`` (``"auto"``: whichever of none or the lowest qualities codes smaller; 0:
-    none; ``quality`` is then unused) plus a residual coded to the bound (docs/FORMAT.md §10.2)."""
+    none; ``quality`` is then unused) plus a residual coded to the bound (docs/FORMAT.md §10.2).
+
+    ``group=G`` (models with inter-slice context, e.g. ``hyperprior-ctx``): slices are coded in
+    groups of G consecutive slices, each with the previous one as context; decoding one slice
+    then reads at most G − 1 others. Default: the model's (its card's ``default_group``)."""
     import io
 
     from .codec.bounded import check_max_error
@@ -180,7 +215,7 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
     delta = check_max_error(max_error, lossless)
     buf = io.BytesIO()
     _encode_to(buf, array, quality, model, source, source_meta, progress=False, force=True,
-               name="array", max_error=delta, base_quality=base_quality)
+               name="array", max_error=delta, base_quality=base_quality, group=group)
     return buf.getvalue()
 
 
@@ -256,6 +291,8 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     if not (is_int(fmt) and fmt in LEARNED_KIND_OF_FORMAT) and not bounded:
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
+    if fmt == CHUNK_FORMAT_GROUPED and not (is_int(codec.get("group")) and 1 <= codec["group"] <= MAX_GROUP):
+        raise bad(f"'codec.group' ({codec.get('group')!r})")
     q = codec.get("quality")
     if not (is_int(q) and (0 if bounded else 1) <= q <= 64):
         raise bad(f"'codec.quality' ({q!r})")
@@ -309,29 +346,72 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
     damaged: list[int] = []
     bar = _Progress(len(ks), progress)
     model = None
+    fmt = codec.get("chunk_format")
+    G = codec["group"] if fmt == CHUNK_FORMAT_GROUPED else 1
+    qi = int(codec["quality"]) - 1
+    ctx: dict[int, object] = {}  # slice index → its group context (the latest one only)
+
+    def load_model(chunk: bytes) -> None:
+        nonlocal model
+        if model is None and ((chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS)
+                              or (chunk[:1] == b"\x02" and chunk[1:2] not in (b"", b"\x00"))):
+            from .codec import zoo
+
+            model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+
+    def check_kind(k: int, chunk: bytes) -> None:
+        if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS:
+            if chunk[0] not in LEARNED_KIND_OF_FORMAT[fmt]:
+                raise ValueError(f"chunk kind {chunk[0]} in a file of chunk format {fmt}")
+            if chunk[0] == pipeline.CHUNK_LEARNED_INTER and k % G == 0:
+                raise ValueError(f"inter-slice chunk at the start of a group of {G}")
+
+    def context_before(k: int):
+        """The group context of slice k − 1: the slices from the group's start (or the latest
+        context held) entropy-decoded in order, without synthesis."""
+        if k % G == 0:
+            return None
+        start = k - k % G
+        held = [j for j in ctx if start <= j < k]
+        j0 = max(held) if held else None
+        prev = ctx[j0] if j0 is not None else None
+        for j in range(start if j0 is None else j0 + 1, k):
+            try:
+                chunk = reader.chunk(j)
+            except FormatError as e:
+                raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: it is coded "
+                                  f"with slice {j} of its group (slices {start}..{min(start + G, n) - 1}) "
+                                  f"as context, which is damaged: {e}") from None
+            try:
+                check_kind(j, chunk)
+                load_model(chunk)
+                if chunk[:1] == bytes([pipeline.CHUNK_CONSTANT]):
+                    prev = None
+                    continue
+                lat = pipeline.decode_latents(model, chunk, hw, qi, mapping, prev=prev)
+                prev = pipeline.group_context(model, lat.symbols["y"], qi)
+            except (ValueError, RuntimeError, IndexError, OverflowError) as e:
+                raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: slice {j} "
+                                  f"of its group cannot be decoded: {e}") from None
+        return prev
 
     def get(i: int) -> np.ndarray:
-        nonlocal model
         k = ks[i]
         try:
             chunk = reader.chunk(k)
-            if model is None and ((chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS)
-                                  or (chunk[:1] == b"\x02" and chunk[1:2] not in (b"", b"\x00"))):
-                from .codec import zoo
-
-                model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+            load_model(chunk)
             try:
-                if codec.get("chunk_format") == 3 or chunk[:1] == b"\x02":  # codec.bounded
+                if fmt == 3 or chunk[:1] == b"\x02":  # codec.bounded
                     from .codec import bounded
 
                     out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)
                 else:
-                    if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS \
-                            and chunk[0] != LEARNED_KIND_OF_FORMAT[codec["chunk_format"]]:
-                        raise ValueError(f"chunk kind {chunk[0]} in a file of chunk format "
-                                         f"{codec['chunk_format']}")
-                    qi = int(codec["quality"]) - 1
-                    out = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+                    check_kind(k, chunk)
+                    prev = context_before(k) if chunk[:1] == bytes([pipeline.CHUNK_LEARNED_INTER]) else None
+                    out, c = pipeline.decode_slice_in_group(model, chunk, hw, mapping, qi, dtype, prev)
+                    if G > 1:
+                        ctx.clear()
+                        ctx[k] = c
             except (ValueError, RuntimeError, IndexError, OverflowError) as e:
                 raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
         except FormatError:
@@ -375,12 +455,14 @@ def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None) -
 def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | None = None,
                 model: str | None = None, series: str | None = None, force: bool = True,
                 progress: bool = False, verify: bool = False, *, max_error: int | None = None,
-                lossless: bool = False, base_quality: int | str = "auto") -> CodingReport:
+                lossless: bool = False, base_quality: int | str = "auto",
+                group: int | None = None) -> CodingReport:
     """Read a NIfTI / DICOM / ``.npy`` image and write its ``.bmz`` file (atomically).
 
     With ``verify``, the written file is decoded and compared with the input: the report's
     ``psnr`` (peak = volume max − min) and ``max_error`` are filled in. ``max_error``,
-    ``lossless``, ``base_quality``: guaranteed fidelity, as in :func:`compress`."""
+    ``lossless``, ``base_quality``: guaranteed fidelity, ``group``: slice groups, as in
+    :func:`compress`."""
     from . import io as bio
     from ._fileutil import check_output_path
     from .codec.bounded import check_max_error
@@ -391,7 +473,7 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
     try:
         # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
         rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force,
-                         str(src), max_error=delta, base_quality=base_quality)
+                         str(src), max_error=delta, base_quality=base_quality, group=group)
         rep.path = str(dst)
         rep.n_bytes = os.path.getsize(dst)
         if verify:
@@ -467,7 +549,8 @@ def verify(src: str | os.PathLike | bytes) -> dict:
         damaged = r.verify()
         meta = r.meta
         n = r.n_slices
-    codec = meta.get("codec") or {}
+        codec = meta.get("codec") or {}
+        affected = _dependents(r, damaged, codec) if damaged else []
     model_ok, model_note = True, ""
     # a bounded-error file without a base layer (quality 0) decodes without the model
     if codec.get("model") and not (codec.get("chunk_format") == 3 and codec.get("quality") == 0):
@@ -480,8 +563,29 @@ def verify(src: str | os.PathLike | bytes) -> dict:
                 model_note = f"decodes with archived weights {path}"
         except ModelError as e:
             model_ok, model_note = False, str(e)
-    return {"n_slices": n, "damaged": damaged, "ok": not damaged, "model": codec.get("model"),
-            "model_available": model_ok, "model_note": model_note}
+    return {"n_slices": n, "damaged": damaged, "affected": affected, "ok": not damaged,
+            "model": codec.get("model"), "model_available": model_ok, "model_note": model_note}
+
+
+def _dependents(reader: BmzReader, damaged: list[int], codec: dict) -> list[int]:
+    """Intact slices that cannot be decoded because they are coded with a damaged slice as
+    context (the inter-slice chunks after it in its group); empty for independent slices."""
+    from .codec import pipeline
+
+    if codec.get("chunk_format") != CHUNK_FORMAT_GROUPED or not isinstance(codec.get("group"), int):
+        return []
+    G, n, bad, out = codec["group"], reader.n_slices, set(damaged), []
+    for j in sorted(bad):
+        k = j + 1
+        while k < n and k % G and k not in bad:
+            try:
+                if reader.chunk(k)[:1] != bytes([pipeline.CHUNK_LEARNED_INTER]):
+                    break
+            except FormatError:
+                break
+            out.append(k)
+            k += 1
+    return sorted(set(out))
 
 
 def info(src: str | os.PathLike | bytes) -> dict:
@@ -504,6 +608,8 @@ def info(src: str | os.PathLike | bytes) -> dict:
         "format_version": f"{version[0]}.{version[1]}", "chunk_format": meta.get("codec", {}).get("chunk_format"),
         # guaranteed fidelity (bounded-error files): δ in stored units, 0 = lossless; else None
         "max_error": meta.get("codec", {}).get("max_error"),
+        # slice groups of inter-slice coding (chunk format 5); None: every slice on its own
+        "group": meta.get("codec", {}).get("group"),
     }
 
 

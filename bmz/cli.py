@@ -85,9 +85,13 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
 @click.option("--base-quality", default=None, metavar="auto|0|Q",
               help="with --max-error/--lossless: quality of the learned base layer (0: none; "
                    "default auto: whichever codes smaller)")
+@click.option("--group", default=None, type=int, metavar="G",
+              help="inter-slice models: code slices in groups of G, each slice with the previous one "
+                   "as context (decoding a slice touches at most G-1 others; 1 = every slice on its "
+                   "own); default: the model's (`bmz models`)")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 def encode(src, dst, quality, model, series, force, verify, max_error, lossless, base_quality,
-           quiet) -> None:
+           group, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     from . import api
 
@@ -95,7 +99,7 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
     rep = api.encode_file(src, dst, quality=quality, model=model,
                           series=series, force=force, progress=not quiet, verify=verify,
                           max_error=max_error, lossless=lossless,
-                          base_quality=base_quality or "auto")
+                          base_quality=base_quality or "auto", group=group)
     if not quiet:
         click.echo(f"{dst}: {rep.n_bytes} bytes from {rep.raw_bytes} raw, shape {list(rep.shape)} "
                    f"{rep.dtype}, {rep.bpp:.3f} bpp, ratio {rep.ratio:.1f}:1")
@@ -157,6 +161,9 @@ def verify(files) -> None:
             d = r["damaged"]
             line = (f"{f}: DAMAGED: {len(d)} of {r['n_slices']} slices fail their checksum: "
                     + ", ".join(map(str, d[:20])) + (" …" if len(d) > 20 else "")
+                    + (f"; {len(r['affected'])} more depend on them (inter-slice context): "
+                       + ", ".join(map(str, r["affected"][:20])) + (" …" if len(r["affected"]) > 20 else "")
+                       if r.get("affected") else "")
                     + "; `bmz decode --skip-damaged` recovers the others")
             worst = max(worst, 3)
         if not r["model_available"]:
@@ -191,6 +198,9 @@ def info(src, as_json) -> None:
                    f"fidelity  max abs error {d['max_error']} (stored units), guaranteed")
         click.echo(f"layers    {base} + residual coder")
     click.echo(f"format    .bmz {d['format_version']}, chunk format {d['chunk_format']}, written by bmz {d['bmz_version']}")
+    if d.get("group") is not None:
+        click.echo(f"groups    slices coded in groups of {d['group']} (inter-slice context): decoding "
+                   f"a slice reads at most {d['group'] - 1} others")
     click.echo(f"size      {d['bytes']} bytes  {d['bpp']:.4f} bpp  ratio {d['ratio']:.1f}:1")
     if sizes:
         click.echo(f"slices    {len(sizes)}: min {min(sizes)} / mean {sum(sizes) / len(sizes):.0f} / "

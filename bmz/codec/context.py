@@ -205,19 +205,20 @@ class ContextHyperprior(GainedScaleHyperprior):
         return self.int_ep.params(h, ctx_in, prev, q, self.int_hs.gain_int, self.int_hs.thresholds)
 
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor, q: int, single_stream: bool = False,
-                prev: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor]:
-        """Encode one slice → (payload, latent symbols). ``prev``: the previous slice's
-        :meth:`context_input` (None at a group start). Payload: one stream holding z, then the
-        anchors' symbols, then the others' (``single_stream``), or ``u32 len(z) | z | y``."""
-        z_coder, y_coder = self.coders
+    def _analysis(self, x: torch.Tensor, q: int) -> dict:
+        """The analysis of one slice (everything but the entropy coding): symbols and ``h``."""
         y = self.g_a(x)
         z = self.h_a(torch.abs(y))
         med = self._z_medians()[None, :, None, None]
         z_sym = torch.round(z - med).to(torch.int32)
         h = self.int_hs.log2_scale_fixed(z_sym.to(torch.float32) + med)
         y_sym = torch.round(y * torch.exp2(self.log2_gain[q])[None, :, None, None]).to(torch.int32)
-        mask = anchor_mask(y.shape[2:]).expand_as(y_sym)
+        return {"z": z_sym, "y": y_sym, "h": h}
+
+    def _code(self, an: dict, q: int, single_stream: bool, prev: torch.Tensor | None) -> bytes:
+        z_coder, y_coder = self.coders
+        z_sym, y_sym, h = an["z"], an["y"], an["h"]
+        mask = anchor_mask(y_sym.shape[2:]).expand_as(y_sym)
         idx0, m0 = self._int_params(h, None, prev, q)
         a = self.context_input(y_sym, q) * mask
         idx1, m1 = self._int_params(h, a, prev, q)
@@ -228,9 +229,30 @@ class ContextHyperprior(GainedScaleHyperprior):
         y_coder.encode_into(y_enc, (ys - m0)[mask].to(torch.int32), idx0[mask])
         y_coder.encode_into(y_enc, (ys - m1)[~mask].to(torch.int32), idx1[~mask])
         if single_stream:
-            return entropy.stream_bytes(z_enc), y_sym
+            return entropy.stream_bytes(z_enc)
         z_bytes = entropy.stream_bytes(z_enc)
-        return len(z_bytes).to_bytes(4, "little") + z_bytes + entropy.stream_bytes(y_enc), y_sym
+        return len(z_bytes).to_bytes(4, "little") + z_bytes + entropy.stream_bytes(y_enc)
+
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, q: int, single_stream: bool = False,
+                prev: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor]:
+        """Encode one slice → (payload, latent symbols). ``prev``: the previous slice's
+        :meth:`context_input` (None at a group start). Payload: one stream holding z, then the
+        anchors' symbols, then the others' (``single_stream``), or ``u32 len(z) | z | y``."""
+        an = self._analysis(x, q)
+        return self._code(an, q, single_stream, prev), an["y"]
+
+    @torch.no_grad()
+    def analyse_best(self, x: torch.Tensor, q: int, prev: torch.Tensor
+                     ) -> tuple[bytes, torch.Tensor, bool]:
+        """Code one slice both alone and with ``prev`` as context (single stream) → (the smaller
+        payload, the latent symbols, whether it is the one coded with ``prev``). The latents
+        are the same either way; where neighbouring slices differ (thick slices, motion) the
+        context can cost more than it saves."""
+        an = self._analysis(x, q)
+        alone = self._code(an, q, True, None)
+        ctx = self._code(an, q, True, prev)
+        return (ctx, an["y"], True) if len(ctx) < len(alone) else (alone, an["y"], False)
 
     @torch.no_grad()
     def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,

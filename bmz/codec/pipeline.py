@@ -20,6 +20,12 @@ Chunk layout (one per slice), first byte = kind:
   LEB128 varint (1 byte below 128), then the payload with every entropy-coded part in one
   stream (the model's ``analyse(..., single_stream=True)``). Same decoded values as ``0x01``;
   5–8 bytes fewer per slice, which counts at low rates (a 120×120 slice at 0.1 bpp is 180 bytes).
+* ``0x04`` learned, compact, inter-slice (files of chunk format 5, inter-slice models): as ``0x03``,
+  but the payload was coded with the previous slice's decoded latent as context (the model's
+  ``analyse(..., prev=...)``): it decodes only after the slice before it. Slices are coded in
+  groups of G (``codec.group``): slice ``k`` with ``k % G == 0``, and any slice after a constant
+  slice, is coded alone (``0x03`` or ``0x00``); every other learned slice is ``0x04``. Decoding
+  slice ``k`` therefore entropy-decodes at most the ``k % G`` slices before it (no synthesis).
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ import torch
 CHUNK_CONSTANT = 0
 CHUNK_LEARNED = 1
 CHUNK_LEARNED_COMPACT = 3
+CHUNK_LEARNED_INTER = 4
 #: the kinds holding a model's payload
-LEARNED_KINDS = (CHUNK_LEARNED, CHUNK_LEARNED_COMPACT)
+LEARNED_KINDS = (CHUNK_LEARNED, CHUNK_LEARNED_COMPACT, CHUNK_LEARNED_INTER)
 
 
 @contextlib.contextmanager
@@ -130,17 +137,37 @@ def encode_slice(model, s: np.ndarray, mapping: dict, quality: int,
                  kind: int = CHUNK_LEARNED_COMPACT) -> bytes:
     """One stored-value slice (H, W) → chunk bytes: a constant chunk, or a learned one of
     ``kind`` (``CHUNK_LEARNED_COMPACT``; ``CHUNK_LEARNED`` for chunk format 2 / bounded bases)."""
+    return encode_slice_in_group(model, s, mapping, quality, kind)[0]
+
+
+def encode_slice_in_group(model, s: np.ndarray, mapping: dict, quality: int,
+                          kind: int = CHUNK_LEARNED_COMPACT, prev: torch.Tensor | None = None
+                          ) -> tuple[bytes, torch.Tensor | None]:
+    """:func:`encode_slice` that also takes the previous slice's context (``prev``, from
+    :func:`group_context`; a learned slice is then chunk kind ``0x04``) and returns this slice's
+    context for the next one (None for a constant slice)."""
     if s.size and (s == s.flat[0]).all():
-        return bytes([CHUNK_CONSTANT]) + int(s.flat[0]).to_bytes(8, "little", signed=True)
-    if kind not in LEARNED_KINDS:
-        raise ValueError(f"not a learned chunk kind: {kind}")
+        return bytes([CHUNK_CONSTANT]) + int(s.flat[0]).to_bytes(8, "little", signed=True), None
+    if kind not in (CHUNK_LEARNED, CHUNK_LEARNED_COMPACT):
+        raise ValueError(f"not a learned chunk kind an encoder asks for: {kind}")
     compact = kind == CHUNK_LEARNED_COMPACT
-    x = pad_to_multiple(to_unit(s, mapping), model.downsampling)
-    payload, sym = model.analyse(torch.from_numpy(x)[None, None], quality, single_stream=compact)
+    x = torch.from_numpy(pad_to_multiple(to_unit(s, mapping), model.downsampling))[None, None]
+    if prev is not None:  # with the previous slice as context, or alone where that is smaller
+        payload, sym, used = model.analyse_best(x, quality, prev)
+        kind, compact = (CHUNK_LEARNED_INTER if used else CHUNK_LEARNED_COMPACT), True
+    else:
+        payload, sym = model.analyse(x, quality, single_stream=compact)
     H, W = s.shape
     rec = from_unit(model.synthesize_float(sym, quality)[0, 0, :H, :W].numpy(), mapping, np.int64)
     floor = choose_floor(s, rec, mapping)
-    return bytes([kind]) + (_varint(floor) if compact else floor.to_bytes(2, "little")) + payload
+    chunk = bytes([kind]) + (_varint(floor) if compact else floor.to_bytes(2, "little")) + payload
+    return chunk, group_context(model, sym, quality)
+
+
+def group_context(model, sym: torch.Tensor, quality: int) -> torch.Tensor | None:
+    """What the next slice of a group is coded with: the model's context input of this slice's
+    decoded latent symbols (None for models without inter-slice context)."""
+    return model.context_input(sym, quality) if getattr(model, "inter_slice", False) else None
 
 
 def _varint(v: int) -> bytes:
@@ -174,7 +201,7 @@ def _learned_header(model, chunk: bytes, mapping: dict | None) -> tuple[int, byt
     volume's ``mapping``: a floor no encoder sends is refused)."""
     if model is None:
         raise ValueError("learned chunk but no model")
-    if chunk[0] == CHUNK_LEARNED_COMPACT:
+    if chunk[0] in (CHUNK_LEARNED_COMPACT, CHUNK_LEARNED_INTER):
         floor, pos = _read_varint(chunk, 1)
         compact = True
     else:
@@ -187,9 +214,30 @@ def _learned_header(model, chunk: bytes, mapping: dict | None) -> tuple[int, byt
     return floor, chunk[pos:], compact
 
 
+def _inter_kw(model, chunk: bytes, prev) -> dict:
+    """The keyword that hands an inter-slice chunk its predecessor's context; checks that the
+    chunk and the context go together."""
+    if chunk[0] == CHUNK_LEARNED_INTER:
+        if not getattr(model, "inter_slice", False):
+            raise ValueError(f"inter-slice chunk but model {model.model_name} has no inter-slice context")
+        if prev is None:
+            raise ValueError("inter-slice chunk without a decoded previous slice in its group")
+        return {"prev": prev}
+    return {}
+
+
 def decode_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, quality: int,
-                 dtype: np.dtype) -> np.ndarray:
-    """Chunk bytes → stored-value slice (H, W) in ``dtype``. Raises ValueError on a bad chunk."""
+                 dtype: np.dtype, prev: torch.Tensor | None = None) -> np.ndarray:
+    """Chunk bytes → stored-value slice (H, W) in ``dtype``. Raises ValueError on a bad chunk.
+    ``prev``: the previous slice's :func:`group_context` (needed by an inter-slice chunk)."""
+    return decode_slice_in_group(model, chunk, shape, mapping, quality, dtype, prev)[0]
+
+
+def decode_slice_in_group(model, chunk: bytes, shape: tuple[int, int], mapping: dict, quality: int,
+                          dtype: np.dtype, prev: torch.Tensor | None = None
+                          ) -> tuple[np.ndarray, torch.Tensor | None]:
+    """:func:`decode_slice` → (slice, its :func:`group_context` for the next slice: None for a
+    constant slice or a model without inter-slice context)."""
     if not chunk:
         raise ValueError("empty chunk")
     kind = chunk[0]
@@ -200,15 +248,16 @@ def decode_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, qua
         value = int.from_bytes(chunk[1:9], "little", signed=True)
         if not mapping["min"] <= value <= mapping["max"]:
             raise ValueError(f"constant value {value} outside the volume range")
-        return np.full(shape, value, dtype=dtype)
+        return np.full(shape, value, dtype=dtype), None
     if kind in LEARNED_KINDS:
         floor, payload, compact = _learned_header(model, chunk, mapping)
-        x_hat = model.decompress_slice(payload, padded_shape(shape, model.downsampling), quality,
-                                       single_stream=compact)
+        sym = model.decode_latents(payload, padded_shape(shape, model.downsampling), quality,
+                                   single_stream=compact, **_inter_kw(model, chunk, prev))["y"]
+        x_hat = model.synthesize(sym, quality)
         v = from_unit(x_hat[0, 0, :H, :W].numpy(), mapping, dtype)
         if floor:
             v[v <= mapping["min"] + floor] = mapping["min"]
-        return v
+        return v, group_context(model, sym, quality)
     raise ValueError(f"unknown chunk kind {kind}")
 
 
@@ -231,9 +280,10 @@ class SliceLatents:
 
 
 def decode_latents(model, chunk: bytes, shape: tuple[int, int], quality: int,
-                   mapping: dict | None = None) -> SliceLatents:
+                   mapping: dict | None = None, prev: torch.Tensor | None = None) -> SliceLatents:
     """Chunk bytes → its entropy-decoded latent symbols (the real decoder of
-    :func:`decode_slice`, stopped before the synthesis). Raises ValueError on a bad chunk."""
+    :func:`decode_slice`, stopped before the synthesis). Raises ValueError on a bad chunk.
+    ``prev`` as in :func:`decode_slice`."""
     if not chunk:
         raise ValueError("empty chunk")
     kind = chunk[0]
@@ -244,7 +294,7 @@ def decode_latents(model, chunk: bytes, shape: tuple[int, int], quality: int,
     if kind in LEARNED_KINDS:
         floor, payload, compact = _learned_header(model, chunk, mapping)
         sym = model.decode_latents(payload, padded_shape(shape, model.downsampling), quality,
-                                   single_stream=compact)
+                                   single_stream=compact, **_inter_kw(model, chunk, prev))
         return SliceLatents(kind, shape, quality, floor=floor, symbols=sym)
     raise ValueError(f"unknown chunk kind {kind}")
 

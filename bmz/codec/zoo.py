@@ -46,6 +46,16 @@ def default_quality(lambdas) -> int:
     return max(i for i, v in enumerate(d) if v <= best + 1e-9) + 1
 
 
+def default_group(name: str) -> int:
+    """The slice group size a model codes with unless told (its card's ``default_group``, chosen
+    by measurement; 1 = every slice on its own, also for models without a card entry)."""
+    try:
+        g = read_card(name).get("default_group", 1)
+    except Exception:  # noqa: BLE001 - no card: slices on their own
+        return 1
+    return int(g) if isinstance(g, int) and g >= 1 else 1
+
+
 def card_qualities(card: dict) -> tuple[int, int]:
     """(number of quality levels, default level) from a model card, without loading the weights."""
     lambdas = [q["lambda"] for q in card.get("qualities") or []]
