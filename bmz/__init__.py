@@ -5,7 +5,7 @@
 >>> volume2 = bmz.decompress(data)              # same dtype and shape
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from . import errors  # noqa: E402
 from .api import (compress, compress_dataset, decode_file, decompress,  # noqa: E402

@@ -330,17 +330,28 @@ def _base_row(item: InputItem, spec: CodecSpec | None, max_slices: int | None) -
     return {"source": item.source, "volume": item.name, "path": item.path,
             "series": item.series or "", "codec": spec.codec if spec else "",
             "model": spec.model if spec else "", "version": spec.version if spec else "",
-            "format": bmz_file_format() if spec and spec.kind == BMZ else "",
+            "format": bmz_file_format(spec.name) if spec and spec.kind == BMZ else "",
             "max_slices": max_slices or 0, "threads": 1, "error": ""}
 
 
-def bmz_file_format() -> str:
+def bmz_file_format(model: str | None = None) -> str:
     """What bmz's output bytes depend on besides the weights: container version / chunk format
-    (e.g. ``1.1/4``). Part of a bmz point's cache key: a format change re-measures every model."""
-    from .api import CHUNK_FORMAT
+    (e.g. ``1.1/4``; ``1.1/5 G4`` for a model with inter-slice context coding groups of 4). Part
+    of a bmz point's cache key: a format or grouping change re-measures the model."""
+    from .api import CHUNK_FORMAT, CHUNK_FORMAT_GROUPED
     from .bitstream.container import FORMAT_VERSION
 
-    return f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}/{CHUNK_FORMAT}"
+    v = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
+    if model is not None:
+        from .codec import models, zoo
+
+        try:
+            arch = zoo.read_card(model).get("architecture", model)
+        except Exception:  # noqa: BLE001 - no card: as its name says
+            arch = model
+        if getattr(models._REGISTRY.get(arch), "inter_slice", False):
+            return f"{v}/{CHUNK_FORMAT_GROUPED} G{zoo.default_group(model)}"
+    return f"{v}/{CHUNK_FORMAT}"
 
 
 @dataclass
