@@ -17,14 +17,6 @@ from . import __version__
 from .bitstream import BmzReader, BmzWriter
 from .errors import BmzError, FormatError, InputError
 
-#: the format of slice chunks (bmz.codec.pipeline); bump when it changes
-#: chunk format of the lossy files bmz writes: 4 (compact learned chunks, kind 3). Format 2 (kind
-#: 1) files decode as ever; 3 is bounded error (bmz.codec.bounded); 1 was a never-shipped draft
-CHUNK_FORMAT = 4
-#: lossy chunk formats bmz decodes → the learned chunk kind their files hold
-LEARNED_KIND_OF_FORMAT = {2: 1, 4: 3}
-
-
 @dataclass
 class CodingReport:
     """What an encode or decode did: sizes and rates."""
@@ -92,51 +84,25 @@ def _quality_index(model, quality: int) -> int:
 def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
                source: str, source_meta: dict | None, progress: bool, force: bool,
                name: str, max_error: int | None = None, base_quality="auto") -> CodingReport:
-    from .codec import pipeline, zoo
+    from .codec import chunks, pipeline, zoo
 
     a, (vmin, vmax) = _check_array(array, name)
     vol = a if a.ndim == 3 else a[None]
     mapping = pipeline.mapping_for_range(vmin, vmax)
     model_name = model_name or zoo.DEFAULT_MODEL
     model, sha = zoo.load_model(model_name)
-    if max_error is not None:  # guaranteed fidelity: bmz.codec.bounded (chunk format 3)
-        from .codec import bounded
-
-        enc = bounded.BoundedEncoder(model, mapping, max_error,
-                                     bounded.check_base_quality(base_quality, model))
+    if max_error is not None:  # guaranteed fidelity: a bounded-error file
+        enc = chunks.BOUNDED.Encoder(model, mapping, max_error,
+                                     chunks.BOUNDED.check_base_quality(base_quality, model))
         with pipeline.single_thread():
             quality = enc.choose(vol)
-        codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality),
-                 "chunk_format": bounded.CHUNK_FORMAT, "max_error": int(max_error),
-                 "residual": bounded.CODER}
-        return _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress,
-                             force, enc.encode_slice)
-    if quality is None:
-        quality = zoo.default_quality(model.lambdas)
-    qi = _quality_index(model, quality)
-    meta = {
-        "bmz_version": __version__,
-        "shape": list(a.shape),
-        "dtype": a.dtype.str,
-        "source": source,
-        "source_meta": source_meta or {},
-        "intensity": mapping,
-        "codec": {"model": model_name, "weights_sha256": sha, "quality": int(quality),
-                  "chunk_format": CHUNK_FORMAT},
-    }
-    sizes = []
-    with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
-        slices: Iterable[int] = range(vol.shape[0])
-        if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
-            from tqdm import tqdm
-
-            slices = tqdm(slices, desc="encode", unit="slice", leave=False)
-        for k in slices:
-            chunk = pipeline.encode_slice(model, vol[k], mapping, qi)
-            sizes.append(len(chunk))
-            w.add(chunk)
-    # n_bytes is filled in by the caller that knows where the bytes went
-    return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
+    else:
+        if quality is None:
+            quality = zoo.default_quality(model.lambdas)
+        enc = chunks.LOSSY.encoder(model, mapping, _quality_index(model, quality))
+    codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality), **enc.codec_fields()}
+    return _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress, force,
+                         enc.encode_slice)
 
 
 def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
@@ -149,7 +115,7 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
     sizes = []
     with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
         slices: Iterable[int] = range(vol.shape[0])
-        if progress and vol.shape[0] > 1:
+        if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
             from tqdm import tqdm
 
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
@@ -157,6 +123,7 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
             chunk = encode_slice(vol[k])
             sizes.append(len(chunk))
             w.add(chunk)
+    # n_bytes is filled in by the caller that knows where the bytes went
     return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
 
 
@@ -175,7 +142,7 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
     none; ``quality`` is then unused) plus a residual coded to the bound (docs/FORMAT.md §10.2)."""
     import io
 
-    from .codec.bounded import check_max_error
+    from .codec.chunks.bounded import check_max_error
 
     delta = check_max_error(max_error, lossless)
     buf = io.BytesIO()
@@ -251,18 +218,17 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     codec = meta.get("codec")
     if not isinstance(codec, dict):
         raise bad(f"'codec' ({codec!r})")
-    fmt = codec.get("chunk_format")
-    bounded = is_int(fmt) and fmt == 3  # bounded error (bmz.codec.bounded)
-    if not (is_int(fmt) and fmt in LEARNED_KIND_OF_FORMAT) and not bounded:
+    from .codec import chunks
+
+    fmt = chunks.format_of(codec)
+    if fmt is None:
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
     q = codec.get("quality")
-    if not (is_int(q) and (0 if bounded else 1) <= q <= 64):
+    if not (is_int(q) and fmt.MIN_QUALITY <= q <= 64):
         raise bad(f"'codec.quality' ({q!r})")
-    if bounded:
-        from .codec.bounded import check_bounded_meta
-
-        check_bounded_meta(name, codec)
+    if hasattr(fmt, "check_meta"):
+        fmt.check_meta(name, codec)
     if not isinstance(codec.get("model"), str) or not isinstance(codec.get("weights_sha256"), str):
         raise bad("'codec.model' / 'codec.weights_sha256'")
     return tuple(shape), dtype, mapping, codec
@@ -296,7 +262,7 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
     checksum or cannot be decoded comes out filled with the volume's minimum and its index is
     appended; otherwise its :class:`FormatError` (naming the slice) is raised. Run the decoding
     inside :func:`bmz.codec.pipeline.single_thread` (see :func:`decode_file`)."""
-    from .codec import pipeline
+    from .codec import chunks
     from .io import SliceStack
 
     meta = reader.meta
@@ -310,28 +276,22 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
     bar = _Progress(len(ks), progress)
     model = None
 
-    def get(i: int) -> np.ndarray:
+    def get_model():
         nonlocal model
+        if model is None:
+            from .codec import zoo
+
+            model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
+        return model
+
+    ctx = chunks.SliceContext(tuple(hw), mapping, dtype, codec, get_model)
+
+    def get(i: int) -> np.ndarray:
         k = ks[i]
         try:
             chunk = reader.chunk(k)
-            if model is None and ((chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS)
-                                  or (chunk[:1] == b"\x02" and chunk[1:2] not in (b"", b"\x00"))):
-                from .codec import zoo
-
-                model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
             try:
-                if codec.get("chunk_format") == 3 or chunk[:1] == b"\x02":  # codec.bounded
-                    from .codec import bounded
-
-                    out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)
-                else:
-                    if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS \
-                            and chunk[0] != LEARNED_KIND_OF_FORMAT[codec["chunk_format"]]:
-                        raise ValueError(f"chunk kind {chunk[0]} in a file of chunk format "
-                                         f"{codec['chunk_format']}")
-                    qi = int(codec["quality"]) - 1
-                    out = pipeline.decode_slice(model, chunk, hw, mapping, qi, dtype)
+                out = chunks.decode(chunk, ctx)
             except (ValueError, RuntimeError, IndexError, OverflowError) as e:
                 raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
         except FormatError:
@@ -383,7 +343,7 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
     ``lossless``, ``base_quality``: guaranteed fidelity, as in :func:`compress`."""
     from . import io as bio
     from ._fileutil import check_output_path
-    from .codec.bounded import check_max_error
+    from .codec.chunks.bounded import check_max_error
 
     delta = check_max_error(max_error, lossless)
     check_output_path(dst, force=force)  # fail before the work, not after
@@ -469,8 +429,10 @@ def verify(src: str | os.PathLike | bytes) -> dict:
         n = r.n_slices
     codec = meta.get("codec") or {}
     model_ok, model_note = True, ""
-    # a bounded-error file without a base layer (quality 0) decodes without the model
-    if codec.get("model") and not (codec.get("chunk_format") == 3 and codec.get("quality") == 0):
+    from .codec import chunks
+
+    # e.g. a bounded-error file without a base layer decodes without the model
+    if codec.get("model") and chunks.file_needs_model(codec):
         from .codec import zoo
         from .errors import ModelError
 
@@ -515,13 +477,13 @@ def info(src: str | os.PathLike | bytes) -> dict:
 def _lossy_coding(meta: dict, n_bytes: int):
     """How a ``.bmz`` of ``n_bytes`` compressed its volume, for DICOM output: ratio = the raw
     array bytes (the original's uncompressed pixel bytes) over ``n_bytes``, model, quality."""
+    from .codec import chunks
     from .io.dicom import LossyCoding
 
     raw = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
     codec = meta["codec"]
-    bound = codec.get("max_error") if codec.get("chunk_format") == 3 else None
     return LossyCoding(ratio=raw / max(1, n_bytes), model=codec["model"], quality=codec["quality"],
-                       max_error=bound)
+                       max_error=chunks.max_error(codec))
 
 
 def _check_dicom_output(src, dst, slices, force: bool) -> None:

@@ -890,7 +890,7 @@ def encode(src: str, dst: str, quality: int | None = None, model: str | None = N
     from .codec import zoo
     from types import SimpleNamespace
 
-    from .codec.bounded import check_base_quality, check_max_error
+    from .codec.chunks.bounded import check_base_quality, check_max_error
 
     _require_distributed()
     bound = check_max_error(max_error, lossless)

@@ -11,7 +11,7 @@ line: ``bmz interpolate A.bmz B.bmz --alpha 0.25,0.5,0.75 -o mix.nii.gz``.
 What is mixed
 -------------
 Only the stored codes are used: each slice's chunk is entropy-decoded with the real decoder
-(:func:`bmz.codec.pipeline.decode_latents`, the range decoder of ``bmz decode`` stopped before
+(:func:`bmz.codec.chunks.latents`, the range decoder of ``bmz decode`` stopped before
 the synthesis) — nothing is decoded to pixels and encoded again, the analysis transform is never
 run. For every model the mixed quantity is the **ungained latent ŷ = (symbol + offset) · inv_gain[q]**,
 the synthesis transform's input:
@@ -129,6 +129,7 @@ class LatentCodes:
         self.dtype, self.mapping = dtype, mapping
         self.model_name, self.sha256 = codec["model"], codec["weights_sha256"]
         self.quality = int(codec["quality"])
+        self._codec = codec
         self._model = None
         self._cache: OrderedDict[int, object] = OrderedDict()
         self._cache_size = max(0, int(cache))
@@ -144,8 +145,8 @@ class LatentCodes:
         return self._model
 
     def latents(self, k: int):
-        """Slice ``k``'s :class:`~bmz.codec.pipeline.SliceLatents` (entropy decoding only)."""
-        from .codec import pipeline
+        """Slice ``k``'s :class:`~bmz.codec.chunks.SliceLatents` (entropy decoding only)."""
+        from .codec import chunks
 
         if not 0 <= k < self.n_slices:
             raise InputError(f"{self.name}: slice {k} out of range: the file has {self.n_slices} slices")
@@ -155,11 +156,8 @@ class LatentCodes:
             return hit
         chunk = self._reader.chunk(k)  # ChecksumError names the file and slice
         try:
-            model = self.model if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS else None
-            lat = pipeline.decode_latents(model, chunk, self.hw, self.quality - 1, self.mapping)
-            if lat.kind == pipeline.CHUNK_CONSTANT and not (
-                    self.mapping["min"] <= lat.value <= self.mapping["max"]):
-                raise ValueError(f"constant value {lat.value} outside the volume range")
+            ctx = chunks.SliceContext(self.hw, self.mapping, self.dtype, self._codec, lambda: self.model)
+            lat = chunks.latents(chunk, ctx)
         except (ValueError, RuntimeError, IndexError, OverflowError) as e:
             raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode its "
                               f"latents: {e}") from None

@@ -337,10 +337,10 @@ def _base_row(item: InputItem, spec: CodecSpec | None, max_slices: int | None) -
 def bmz_file_format() -> str:
     """What bmz's output bytes depend on besides the weights: container version / chunk format
     (e.g. ``1.1/4``). Part of a bmz point's cache key: a format change re-measures every model."""
-    from .api import CHUNK_FORMAT
     from .bitstream.container import FORMAT_VERSION
+    from .codec import chunks
 
-    return f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}/{CHUNK_FORMAT}"
+    return f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}/{chunks.LOSSY.FORMAT}"
 
 
 @dataclass

@@ -91,7 +91,7 @@ class Bmz(Codec):
         if {"max_error", "lossless", "base_quality"} & set(settings):
             from types import SimpleNamespace
 
-            from .codec.bounded import check_base_quality, check_max_error
+            from .codec.chunks.bounded import check_base_quality, check_max_error
 
             bound = check_max_error(settings.get("max_error"), settings.get("lossless", False))
             if bound is None:

@@ -265,8 +265,12 @@ def test_no_pixel_decode_and_no_encoder(monkeypatch, pair):
         monkeypatch.setattr(cls, "compress_slice", boom)
         monkeypatch.setattr(cls, "decompress_slice", boom)
         monkeypatch.setattr(cls, "synthesize_float", boom)
-    monkeypatch.setattr(pipeline, "encode_slice", boom)
-    monkeypatch.setattr(pipeline, "decode_slice", boom)
+    from bmz.codec import chunks
+
+    for kind in chunks.KINDS.values():
+        monkeypatch.setattr(kind, "decode", boom)
+        if hasattr(kind, "encode"):
+            monkeypatch.setattr(kind, "encode", boom)
     model, _ = zoo.load_model("hyperprior")
     monkeypatch.setattr(model.g_a, "forward", boom)
     monkeypatch.setattr(model.h_a, "forward", boom)
