@@ -7,15 +7,22 @@
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import __version__
-from .bitstream import BmzReader, BmzWriter
-from .errors import BmzError, FormatError, InputError
+from tqdm import tqdm
+
+from . import __version__, metrics
+from ._fileutil import check_output_path
+from .bitstream import BmzWriter
+from .codec import chunks, pipeline, zoo
+from .errors import BmzError, InputError, ModelError, OutputError
+from .file import MAX_SLICE_VOXELS, BmzFile, slice_indices
 
 @dataclass
 class CodingReport:
@@ -84,8 +91,6 @@ def _quality_index(model, quality: int) -> int:
 def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
                source: str, source_meta: dict | None, progress: bool, force: bool,
                name: str, max_error: int | None = None, base_quality="auto") -> CodingReport:
-    from .codec import chunks, pipeline, zoo
-
     a, (vmin, vmax) = _check_array(array, name)
     vol = a if a.ndim == 3 else a[None]
     mapping = pipeline.mapping_for_range(vmin, vmax)
@@ -108,16 +113,12 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
 def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
                   source_meta: dict | None, progress: bool, force: bool, encode_slice) -> CodingReport:
     """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``."""
-    from .codec import pipeline
-
     meta = {"bmz_version": __version__, "shape": list(a.shape), "dtype": a.dtype.str,
             "source": source, "source_meta": source_meta or {}, "intensity": mapping, "codec": codec}
     sizes = []
     with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
         slices: Iterable[int] = range(vol.shape[0])
         if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
-            from tqdm import tqdm
-
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
         for k in slices:
             chunk = encode_slice(vol[k])
@@ -140,98 +141,12 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
     ``lossless=True`` is ``δ = 0`` (every bit kept). Those files hold a learned base layer at
     ``base_quality`` (``"auto"``: whichever of none or the lowest qualities codes smaller; 0:
     none; ``quality`` is then unused) plus a residual coded to the bound (docs/FORMAT.md §10.2)."""
-    import io
-
-    from .codec.chunks.bounded import check_max_error
-
-    delta = check_max_error(max_error, lossless)
+    
+    delta = chunks.BOUNDED.check_max_error(max_error, lossless)
     buf = io.BytesIO()
     _encode_to(buf, array, quality, model, source, source_meta, progress=False, force=True,
                name="array", max_error=delta, base_quality=base_quality)
     return buf.getvalue()
-
-
-def _slice_list(n: int, slices) -> list[int]:
-    if slices is None:
-        return list(range(n))
-    if isinstance(slices, slice):
-        return list(range(n))[slices]
-    if isinstance(slices, (int, np.integer)):
-        slices = [slices]
-    out = []
-    for k in slices:
-        k = int(k)
-        if not -n <= k < n:
-            raise InputError(f"slice {k} out of range: the volume has {n} slices")
-        out.append(k % n)
-    return out
-
-
-def _open(src) -> BmzReader:
-    """Open a ``.bmz`` path, bytes or file object; a missing or unreadable path is an InputError."""
-    if isinstance(src, (str, os.PathLike)):
-        if not os.path.exists(src):
-            raise InputError(f"{src}: no such file")
-        if os.path.isdir(src):
-            raise InputError(f"{src}: is a folder, expected a .bmz file")
-        try:
-            return BmzReader(src)
-        except OSError as e:
-            raise InputError(f"{src}: cannot read: {e.strerror or e}") from None
-    return BmzReader(src)
-
-
-#: the largest slice bmz encodes or decodes (4096 × 4096 voxels; MRI slices are ≤ 1024²): a
-#: header claiming more is refused before anything is allocated
-MAX_SLICE_VOXELS = 1 << 24
-
-
-def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, dict]:
-    """The fields decoding relies on, type- and range-checked: a damaged or forged metadata block
-    (with a valid checksum) is a FormatError naming the field, never a crash further on."""
-    def bad(what: str):
-        return FormatError(f"{name}: metadata field {what} is invalid")
-
-    def is_int(v) -> bool:  # a JSON integer (bool is an int subclass in Python, but not one here)
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    shape = meta.get("shape")
-    if not (isinstance(shape, list) and len(shape) in (2, 3)
-            and all(is_int(v) and v >= 0 for v in shape)):
-        raise bad(f"'shape' ({shape!r})")
-    if shape[-1] * shape[-2] > MAX_SLICE_VOXELS:
-        raise bad(f"'shape' ({shape!r}: slices larger than {MAX_SLICE_VOXELS} voxels)")
-    try:
-        dtype = np.dtype(meta.get("dtype"))
-    except (TypeError, ValueError):
-        raise bad(f"'dtype' ({meta.get('dtype')!r})") from None
-    if dtype.kind not in "iub" or dtype.itemsize > 8:
-        raise bad(f"'dtype' ({meta.get('dtype')!r}: not an integer type)")
-    mapping = meta.get("intensity")
-    keys = ("min", "max", "offset", "scale", "bits")
-    if not (isinstance(mapping, dict) and all(is_int(mapping.get(k)) for k in keys)):
-        raise bad(f"'intensity' ({mapping!r})")
-    info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
-    if not (info.min <= mapping["min"] <= mapping["max"] <= info.max and mapping["offset"] == mapping["min"]
-            and mapping["scale"] == mapping["max"] - mapping["min"]):
-        raise bad(f"'intensity' ({mapping!r}: inconsistent or outside {dtype})")
-    codec = meta.get("codec")
-    if not isinstance(codec, dict):
-        raise bad(f"'codec' ({codec!r})")
-    from .codec import chunks
-
-    fmt = chunks.format_of(codec)
-    if fmt is None:
-        raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
-                          f"supported by bmz {__version__}")
-    q = codec.get("quality")
-    if not (is_int(q) and fmt.MIN_QUALITY <= q <= 64):
-        raise bad(f"'codec.quality' ({q!r})")
-    if hasattr(fmt, "check_meta"):
-        fmt.check_meta(name, codec)
-    if not isinstance(codec.get("model"), str) or not isinstance(codec.get("weights_sha256"), str):
-        raise bad("'codec.model' / 'codec.weights_sha256'")
-    return tuple(shape), dtype, mapping, codec
 
 
 class _Progress:
@@ -240,8 +155,6 @@ class _Progress:
     def __init__(self, total: int, on: bool):
         self.bar = None
         if on and total > 1:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc="decode", unit="slice", leave=False)
 
     def update(self) -> None:
@@ -253,83 +166,18 @@ class _Progress:
             self.bar.close()
 
 
-def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
-                   skip_damaged: bool = False):
-    """The decoded ``slices`` of an open reader as a :class:`~bmz.io.SliceStack` that decodes
-    each slice when it is asked for (nothing is held) → (stack, meta, damaged, progress bar).
-
-    ``damaged`` fills in as slices are decoded: with ``skip_damaged`` a slice whose chunk fails its
-    checksum or cannot be decoded comes out filled with the volume's minimum and its index is
-    appended; otherwise its :class:`FormatError` (naming the slice) is raised. Run the decoding
-    inside :func:`bmz.codec.pipeline.single_thread` (see :func:`decode_file`)."""
-    from .codec import chunks
-    from .io import SliceStack
-
-    meta = reader.meta
-    shape, dtype, mapping, codec = _checked_meta(reader.name, meta)
-    n = shape[0] if len(shape) == 3 else 1
-    if reader.n_slices != n:
-        raise FormatError(f"{reader.name}: index holds {reader.n_slices} slices, metadata says {n}")
-    hw = shape[-2:]
-    ks = _slice_list(n, slices)
-    damaged: list[int] = []
-    bar = _Progress(len(ks), progress)
-    model = None
-
-    def get_model():
-        nonlocal model
-        if model is None:
-            from .codec import zoo
-
-            model, _ = zoo.load_model(codec["model"], expect_sha256=codec["weights_sha256"])
-        return model
-
-    ctx = chunks.SliceContext(tuple(hw), mapping, dtype, codec, get_model)
-
-    def get(i: int) -> np.ndarray:
-        k = ks[i]
-        try:
-            chunk = reader.chunk(k)
-            try:
-                out = chunks.decode(chunk, ctx)
-            except (ValueError, RuntimeError, IndexError, OverflowError) as e:
-                raise FormatError(f"{reader.name}: slice {k} of {n}: cannot decode: {e}") from None
-        except FormatError:
-            if not skip_damaged:
-                raise
-            if k not in damaged:
-                damaged.append(k)
-            out = np.full(hw, mapping["min"], dtype=dtype)
-        bar.update()
-        return out
-
-    return SliceStack((len(ks), *hw), dtype, get), meta, damaged, bar
-
-
-def _decode_reader(reader: BmzReader, slices=None, progress: bool = False,
-                   skip_damaged: bool = False) -> tuple[np.ndarray, dict, list[int]]:
-    """Decode ``slices`` of an open reader → (array (k, H, W), meta, damaged slice indices)."""
-    from .codec import pipeline
-
-    stack, meta, damaged, bar = _decoded_stack(reader, slices, progress, skip_damaged)
-    # one thread per slice: decoding is integer-exact, so any thread count gives the identical
-    # array; one thread is simply faster for MRI-sized slices and never oversubscribes a busy machine
-    try:
-        with pipeline.single_thread():
-            out = np.asarray(stack)
-    finally:
-        bar.close()
-    return out, meta, damaged
+def _decoded_stack(f: BmzFile, slices=None, progress: bool = False, skip_damaged: bool = False):
+    """:meth:`BmzFile.stack` with a progress bar → (stack, damaged, bar); close the bar after."""
+    bar = _Progress(len(slice_indices(f.n_slices, slices)), progress)
+    stack, damaged = f.stack(slices, skip_damaged, on_decoded=bar.update)
+    return stack, damaged, bar
 
 
 def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None) -> np.ndarray:
     """Decode ``.bmz`` bytes → the array in its original dtype and shape (a 2-D original comes back
     2-D when all slices are decoded). ``slices`` selects slices (int, slice, or indices)."""
-    with BmzReader(data, name="<bytes>") as r:
-        arr, meta, _ = _decode_reader(r, slices)
-    if slices is None and len(meta["shape"]) == 2:
-        return arr[0]
-    return arr
+    with BmzFile(data, name="<bytes>") as f:
+        return f.read(slices)
 
 
 def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | None = None,
@@ -342,10 +190,8 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
     ``psnr`` (peak = volume max − min) and ``max_error`` are filled in. ``max_error``,
     ``lossless``, ``base_quality``: guaranteed fidelity, as in :func:`compress`."""
     from . import io as bio
-    from ._fileutil import check_output_path
-    from .codec.chunks.bounded import check_max_error
 
-    delta = check_max_error(max_error, lossless)
+    delta = chunks.BOUNDED.check_max_error(max_error, lossless)
     check_output_path(dst, force=force)  # fail before the work, not after
     vol = bio.read(src, series=series, lazy=True)  # NIfTI and .npy stream slice by slice
     try:
@@ -365,12 +211,9 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
 def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
     """PSNR (peak = the original's max − min) and max |error| of a written file against the
     original (array or SliceStack), one slice at a time."""
-    from . import metrics
-    from .codec import pipeline
-
     sse, max_err, lo, hi = 0, 0, None, None
-    with _open(bmz_path) as r:
-        back, _, _, bar = _decoded_stack(r, None, progress)
+    with BmzFile(bmz_path) as f:
+        back, _, bar = _decoded_stack(f, None, progress)
         try:
             with pipeline.single_thread():
                 for k in range(back.shape[0]):
@@ -394,24 +237,19 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
     decoded to a folder (``dst`` an existing folder, ending in ``/`` or without suffix): a
     derived, lossy-marked DICOM series (:func:`bmz.io.dicom.write_dicom`; all slices only)."""
     from . import io as bio
-    from ._fileutil import check_output_path
-
-    from .codec import pipeline
 
     if bio.is_folder_output(dst):  # a DICOM series: checked before the work too
         _check_dicom_output(src, dst, slices, force)
     else:
         check_output_path(dst, force=force)  # fail before the work, not after
-    with _open(src) as r:
+    with BmzFile(src) as f:
         # streamed: the writer pulls one decoded slice at a time (the volume is never held);
         # a damaged slice aborts the write and removes the partial output (or is skipped)
-        stack, meta, damaged, bar = _decoded_stack(r, slices, progress, skip_damaged)
-        vol = bio.Volume(data=stack, source=meta.get("source", "numpy"),
-                         meta=meta.get("source_meta", {}), path=str(src))
+        stack, damaged, bar = _decoded_stack(f, slices, progress, skip_damaged)
+        vol = bio.Volume(data=stack, source=f.source, meta=f.source_meta, path=str(src))
         try:
             with pipeline.single_thread():
-                notes = bio.write(vol, dst, force=force,
-                                  lossy=_lossy_coding(meta, os.path.getsize(src)))
+                notes = bio.write(vol, dst, force=force, lossy=_lossy_coding(f.meta, f.file_size))
         finally:
             bar.close()
     rep = CodingReport(str(dst), stack.shape, stack.dtype.str, os.path.getsize(src), stack.nbytes)
@@ -423,19 +261,14 @@ def verify(src: str | os.PathLike | bytes) -> dict:
     """Check every checksum of a ``.bmz`` file without decoding: header, metadata, index (raise
     :class:`FormatError` when damaged — nothing can be trusted then) and each slice's chunk
     (reported in ``damaged``). Also says whether the weights the file names are installed here."""
-    with _open(src) as r:
-        damaged = r.verify()
-        meta = r.meta
-        n = r.n_slices
+    with BmzFile(src, check=False) as f:
+        damaged = f.verify()
+        meta = f.meta
+        n = f.n_index_slices
     codec = meta.get("codec") or {}
     model_ok, model_note = True, ""
-    from .codec import chunks
-
     # e.g. a bounded-error file without a base layer decodes without the model
     if codec.get("model") and chunks.file_needs_model(codec):
-        from .codec import zoo
-        from .errors import ModelError
-
         try:
             path = zoo.weights_for(codec["model"], codec.get("weights_sha256"))
             if path.parent.name == zoo.ARCHIVE:
@@ -448,11 +281,11 @@ def verify(src: str | os.PathLike | bytes) -> dict:
 
 def info(src: str | os.PathLike | bytes) -> dict:
     """Header facts of a ``.bmz`` file without decoding (no torch import)."""
-    with _open(src) as r:
-        meta = r.meta
-        sizes = r.chunk_sizes()
-        size = r.file_size
-        version = r.version
+    with BmzFile(src, check=False) as f:
+        meta = f.meta
+        sizes = f.chunk_sizes()
+        size = f.file_size
+        version = f.version
     shape = meta.get("shape", [])
     n_vox = int(np.prod(shape)) if shape else 0
     raw = n_vox * np.dtype(meta.get("dtype", "u1")).itemsize
@@ -477,7 +310,6 @@ def info(src: str | os.PathLike | bytes) -> dict:
 def _lossy_coding(meta: dict, n_bytes: int):
     """How a ``.bmz`` of ``n_bytes`` compressed its volume, for DICOM output: ratio = the raw
     array bytes (the original's uncompressed pixel bytes) over ``n_bytes``, model, quality."""
-    from .codec import chunks
     from .io.dicom import LossyCoding
 
     raw = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
@@ -489,7 +321,6 @@ def _lossy_coding(meta: dict, n_bytes: int):
 def _check_dicom_output(src, dst, slices, force: bool) -> None:
     """Before decoding ``src`` to the DICOM folder ``dst``: a DICOM-origin file, every slice, a
     folder that can be written."""
-    from .errors import OutputError
     from .io import dicom
 
     dicom.check_dicom_source(info(src).get("source"), os.fspath(dst))
@@ -533,20 +364,18 @@ def decompress_to_datasets(data) -> list:
 
     Raises :class:`InputError` for a ``.bmz`` that does not hold a DICOM series, and the errors of
     :func:`decompress` for damaged files."""
-    import warnings
-
     from .io import Volume, dicom
 
     name = "<bytes>" if isinstance(data, (bytes, bytearray, memoryview)) else None
-    with BmzReader(data, name=name) as r:
-        source = r.meta.get("source")
-        if source != "dicom":
-            raise InputError(f"{r.name}: holds a {source or 'non-DICOM'} volume, not a DICOM "
-                             "series; decode it with bmz.decompress")
-        arr, meta, _ = _decode_reader(r)
-        lossy = _lossy_coding(meta, r.file_size)
-        where = str(r.name)
-    vol = Volume(data=arr, source="dicom", meta=meta.get("source_meta", {}))
+    with BmzFile(data, name=name, check=False) as f:
+        if f.meta.get("source") != "dicom":
+            raise InputError(f"{f.name}: holds a {f.meta.get('source') or 'non-DICOM'} volume, not "
+                             "a DICOM series; decode it with bmz.decompress")
+        f.check()
+        arr = f.read(slice(None))
+        lossy = _lossy_coding(f.meta, f.file_size)
+        where = str(f.name)
+    vol = Volume(data=arr, source="dicom", meta=f.source_meta)
     notes: list[tuple[str, str]] = []
     files = sorted(dicom.derived_datasets(vol, lossy, notes, where=where), key=lambda f: f[0])
     for note in dicom.summarise_notes(notes):

@@ -49,7 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from . import api
 from .errors import BmzError, InputError, MissingDependencyError, OutputError
+from .file import BmzFile
 
 try:  # the plugin must subclass WorkerPlugin to be recognised by Client.register_plugin
     from distributed import WorkerPlugin as _WorkerPlugin
@@ -155,8 +157,6 @@ def _base_result(job: Job) -> dict:
 def _output_ok(path: str, expect: dict) -> str | None:
     """Why the output at ``path`` is not the one ``expect`` (a manifest entry) records, or None
     when it is: present, same size and SHA-256, every checksum valid, decodable here."""
-    from . import api
-
     if not os.path.isfile(path):
         return "output missing"
     if os.path.getsize(path) != expect.get("bytes"):
@@ -215,7 +215,6 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
         done = _done_before(out, expect, res, t0)
         if done is not None:
             return done
-        from . import api
         from .codec import zoo
 
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -246,8 +245,6 @@ def decode_task(job: Job, dst_root: str, fmt: str, expect: dict | None = None) -
         done = _done_before(out, expect, res, t0)
         if done is not None:
             return done
-        from . import api
-
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         rep, _ = api.decode_file(job.src, out, force=True, progress=False)
         n_slices = int(rep.shape[0]) if len(rep.shape) == 3 else 1
@@ -267,8 +264,6 @@ def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> d
     t0, c0 = time.perf_counter(), time.process_time()
     res = _base_result(job)
     try:
-        from . import api
-
         v = api.verify(job.src)
         res.update(n_slices=v["n_slices"], bytes=os.path.getsize(job.src), model=v["model"])
         problems = []
@@ -286,8 +281,8 @@ def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> d
                 status = "mismatch" if status == "ok" else status
                 problems.append("SHA-256 differs from the manifest (not the file it records)")
         if decode and status == "ok":
-            with open(job.src, "rb") as f:
-                api.decompress(f.read())
+            with BmzFile(job.src) as f:
+                f.read()
         res["status"] = status
         res["error"] = "; ".join(problems) or None
     except BmzError as e:

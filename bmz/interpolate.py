@@ -73,7 +73,6 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -81,6 +80,7 @@ import numpy as np
 import torch
 
 from .errors import FormatError, InputError, ModelMismatchError
+from .file import BmzFile, slice_indices
 
 #: weights are quantised to integers in units of 2**-WEIGHT_BITS summing to exactly 2**WEIGHT_BITS
 WEIGHT_BITS = 16
@@ -103,69 +103,20 @@ __all__ = ["interpolate", "open_codes", "LatentCodes", "InterpolationDataset", "
 # --------------------------------------------------------------------------------------------
 
 
-class LatentCodes:
-    """The stored codes of one ``.bmz`` file: metadata checked, each slice's latents entropy-decoded
-    on demand (the ``cache`` most recent slices are kept). Use as a context manager or ``close()``.
+class LatentCodes(BmzFile):
+    """The stored codes of one ``.bmz`` file (a :class:`~bmz.file.BmzFile`): metadata checked, each
+    slice's latents entropy-decoded on demand (the ``cache`` most recent slices are kept). Use as
+    a context manager or ``close()``.
 
     ``src``: a path, ``bytes`` or a binary file object."""
 
     def __init__(self, src, name: str | None = None, cache: int = 32):
-        from .api import _checked_meta, _open
-
-        self._src = src
-        self.name = name or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<bytes>")
-        self._reader = _open(src) if isinstance(src, (str, os.PathLike)) else _reader_of(src, self.name)
-        try:
-            shape, dtype, mapping, codec = _checked_meta(self.name, self._reader.meta)
-            n = shape[0] if len(shape) == 3 else 1
-            if self._reader.n_slices != n:
-                raise FormatError(f"{self.name}: index holds {self._reader.n_slices} slices, "
-                                  f"metadata says {n}")
-        except BaseException:
-            self._reader.close()
-            raise
-        self.meta = self._reader.meta
-        self.n_slices, self.hw = n, (int(shape[-2]), int(shape[-1]))
-        self.dtype, self.mapping = dtype, mapping
-        self.model_name, self.sha256 = codec["model"], codec["weights_sha256"]
-        self.quality = int(codec["quality"])
-        self._codec = codec
-        self._model = None
-        self._cache: OrderedDict[int, object] = OrderedDict()
-        self._cache_size = max(0, int(cache))
-
-    # ---- model, latents ------------------------------------------------------------------
-    @property
-    def model(self):
-        """The exact weights the file was encoded with (loaded once, shared by the zoo's cache)."""
-        if self._model is None:
-            from .codec import zoo
-
-            self._model, _ = zoo.load_model(self.model_name, expect_sha256=self.sha256)
-        return self._model
-
-    def latents(self, k: int):
-        """Slice ``k``'s :class:`~bmz.codec.chunks.SliceLatents` (entropy decoding only)."""
-        from .codec import chunks
-
-        if not 0 <= k < self.n_slices:
-            raise InputError(f"{self.name}: slice {k} out of range: the file has {self.n_slices} slices")
-        hit = self._cache.get(k)
-        if hit is not None:
-            self._cache.move_to_end(k)
-            return hit
-        chunk = self._reader.chunk(k)  # ChecksumError names the file and slice
-        try:
-            ctx = chunks.SliceContext(self.hw, self.mapping, self.dtype, self._codec, lambda: self.model)
-            lat = chunks.latents(chunk, ctx)
-        except (ValueError, RuntimeError, IndexError, OverflowError) as e:
-            raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode its "
-                              f"latents: {e}") from None
-        if self._cache_size:
-            self._cache[k] = lat
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return lat
+        if name is None and not isinstance(src, (str, os.PathLike)):
+            name = "<bytes>"
+        super().__init__(src, name, cache=cache)
+        self.hw = self.slice_shape
+        self.model_name, self.sha256 = self.codec["model"], self.codec["weights_sha256"]
+        self.quality = int(self.codec["quality"])
 
     def activations(self, k: int) -> torch.Tensor | None:
         """Slice ``k``'s ungained latent as the fixed-point synthesis's int64 input, or ``None`` for
@@ -187,26 +138,12 @@ class LatentCodes:
     def describe(self) -> str:
         return f"{self.name} (model {self.model_name}, weights {self.sha256[:12]}…)"
 
-    # ---- lifetime ------------------------------------------------------------------------
-    def close(self) -> None:
-        self._reader.close()
-        self._cache.clear()
-
     def __enter__(self) -> "LatentCodes":
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"LatentCodes({self.name!r}, {self.n_slices}×{self.hw[0]}×{self.hw[1]}, "
                 f"{self.model_name} q{self.quality})")
-
-
-def _reader_of(src, name: str):
-    from .bitstream import BmzReader
-
-    return BmzReader(bytes(src) if isinstance(src, (bytearray, memoryview)) else src, name=name)
 
 
 def open_codes(src, name: str | None = None, cache: int = 32) -> LatentCodes:
@@ -431,12 +368,6 @@ def _as_codes(items) -> tuple[list[LatentCodes], list[LatentCodes]]:
     return codes, opened
 
 
-def _slice_list(n: int, slices) -> list[int]:
-    from .api import _slice_list as api_slice_list
-
-    return api_slice_list(n, slices)
-
-
 def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarray:
     """Mix the latent codes of ``.bmz`` files and synthesise the mixture(s).
 
@@ -460,7 +391,7 @@ def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarr
         w = validate_weights(weights, len(cs), [c.name for c in cs])
         wq = quantise_weights(w)
         n0 = cs[0].n_slices
-        ks = _slice_list(n0, slices)
+        ks = slice_indices(n0, slices)
         match = [match_slices(n0, c.n_slices) for c in cs]
         dtype = output_dtype(cs)
         maps = [mixed_mapping(cs, row) for row in wq]
@@ -542,7 +473,7 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
         sfx = _suffix(paths[0])
         n0 = cs[0].n_slices
         if sfx == ".png":
-            ks = _slice_list(n0, slices if slices is not None else [(n0 - 1) // 2])
+            ks = slice_indices(n0, slices if slices is not None else [(n0 - 1) // 2])
             _write_grid(cs, w, labels, ks, paths[0], force)
             return paths
         arr = interpolate(cs, w, slices=slices, progress=progress)  # (m, k, H, W)

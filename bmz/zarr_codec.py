@@ -39,7 +39,9 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy
 from numcodecs.registry import register_codec
 
+from . import api
 from .errors import InputError
+from .file import BmzFile
 
 CODEC_ID = "bmz"
 _LOCK = threading.Lock()
@@ -47,8 +49,6 @@ _LOCK = threading.Lock()
 
 def _compress_settings() -> set[str]:
     """Keyword settings :func:`bmz.compress` accepts beyond the array, quality and model."""
-    from . import api
-
     params = inspect.signature(api.compress).parameters
     return {n for n in params if n not in ("array", "quality", "model", "source", "source_meta")}
 
@@ -117,16 +117,12 @@ class Bmz(Codec):
                              "or pass the array itself)")
         if a.ndim > 3:
             a = a.reshape(-1, *a.shape[-2:])
-        from . import api
-
         with _LOCK:
             return api.compress(np.ascontiguousarray(a), self.quality, self.model, **self.settings)
 
     def decode(self, buf, out=None):
-        from . import api
-
-        with _LOCK:
-            arr = api.decompress(ensure_bytes(buf))
+        with _LOCK, BmzFile(ensure_bytes(buf), name="<bytes>") as f:
+            arr = f.read()
         if out is not None:
             return ndarray_copy(arr, out)
         return arr
