@@ -51,7 +51,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import api
 from .errors import BmzError, InputError, MissingDependencyError, OutputError
+from ._fileutil import sha256_file
 from .file import BmzFile
+from .io import discover
+from .io.discover import NIFTI_SUFFIXES
 
 try:  # the plugin must subclass WorkerPlugin to be recognised by Client.register_plugin
     from distributed import WorkerPlugin as _WorkerPlugin
@@ -64,13 +67,7 @@ LOCK = ".bmz-batch.lock"
 #: the manifest columns of manifest.csv, in order (the JSON lines hold a few more)
 CSV_FIELDS = ("input", "series", "output", "status", "bytes", "bpp", "psnr", "max_error",
               "n_slices", "shape", "dtype", "quality", "model", "sha256", "seconds", "error")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DECODE_FORMATS = ("nii.gz", "nii", "npy")
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-#: files that are certainly not DICOM: their headers are not read during discovery
-_NOT_DICOM = (".nii", ".nii.gz", ".gz", ".npy", ".npz", ".bmz", ".json", ".txt", ".csv", ".tsv",
-              ".md", ".png", ".jpg", ".jpeg", ".zip", ".tar", ".xml", ".html", ".pdf", ".py",
-              ".mgz", ".mgh", ".nrrd", ".bval", ".bvec", ".log", ".part")
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +99,6 @@ class Job:
     @property
     def key(self) -> tuple[str, str]:
         return (self.input, self.series or "")
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _finished(res: dict, t0: float, c0: float) -> dict:
@@ -161,7 +150,7 @@ def _output_ok(path: str, expect: dict) -> str | None:
         return "output missing"
     if os.path.getsize(path) != expect.get("bytes"):
         return "output size differs from the manifest"
-    if _sha256(path) != expect.get("sha256"):
+    if sha256_file(path) != expect.get("sha256"):
         return "output SHA-256 differs from the manifest"
     if path.endswith(".bmz"):
         try:
@@ -228,7 +217,7 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
         res.update(status="ok", bytes=rep.n_bytes, raw_bytes=rep.raw_bytes, bpp=rep.bpp,
                    ratio=rep.ratio, psnr=_finite(rep.psnr), max_error=rep.max_error,
                    shape=list(rep.shape), dtype=rep.dtype, n_slices=n_slices,
-                   weights_sha256=zoo.sha256_file(zoo.find_weights(model)), sha256=_sha256(out))
+                   weights_sha256=zoo.sha256_file(zoo.find_weights(model)), sha256=sha256_file(out))
     except Exception as e:  # noqa: BLE001 - one input's failure is its result, not the run's
         _fail(res, e)
         _remove_stale(out)
@@ -250,7 +239,7 @@ def decode_task(job: Job, dst_root: str, fmt: str, expect: dict | None = None) -
         n_slices = int(rep.shape[0]) if len(rep.shape) == 3 else 1
         res.update(status="ok", bytes=os.path.getsize(out), raw_bytes=rep.raw_bytes,
                    bmz_bytes=rep.n_bytes, shape=list(rep.shape), dtype=rep.dtype,
-                   n_slices=n_slices, sha256=_sha256(out))
+                   n_slices=n_slices, sha256=sha256_file(out))
     except Exception as e:  # noqa: BLE001
         _fail(res, e)
         _remove_stale(out)
@@ -275,7 +264,7 @@ def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> d
             problems.append(f"cannot be decoded here: {v['model_note']}")
         status = "damaged" if problems else "ok"
         if expect is not None and expect.get("sha256"):
-            sha = _sha256(job.src)
+            sha = sha256_file(job.src)
             res["sha256"] = sha
             if sha != expect["sha256"]:
                 status = "mismatch" if status == "ok" else status
@@ -353,17 +342,6 @@ def _is_nifti(name: str) -> bool:
     return name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def _looks_dicom(path: str) -> bool:
-    low = path.lower()
-    if low.endswith(_DICOM_SUFFIXES):
-        return True
-    if low.endswith(_NOT_DICOM):
-        return False
-    from .io.dicom import _has_preamble
-
-    return _has_preamble(Path(path))
-
-
 def _rel(path: str, root: str) -> str:
     rel = os.path.relpath(path, root)
     return "" if rel == "." else Path(rel).as_posix()
@@ -381,15 +359,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
 
 
-def _walk(root: str, exclude: str | None) -> Iterator[tuple[str, list[str]]]:
-    """(folder, sorted visible file names) for every folder under ``root``, top-down, hidden
-    entries and ``exclude`` (the destination, when it lies inside the source) skipped."""
-    for cur, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (exclude is None or os.path.join(cur, d) != exclude))
-        yield cur, sorted(f for f in files if not f.startswith("."))
-
-
 def discover_encode(src_root: str, client=None, exclude: str | None = None
                     ) -> tuple[list[Job], list[dict]]:
     """The NIfTI files and DICOM series under ``src_root`` → (jobs, error entries).
@@ -405,10 +374,10 @@ def discover_encode(src_root: str, client=None, exclude: str | None = None
     niftis: list[str] = []
     dicom_dirs: list[str] = []
     claimed: set[str] = set()
-    for cur, files in _walk(src_root, exclude):
+    for cur, _, files in discover.walk(src_root, exclude):
         under = any(p in claimed for p in _ancestors(cur, src_root))
         niftis.extend(os.path.join(cur, f) for f in files if _is_nifti(f))
-        if not under and any(_looks_dicom(os.path.join(cur, f)) for f in files if not _is_nifti(f)):
+        if not under and any(discover.is_dicom_file(os.path.join(cur, f)) for f in files if not _is_nifti(f)):
             dicom_dirs.append(cur)
             claimed.add(cur)
 
@@ -483,7 +452,7 @@ def discover_bmz(src_root: str, out_suffix: str | None = None,
     """Every ``.bmz`` under ``src_root`` (for decode: output ``a/b.bmz`` → ``a/b.<out_suffix>``)."""
     src_root = os.path.abspath(src_root)
     jobs = []
-    for cur, files in _walk(src_root, exclude):
+    for cur, _, files in discover.walk(src_root, exclude):
         for f in files:
             if f.lower().endswith(".bmz"):
                 p = os.path.join(cur, f)

@@ -81,6 +81,7 @@ import torch
 
 from .errors import FormatError, InputError, ModelMismatchError
 from .file import BmzFile, slice_indices
+from .io.discover import suffix
 
 #: weights are quantised to integers in units of 2**-WEIGHT_BITS summing to exactly 2**WEIGHT_BITS
 WEIGHT_BITS = 16
@@ -426,18 +427,13 @@ def parse_numbers(text: str, option: str) -> list[float]:
     return vals
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def output_paths(dst, labels: Sequence[str]) -> list[Path]:
     """Where :func:`interpolate_files` writes: ``.png`` and ``.npy`` one file; NIfTI one file per
     mixture (``dst`` itself for one, ``STEM_LABEL.nii.gz`` for several)."""
     from .errors import OutputError
 
     p = Path(os.fspath(dst))
-    sfx = _suffix(p)
+    sfx = suffix(p)
     if sfx not in (".nii", ".nii.gz", ".npy", ".png"):
         raise OutputError(f"{p}: cannot write '{sfx or p.name}'; write .nii, .nii.gz, .npy or "
                           ".png (a grid of sources and mixtures)")
@@ -470,7 +466,7 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
         paths = output_paths(dst, labels)
         for p in paths:
             check_output_path(p, force=force)
-        sfx = _suffix(paths[0])
+        sfx = suffix(paths[0])
         n0 = cs[0].n_slices
         if sfx == ".png":
             ks = slice_indices(n0, slices if slices is not None else [(n0 - 1) // 2])

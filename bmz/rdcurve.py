@@ -70,6 +70,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import baselines, metrics
+from .io.discover import VOLUME_SUFFIXES, is_dicom_file, suffix, walk
 
 __all__ = [
     "InputItem", "Result", "discover", "run", "group_curves", "bd_table", "compare",
@@ -97,8 +98,6 @@ _NUM = {"param", "max_slices", "n_slices", "height", "width", "bits", "vmin", "v
         "n_bytes", "hdr_bytes", "bpp", "bpp_nohdr", "ratio", "psnr", "ssim", "ms_ssim", "maxerr",
         "enc_s", "dec_s", "enc_MBps", "dec_MBps", "threads"}
 
-_NIFTI_NPY = (".nii", ".nii.gz", ".npy")
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,19 +114,6 @@ class InputItem:
     source: str  # the group source: the command-line folder's name (a file: its parent's)
     series: str | None = None
     error: str = ""
-
-
-def _suffix(p: Path) -> str:
-    n = p.name.lower()
-    return ".nii.gz" if n.endswith(".nii.gz") else p.suffix.lower()
-
-
-def _is_dicom_file(p: Path) -> bool:
-    if _suffix(p) in _DICOM_SUFFIXES:
-        return True
-    from .io.dicom import _has_preamble
-
-    return _has_preamble(p)
 
 
 def _dicom_items(folder: Path, name: str, source: str) -> list[InputItem]:
@@ -164,17 +150,16 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[InputItem]:
         root = p.resolve()
         source = root.name or str(root)
         base = root.parent
-        for d, dirs, files in os.walk(root):
-            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        for d, dirs, files in walk(root):
             dpath = Path(d)
-            files = sorted(f for f in files if not f.startswith("."))
-            if any(_is_dicom_file(dpath / f) for f in files if _suffix(dpath / f) not in _NIFTI_NPY):
+            if any(is_dicom_file(dpath / f) for f in files
+                   if suffix(f) not in VOLUME_SUFFIXES):
                 items += _dicom_items(dpath, str(dpath.relative_to(base)), source)
                 dirs[:] = []
                 continue
             for f in files:
                 fp = dpath / f
-                if _suffix(fp) in _NIFTI_NPY:
+                if suffix(fp) in VOLUME_SUFFIXES:
                     items.append(InputItem(str(fp), str(fp.relative_to(base)), source))
     names: dict[str, int] = {}
     for it in items:  # unique names

@@ -21,7 +21,6 @@ matches, else ``archive/NAME-<sha12>.pt`` in any models folder (verified against
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from .. import _fileutil
 from ..errors import ModelError, ModelMismatchError, UnknownModelError
 
 DEFAULT_MODEL = "hyperprior"
@@ -69,11 +69,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 @lru_cache(maxsize=32)
 def _sha256_cached(path: str, _mtime_ns: int, _size: int) -> str:
     """SHA-256 of a file, recomputed whenever its modification time or size changes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _fileutil.sha256_file(path)
 
 
 def available_models() -> dict[str, Path]:

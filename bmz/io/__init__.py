@@ -35,7 +35,6 @@ uint8 0/1; complex, object, string and structured (RGB) dtypes are refused.
 
 from __future__ import annotations
 
-import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputError
+from . import discover
 
 __all__ = ["Volume", "SliceStack", "read", "write", "is_folder_output", "list_series",
            "SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS"]
@@ -272,46 +272,6 @@ def _shape_str(shape: tuple[int, ...]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# format detection
-# --------------------------------------------------------------------------------------------
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
-
-
-def _sniff(path: Path) -> str:
-    """Guess the format of the file at ``path``: ``'nifti'``, ``'numpy'``, ``'dicom'`` or
-    ``'unknown'`` (by content first, then by suffix)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(544)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if head[:6] == b"\x93NUMPY":
-        return "numpy"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head[:2] == b"\x1f\x8b":  # gzip: look at the NIfTI magic inside
-        try:
-            with gzip.open(path, "rb") as g:
-                head = g.read(544)
-        except (OSError, EOFError):
-            return "unknown"
-    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
-        return "nifti"
-    if len(head) >= 8 and head[4:7] in (b"n+2", b"ni2"):
-        return "nifti"
-    suffix = _suffix(path)
-    if suffix in (".dcm", ".dicom", ".ima"):
-        return "dicom"
-    return "unknown"
-
-
-# --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
 
@@ -343,14 +303,14 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False)
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
         return _dicom.read_dicom(p, series=series)
-    kind = _sniff(p)
-    if kind == "unknown" and _suffix(p) == "":
+    kind = discover.sniff(p)
+    if kind == "unknown" and discover.suffix(p) == "":
         # a DICOM file without the 128-byte preamble and without a suffix (e.g. "IM0001")
         ds = _dicom._open(p, strict=False)
         if ds is not None and _dicom._is_image(ds):
             kind = "dicom"
     if kind == "unknown":
-        suffix = _suffix(p)
+        suffix = discover.suffix(p)
         if suffix in (".nii", ".nii.gz"):
             raise InputError(f"{p}: not a valid NIfTI file (no NIfTI header found)")
         if suffix == ".npy":
@@ -397,7 +357,7 @@ def write(volume: Volume, path: str | os.PathLike, force: bool = True,
             raise OutputError(f"{os.fspath(path)}: DICOM output records the lossy compression; "
                               "pass lossy= (bmz.decode_file does)")
         return _dicom.write_dicom(volume, path, lossy=lossy, force=force)
-    suffix = _suffix(p)
+    suffix = discover.suffix(p)
     if suffix in (".nii", ".nii.gz"):
         _nifti.write_nifti(volume, p, force=force)
     elif suffix == ".npy":
@@ -414,7 +374,7 @@ def is_folder_output(path: str | os.PathLike) -> bool:
     ending in ``/``, or a name without a suffix."""
     text = os.fspath(path)
     p = Path(text)
-    return p.is_dir() or text.endswith(("/", os.sep)) or _suffix(p) == ""
+    return p.is_dir() or text.endswith(("/", os.sep)) or discover.suffix(p) == ""
 
 
 def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
