@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-
 from tqdm import tqdm
 
 from . import __version__, metrics
@@ -23,6 +22,7 @@ from .bitstream import BmzWriter
 from .codec import chunks, pipeline, zoo
 from .errors import BmzError, InputError, ModelError, OutputError
 from .file import MAX_SLICE_VOXELS, BmzFile, slice_indices
+
 
 @dataclass
 class CodingReport:
@@ -135,7 +135,7 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
     """Encode a 2-D or 3-D integer array (slices along axis 0) → a complete ``.bmz`` file as bytes.
 
     ``quality``: 1 (smallest) .. the model's number of levels; default: the model's default
-    (:func:`bmz.codec.zoo.default_quality`: for the flagship about 45 dB PSNR at 1.3 bpp on 8-bit MRI).
+    (:func:`bmz.codec.zoo.default_quality`; the rate and PSNR it gives: the model cards).
 
     ``max_error=δ`` (stored units, ≥ 0) guarantees ``|decoded − original| ≤ δ`` on every voxel;
     ``lossless=True`` is ``δ = 0`` (every bit kept). Those files hold a learned base layer at

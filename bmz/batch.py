@@ -43,15 +43,22 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator
 
+from tqdm import tqdm
+
 from . import api
+from . import io as bio
+from ._fileutil import atomic_output, sha256_file
+from .codec import zoo
+from .codec.chunks.bounded import check_base_quality, check_max_error
 from .errors import BmzError, InputError, MissingDependencyError, OutputError
-from ._fileutil import sha256_file
 from .file import BmzFile
 from .io import discover
 from .io.discover import NIFTI_SUFFIXES
@@ -112,13 +119,8 @@ def _finished(res: dict, t0: float, c0: float) -> dict:
 
 def _process_facts() -> dict:
     """Who ran a task: host, pid, models loaded by this process so far, torch threads."""
-    import sys
-
     facts: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
-    if "bmz.codec.zoo" in sys.modules:
-        from .codec import zoo
-
-        facts["model_loads"] = zoo._load.cache_info().misses
+    facts["model_loads"] = zoo._load.cache_info().misses
     if "torch" in sys.modules:
         facts["threads"] = sys.modules["torch"].get_num_threads()
     try:  # the Dask task key: the same when Dask re-runs a lost worker's task elsewhere
@@ -204,8 +206,6 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
         done = _done_before(out, expect, res, t0)
         if done is not None:
             return done
-        from .codec import zoo
-
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         kw = {} if bound is None else {"max_error": bound, "base_quality": base_quality}
         rep = api.encode_file(job.src, out, quality=quality, model=model,
@@ -296,8 +296,6 @@ def _list_series_task(folder: str) -> dict:
                 st = os.stat(os.path.join(root, name))
                 n, size, newest = n + 1, size + st.st_size, max(newest, st.st_mtime_ns)
     try:
-        from . import io as bio
-
         return {"series": bio.list_series(folder), "fingerprint": [n, size, newest]}
     except Exception as e:  # noqa: BLE001
         return {"error": str(e) if isinstance(e, BmzError) else f"{type(e).__name__}: {e}"}
@@ -315,8 +313,6 @@ class WorkerSetup(_WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker=None):
-        import sys
-
         if not self.models and "torch" not in sys.modules:
             return  # nothing to load (bmz verify needs no torch; decoding pins its own threads)
         import torch
@@ -324,8 +320,6 @@ class WorkerSetup(_WorkerPlugin):
         torch.set_num_threads(self.threads)
         with contextlib.suppress(RuntimeError):  # only settable before any inter-op work
             torch.set_num_interop_threads(1)
-        from .codec import zoo
-
         for m in self.models:
             try:
                 zoo.load_model(m)
@@ -532,8 +526,6 @@ class Manifest:
             self._f = None
 
     def compact(self) -> None:
-        from ._fileutil import atomic_output
-
         self.close()
         rows = [self.entries[k] for k in sorted(self.entries)]
         with atomic_output(self.path) as f:
@@ -801,8 +793,6 @@ def _n_workers(client) -> int:
 def _check_model(model: str, quality: int | None) -> tuple[str, int, int]:
     """The model's weights SHA-256, number of qualities and default quality, checked here
     (no torch)."""
-    from .codec import zoo
-
     card = zoo.read_card(model)  # UnknownModelError names the shipped models
     n_q, default = zoo.card_qualities(card)
     if quality is not None and (not isinstance(quality, int) or not 1 <= quality <= n_q):
@@ -851,11 +841,6 @@ def encode(src: str, dst: str, quality: int | None = None, model: str | None = N
     ``max_error`` / ``lossless`` / ``base_quality``: guaranteed fidelity, as in
     :func:`bmz.compress` (the manifest's ``bound``). ``on_result(entry)`` is called in this
     process as each input finishes."""
-    from .codec import zoo
-    from types import SimpleNamespace
-
-    from .codec.chunks.bounded import check_base_quality, check_max_error
-
     _require_distributed()
     bound = check_max_error(max_error, lossless)
     if bound is not None:
@@ -951,8 +936,6 @@ def _collect(res: BatchResult, manifest: Manifest | None, stream, progress: bool
              on_result, desc: str) -> None:
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(desc=desc, unit="input", leave=False)
     try:
         for job, r in stream:

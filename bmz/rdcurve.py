@@ -68,8 +68,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from . import baselines, metrics
+from . import __version__, api, baselines, metrics
+from . import io as bio
+from .bitstream import BmzReader
+from .bitstream.container import FORMAT_VERSION
+from .codec import chunks, zoo
+from .errors import InputError
 from .io.discover import VOLUME_SUFFIXES, is_dicom_file, suffix, walk
 
 __all__ = [
@@ -117,8 +123,6 @@ class InputItem:
 
 
 def _dicom_items(folder: Path, name: str, source: str) -> list[InputItem]:
-    from . import io as bio
-
     try:
         series = bio.list_series(folder)
     except Exception as e:  # noqa: BLE001 - recorded as an error row
@@ -183,8 +187,6 @@ def middle_slices(n: int, max_slices: int | None) -> slice:
 
 
 def load_volume(item: InputItem, max_slices: int | None) -> np.ndarray:
-    from . import io as bio
-
     vol = bio.read(item.path, series=item.series).data
     return np.ascontiguousarray(vol[middle_slices(vol.shape[0], max_slices)])
 
@@ -219,8 +221,6 @@ class CodecSpec:
 def resolve_codecs(codecs: Sequence[str] | None, models: Sequence[str] | None) -> list[CodecSpec]:
     """Codec specs for ``codecs`` (command-line names; default all) and bmz ``models`` (default
     every shipped one). Unknown names raise :class:`bmz.errors.InputError`."""
-    from .errors import InputError
-
     names = list(codecs) if codecs else list(ALL_CODECS)
     specs: list[CodecSpec] = []
     for n in names:
@@ -228,8 +228,6 @@ def resolve_codecs(codecs: Sequence[str] | None, models: Sequence[str] | None) -
         if not key:
             continue
         if key.lower() == BMZ:
-            from .codec import zoo
-
             avail = zoo.available_models()
             chosen = list(models) if models else sorted(avail)
             if not chosen:
@@ -256,8 +254,6 @@ def resolve_codecs(codecs: Sequence[str] | None, models: Sequence[str] | None) -
 
 
 def bmz_settings(model: str) -> list[baselines.Setting]:
-    from .codec import zoo
-
     m, _ = zoo.load_model(model)
     return [baselines.Setting(f"q{q}", q) for q in range(1, int(m.n_qualities) + 1)]
 
@@ -281,9 +277,6 @@ def quality_metrics(ref: np.ndarray, rec: np.ndarray) -> dict:
 
 def code_bmz(vol: np.ndarray, model: str, quality: int) -> tuple[dict, np.ndarray]:
     """bmz at one quality: sizes (whole file, chunks only), times and the reconstruction."""
-    from . import api
-    from .bitstream import BmzReader
-
     t0 = time.perf_counter()
     data = api.compress(vol, quality=quality, model=model)
     t1 = time.perf_counter()
@@ -322,9 +315,6 @@ def _base_row(item: InputItem, spec: CodecSpec | None, max_slices: int | None) -
 def bmz_file_format() -> str:
     """What bmz's output bytes depend on besides the weights: container version / chunk format
     (e.g. ``1.1/4``). Part of a bmz point's cache key: a format change re-measures every model."""
-    from .bitstream.container import FORMAT_VERSION
-    from .codec import chunks
-
     return f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}/{chunks.LOSSY.FORMAT}"
 
 
@@ -845,8 +835,6 @@ def machine_info() -> dict:
         nproc = os.cpu_count()
     import imagecodecs
 
-    from . import __version__
-
     return {"bmz": __version__, "cpu": cpu, "nproc": nproc, "load_at_start": load,
             "python": platform.python_version(), "imagecodecs": imagecodecs.__version__,
             "host": platform.node(),
@@ -1059,8 +1047,6 @@ class Result:
 def resolve_anchor(anchor: str | None, specs: list[CodecSpec]) -> str:
     """``--anchor`` → curve id: a codec name (``jpeg2000``, ``avif``…), ``bmz`` (the first bmz
     model) or ``bmz/MODEL``; default JPEG 2000."""
-    from .errors import InputError
-
     if not anchor:
         return J2K
     a = anchor.strip()
@@ -1089,8 +1075,6 @@ def run(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike,
 
     ``reference`` / ``reference_groups`` ({our group: reference csv group}) add a reference check
     to the report; ``items`` replaces the discovery of ``inputs``."""
-    from tqdm import tqdm
-
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     items = items if items is not None else discover(inputs)

@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import inspect
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy
 from numcodecs.registry import register_codec
 
-from . import api
+from . import __version__, api
+from .codec import zoo
+from .codec.chunks.bounded import check_base_quality, check_max_error
 from .errors import InputError
 from .file import BmzFile
 
@@ -67,8 +70,6 @@ class Bmz(Codec):
     codec_id = CODEC_ID
 
     def __init__(self, quality: int | None = None, model: str | None = None, **settings):
-        from .codec import zoo
-
         self.model = model or zoo.DEFAULT_MODEL
         card = zoo.read_card(self.model)  # an unknown name raises UnknownModelError (no torch)
         n_q, default = zoo.card_qualities(card)
@@ -83,16 +84,10 @@ class Bmz(Codec):
         known = _compress_settings()
         unknown = sorted(set(settings) - known)
         if unknown:
-            from . import __version__
-
             raise InputError(f"bmz codec: bmz {__version__} has no setting "
                              f"{', '.join(map(repr, unknown))}; its settings are quality, model"
                              + "".join(f", {k}" for k in sorted(known)))
         if {"max_error", "lossless", "base_quality"} & set(settings):
-            from types import SimpleNamespace
-
-            from .codec.chunks.bounded import check_base_quality, check_max_error
-
             bound = check_max_error(settings.get("max_error"), settings.get("lossless", False))
             if bound is None:
                 raise InputError("bmz codec: base_quality needs max_error or lossless")

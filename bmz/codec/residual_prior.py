@@ -2,9 +2,9 @@
 
 Every slice is coded independently (random access), so the coder's adaptive probabilities and
 mixing weights start from scratch on each slice; starting them from what MRI usually looks like
-saves the bits they would otherwise spend learning it. The fit codes slices of
-``../shared/data/train`` at several δ without a base layer, counts the zeros and ones coded in
-every context (initial P(1) = (n₁ + ½) / (n + 1), 16-bit) and averages the mixer and secondary
+saves the bits they would otherwise spend learning it. The fit codes slices of the training
+folder it is given (``python -m bmz.codec.residual_prior TRAIN_FOLDER``) at several δ without a
+base layer, counts the zeros and ones coded in every context (initial P(1) = (n₁ + ½) / (n + 1), 16-bit) and averages the mixer and secondary
 estimation weights at the end of each slice. The result is written, as integers, to
 ``bmz/codec/_residual_tables.py``; the coder's name (``residual.CODER_ID``) includes their SHA-256,
 so files coded with other tables are refused by name.
@@ -85,7 +85,7 @@ def load(data: str) -> dict:
 
 
 if __name__ == "__main__":
-    root = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[3]
-                                                       / "shared" / "data" / "train")
-    write(fit(root))
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m bmz.codec.residual_prior TRAIN_FOLDER  (e.g. ../shared/data/train)")
+    write(fit(sys.argv[1]))
     print(f"wrote {OUT}", file=sys.stderr)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,8 +33,8 @@ from .. import _fileutil
 from ..errors import ModelError, ModelMismatchError, UnknownModelError
 
 DEFAULT_MODEL = "hyperprior"
-#: λ of every model's default quality level: with the flagship about 45 dB PSNR at 1.3 bpp on
-#: 8-bit MRI (docs: README, results)
+#: λ of every model's default quality level (the rate and PSNR it gives: the model cards and
+#: benchmarks/results)
 DEFAULT_LAMBDA = 0.15625
 
 
@@ -151,9 +152,14 @@ def read_card(name: str) -> dict:
 
 @lru_cache(maxsize=8)
 def _load(path: str, sha: str):
-    import torch
+    import torch  # heavy: only loading a model needs it (reading a file's header does not)
 
-    from .models import build_model
+    with warnings.catch_warnings():
+        # CompressAI 1.2 decorates helpers with torch.jit.script, which recent torch flags as
+        # deprecated when it is imported; the notice says nothing to bmz's users. Only here, and
+        # only that notice: the caller's warning filters are left as they are.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from .models import build_model
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("format") != "bmz-weights/1":

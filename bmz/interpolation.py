@@ -3,10 +3,10 @@
 >>> import bmz
 >>> mid = bmz.interpolate(["a.bmz", "b.bmz"], [0.5, 0.5])          # (n_slices, H, W), a's grid
 >>> path = bmz.interpolate(["a.bmz", "b.bmz"], [[1 - t, t] for t in (0, .25, .5, .75, 1)])
->>> ds = bmz.interpolate.InterpolationDataset("codes/", n_sources=3, length=10_000, seed=0)
+>>> ds = bmz.interpolation.InterpolationDataset("codes/", n_sources=3, length=10_000, seed=0)
 
-(``bmz.interpolate`` is this module, and calling it calls :func:`interpolate`.) On the command
-line: ``bmz interpolate A.bmz B.bmz --alpha 0.25,0.5,0.75 -o mix.nii.gz``.
+(``bmz.interpolate`` is this module's :func:`interpolate`.) On the command line:
+``bmz interpolate A.bmz B.bmz --alpha 0.25,0.5,0.75 -o mix.nii.gz``.
 
 What is mixed
 -------------
@@ -18,18 +18,17 @@ the synthesis transform's input:
 
 * ``hyperprior``: ŷ only. The hyper-latent ẑ only parametrises the entropy model (the scale of
   each ŷ element), not the image, so it is decoded (it must be, to decode ŷ) and then dropped.
-  Rejected alternative, measured (``benchmarks/results/interpolation.md``, 24 IXI pairs and 48
-  3-/5-way mixtures of val subjects): mixing the *whitened* latent ŷ/σ(ẑ) and the hyper-latents ẑ,
-  then re-scaling by σ(ẑ_mix). It makes the α path less even (largest / mean step 1.39 against
-  1.12), lowers PSNR to the nearest source (28.23 against 28.55 dB) and α-precision at α = ½,
-  and needs the float hyper-synthesis, for FD 1.9 against 2.1 — not worth it.
+  Rejected alternative, measured (``benchmarks/results/interpolation.md``): mixing the
+  *whitened* latent ŷ/σ(ẑ) and the hyper-latents ẑ, then re-scaling by σ(ẑ_mix). It makes the α
+  path less even, lowers PSNR to the nearest source and α-precision at α = ½, and needs the
+  float hyper-synthesis, for a slightly better FD — not worth it.
 * ``factorized``, ``cnn-ae-*`` (factorized priors): ŷ, the only latent there is.
 
-What to expect (same benchmark): with the shipped models a latent mixture is close to blending
-the decoded sources voxel by voxel — within 0.06 dB and 0.005 SSIM for the factorized families,
-0.28 dB / 0.018 SSIM below it (and less sharp) for the hyperprior. Mixtures are new in the sense of
+What to expect (same benchmark, for the numbers): with the shipped models a latent mixture is
+close to blending the decoded sources voxel by voxel — closest for the factorized families, a
+little below it (and less sharp) for the hyperprior. Mixtures are new in the sense of
 authenticity (not copies of a real slice; α = 0 and 1 are) but stay nearest to their own
-sources and contract towards the mean (β-recall ≈ 0 against held-out subjects).
+sources and contract towards the mean.
 
 ŷ is on the same scale for every quality of a model (the quality lives in the gain), so files of
 different qualities of one model mix; files of different models (or other weights of one model)
@@ -44,11 +43,10 @@ to exactly 2**16 (largest remainders), and the mixture is ``a = round(Σ W_i a_i
 then the same fixed-point synthesis. So a mixture is bit-identical on every machine, and a weight
 of 1 reproduces that file's ``bmz decode`` exactly (tested). The mixture is *not* re-quantised to
 the coder's symbol grid: the synthesis input has 2**-14 resolution, far finer than a quantisation
-step. Alternatives measured in the benchmark: the float32 synthesis of the float mixture (72 dB
-from this one, at most 2 stored units apart on 0.4 % of voxels — but not bit-exact across
-machines); re-quantising the mixture to the quality's symbol grid and the integer synthesis
-(45.6 dB from this one; a second quantisation that makes the α path step unevenly, path length /
-chord 1.16 against 1.02) — both rejected.
+step. Alternatives measured in the benchmark: the float32 synthesis of the float mixture (within
+a few stored units of this one — but not bit-exact across machines); re-quantising the mixture
+to the quality's symbol grid and the integer synthesis (a second quantisation that makes the α
+path step unevenly) — both rejected.
 
 Slices, sizes, intensities
 --------------------------
@@ -71,15 +69,17 @@ Slices, sizes, intensities
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from .errors import FormatError, InputError, ModelMismatchError
+from . import io as bio
+from ._fileutil import atomic_output, check_output_path
+from .codec import pipeline
+from .errors import FormatError, InputError, ModelMismatchError, OutputError
 from .file import BmzFile, slice_indices
 from .io.discover import suffix
 
@@ -263,8 +263,6 @@ def match_slices(n_out: int, n_src: int) -> list[int]:
 def mixed_mapping(codes: Sequence[LatentCodes], wq: np.ndarray) -> dict:
     """The intensity mapping of a mixture with quantised weights ``wq`` (one row): min and scale
     are the weighted means of the files' (integer arithmetic, halves up)."""
-    from .codec import pipeline
-
     half = _WSUM // 2
     lo = (sum(int(w) * c.mapping["min"] for w, c in zip(wq, codes)) + half) // _WSUM
     sc = (sum(int(w) * c.mapping["scale"] for w, c in zip(wq, codes)) + half) // _WSUM
@@ -288,8 +286,6 @@ def mix_slice(codes: Sequence[LatentCodes], ks: Sequence[int], wq: np.ndarray,
     ``mappings[r]``; the mixtures on the [0, 1] scale, float64 ``(m, H, W)``, before mapping).
 
     Run inside :func:`bmz.codec.pipeline.single_thread` for speed (results do not depend on it)."""
-    from .codec import pipeline
-
     wq = np.atleast_2d(np.asarray(wq, dtype=np.int64))
     m, n = wq.shape
     H, W = codes[0].hw
@@ -332,8 +328,6 @@ def finish_slice(x: np.ndarray, wq_row, codes: Sequence[LatentCodes], lats, mapp
     """A mixture ``x`` on the [0, 1] scale → stored values: the mixed ``mapping`` (as a decode
     maps back, clipped to its range), then the floor mixed on the [0, 1] scale — each learned
     source's ``floor / scale`` weighted by its weight (``lats``: the sources' SliceLatents)."""
-    from .codec import pipeline
-
     out = pipeline.from_unit(x, mapping, dtype)
     funit = sum((int(w) / _WSUM) * (lat.floor / c.mapping["scale"])
                 for w, c, lat in zip(wq_row, codes, lats)
@@ -383,8 +377,6 @@ def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarr
 
     Raises :class:`ModelMismatchError` (different models), :class:`InputError` (weights, slice
     sizes), :class:`FormatError` (a damaged file, naming it and the slice)."""
-    from .codec import pipeline
-
     cs, opened = _as_codes(codes)
     try:
         check_compatible(cs)
@@ -399,8 +391,6 @@ def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarr
         out = np.empty((len(wq), len(ks), *cs[0].hw), dtype=dtype)
         it: Iterable = enumerate(ks)
         if progress and len(ks) > 1:
-            from tqdm import tqdm
-
             it = tqdm(it, total=len(ks), desc="interpolate", unit="slice", leave=False)
         with pipeline.single_thread():
             for j, k in it:
@@ -430,8 +420,6 @@ def parse_numbers(text: str, option: str) -> list[float]:
 def output_paths(dst, labels: Sequence[str]) -> list[Path]:
     """Where :func:`interpolate_files` writes: ``.png`` and ``.npy`` one file; NIfTI one file per
     mixture (``dst`` itself for one, ``STEM_LABEL.nii.gz`` for several)."""
-    from .errors import OutputError
-
     p = Path(os.fspath(dst))
     sfx = suffix(p)
     if sfx not in (".nii", ".nii.gz", ".npy", ".png"):
@@ -455,9 +443,6 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
       sources (their decodes at the matched slices) then the mixtures, each on its own range.
 
     Every output is checked before the work and written atomically. → the paths written."""
-    from . import io as bio
-    from ._fileutil import atomic_output, check_output_path
-
     cs, opened = _as_codes(files)
     try:
         check_compatible(cs)
@@ -496,9 +481,6 @@ def _write_grid(cs: list[LatentCodes], w: np.ndarray, labels: Sequence[str], ks:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ._fileutil import atomic_output
-    from .codec import pipeline
 
     n = len(cs)
     allw = np.vstack([np.eye(n), w])
@@ -626,8 +608,6 @@ class InterpolationDataset(torch.utils.data.Dataset):
         return files, t, w
 
     def __getitem__(self, i: int):
-        from .codec import pipeline
-
         files, t, w = self.draw(int(i))
         cs = [self._codes(p) for p in files]
         ks = [int(round(t * (c.n_slices - 1))) for c in cs]
@@ -653,11 +633,3 @@ class InterpolationDataset(torch.utils.data.Dataset):
         self._open = {}
 
 
-# ``bmz.interpolate(...)`` calls interpolate(): the module is callable, so that ``bmz.interpolate``
-# is both this module (``bmz.interpolate.InterpolationDataset``) and the function.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return interpolate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
