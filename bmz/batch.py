@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 def _require_distributed():
     if _WorkerPlugin is object:
-        raise MissingDependencyError("bmz batch needs Dask distributed: pip install 'dask[distributed]'")
+        raise MissingDependencyError("bmz batch needs Dask distributed: pip install 'bmz[dask]'")
 
 
 # --------------------------------------------------------------------------------------------

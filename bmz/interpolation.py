@@ -77,6 +77,7 @@ import torch
 from tqdm import tqdm
 
 from . import io as bio
+from ._deps import pyplot
 from ._fileutil import atomic_output, check_output_path
 from .codec import pipeline
 from .errors import FormatError, InputError, ModelMismatchError, OutputError
@@ -477,10 +478,7 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
 def _write_grid(cs: list[LatentCodes], w: np.ndarray, labels: Sequence[str], ks: list[int],
                 dst: Path, force: bool) -> None:
     """The PNG grid of :func:`interpolate_files`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bmz interpolate's PNG grid")
 
     n = len(cs)
     allw = np.vstack([np.eye(n), w])

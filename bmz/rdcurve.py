@@ -72,6 +72,7 @@ from tqdm import tqdm
 
 from . import __version__, api, baselines, metrics
 from . import io as bio
+from ._deps import optional, pyplot
 from .bitstream import BmzReader
 from .bitstream.container import FORMAT_VERSION
 from .codec import chunks, zoo
@@ -672,10 +673,7 @@ _STYLE = {J2K: dict(color="k", marker="s"), "JPEG": dict(color="tab:brown", mark
 
 def plot_group(path: Path, group: str, curves: list[dict], ref_rows: list[dict] | None = None,
                ref_group: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bmz rd-curve's plots")
 
     by = curves_by(curves, group)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
@@ -744,10 +742,7 @@ def errormaps(path: Path, group: str, rows: list[dict], curves: list[dict],
     vol_name, target, pick = errormap_choice(rows, curves, group)
     if not pick or vol_name not in items:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bmz rd-curve's plots")
 
     vol = load_volume(items[vol_name], max_slices)
     vmin, vmax = int(vol.min()), int(vol.max())
@@ -833,8 +828,7 @@ def machine_info() -> dict:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:
         nproc = os.cpu_count()
-    import imagecodecs
-
+    imagecodecs = optional("imagecodecs", "bench", "bmz rd-curve")
     return {"bmz": __version__, "cpu": cpu, "nproc": nproc, "load_at_start": load,
             "python": platform.python_version(), "imagecodecs": imagecodecs.__version__,
             "host": platform.node(),
