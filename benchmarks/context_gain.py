@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from bmz import io as bio  # noqa: E402
 from bmz import rdcurve  # noqa: E402
 from bmz.codec import pipeline, zoo  # noqa: E402
+from bmz.codec.chunks import learned_compact  # noqa: E402
 from bmz.codec.models import build_model  # noqa: E402
 from bmz.metrics import bd_rate  # noqa: E402
 from bmz.train import load_trained_state  # noqa: E402
@@ -63,7 +64,7 @@ def measure(model, vol: np.ndarray, mapping: dict, q: int, inter: bool) -> dict:
         if floor:
             rec[rec <= mapping["min"] + floor] = mapping["min"]
         sse += float(((rec - s.astype(np.int64)) ** 2).sum())
-        hdr = 1 + len(pipeline._varint(floor))
+        hdr = 1 + len(learned_compact.write_floor(floor))
         alone.append(hdr + len(payload))
         if inter:
             if prev is not None:
@@ -107,7 +108,7 @@ def main() -> None:
                 mse = r["sse"] / vol.size
                 psnr = 10 * math.log10(mapping["scale"] ** 2 / max(mse, 1e-12))
                 # what the encoder writes: a slice inside a group is coded with its predecessor
-                # as context, or alone where that is smaller (pipeline.encode_slice_in_group)
+                # as context, or alone where that is smaller (bmz.codec.chunks.learned_inter)
                 variants = {"": r["alone"]} if not r["ctx"] else {
                     f" G={g}": [r["alone"][k] if k % g == 0 else min(r["alone"][k], r["ctx"][k])
                                 for k in range(len(vol))] for g in GROUPS}

@@ -75,7 +75,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bmz  # noqa: E402
-from bmz import interpolate as ip  # noqa: E402
+from bmz import interpolation as ip  # noqa: E402
 from bmz import io as bio  # noqa: E402
 from bmz.codec import pipeline, zoo  # noqa: E402
 

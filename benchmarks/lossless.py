@@ -51,7 +51,8 @@ import numpy as np  # noqa: E402
 import bmz  # noqa: E402
 from bmz import api, baselines  # noqa: E402
 from bmz import io as bio  # noqa: E402
-from bmz.codec import bounded, pipeline, residual, zoo  # noqa: E402
+from bmz.codec import pipeline, residual, zoo  # noqa: E402
+from bmz.codec.chunks import bounded  # noqa: E402
 
 
 def volumes() -> list[tuple[str, str, Path]]:

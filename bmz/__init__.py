@@ -12,14 +12,15 @@ from .api import (compress, compress_dataset, decode_file, decompress,  # noqa: 
                   decompress_to_datasets, encode_file, info)
 
 __all__ = ["compress", "decompress", "compress_dataset", "decompress_to_datasets", "encode_file",
-           "decode_file", "info", "errors", "__version__", "interpolate"]
+           "decode_file", "info", "errors", "__version__", "interpolate", "interpolation"]
 
 
 def __getattr__(name):
-    # bmz.interpolate (latent mixing of .bmz codes; a callable module: bmz.interpolate(codes,
-    # weights)) is imported on first use, so that `import bmz` stays free of torch
-    if name == "interpolate":
+    # latent mixing (bmz.interpolation, and its bmz.interpolate(codes, weights)) is imported on
+    # first use, so that `import bmz` stays free of torch
+    if name in ("interpolate", "interpolation"):
         import importlib
 
-        return importlib.import_module(".interpolate", __name__)
+        module = importlib.import_module(".interpolation", __name__)
+        return module if name == "interpolation" else module.interpolate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -51,3 +52,12 @@ def atomic_output(path: str | os.PathLike, force: bool = True) -> Iterator[Binar
             # writing the output failed (disk full, quota, I/O error): nothing was left behind
             raise OutputError(f"{p}: cannot write: {e.strerror or e}; nothing was written") from None
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

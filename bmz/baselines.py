@@ -48,6 +48,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ._deps import optional
 from .codec.pipeline import bit_depth
 
 __all__ = [
@@ -160,9 +161,7 @@ def get_codec(name: str, threads: int = 1) -> SliceCodec:
 
 
 def _ic():
-    import imagecodecs
-
-    return imagecodecs
+    return optional("imagecodecs", "bench", "the classical codecs (bmz.baselines)")
 
 
 def _ic_version(lib: str) -> str:

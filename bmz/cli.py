@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, api
+from .codec import zoo
 from .errors import BmzError, InputError
 
 
@@ -93,8 +94,6 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
 def encode(src, dst, quality, model, series, force, verify, max_error, lossless, base_quality,
            group, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
-    from . import api
-
     _check_fidelity_options(quality, max_error, lossless, base_quality)
     rep = api.encode_file(src, dst, quality=quality, model=model,
                           series=series, force=force, progress=not quiet, verify=verify,
@@ -123,8 +122,6 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
 @click.option("--quiet", is_flag=True)
 def decode(src, dst, slices, force, skip_damaged, quiet) -> None:
     """Decode a .bmz file SRC (all slices, or a range read by random access)."""
-    from . import api
-
     rep, damaged = api.decode_file(src, dst, slices=_parse_slices(slices), force=force,
                                    progress=not quiet, skip_damaged=skip_damaged)
     if damaged:
@@ -145,8 +142,6 @@ def verify(files) -> None:
 
     Prints one line per file; exits 3 if any file is damaged (naming its slices), 2 if one
     cannot be read, 0 when all are intact."""
-    from . import api
-
     worst = 0
     for f in files:
         try:
@@ -180,8 +175,6 @@ def verify(files) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(src, as_json) -> None:
     """Show what a .bmz file holds, without decoding it."""
-    from . import api
-
     d = api.info(src)
     if as_json:
         click.echo(json.dumps(d, indent=2))
@@ -211,8 +204,6 @@ def info(src, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models(as_json) -> None:
     """List the shipped models: quality levels, default level, measured rate range, status."""
-    from .codec import zoo
-
     rows = []
     for name, path in sorted(zoo.available_models().items()):
         card = zoo.read_card(name)
@@ -242,8 +233,8 @@ def models(as_json) -> None:
 @main.command()
 @click.option("--model", "model_name", default="hyperprior", show_default=True)
 @click.option("--lambdas", default=None, help="comma-separated λ, one per quality level (variable-rate models); with --resume, the checkpoint's λ plus new ones below or above add quality levels")
-@click.option("--data", multiple=True, help="training folders (default ../shared/data/train)")
-@click.option("--val", "val_data", multiple=True, help="validation folders (default ../shared/data/val)")
+@click.option("--data", multiple=True, required=True, help="training folders (e.g. ../shared/data/train)")
+@click.option("--val", "val_data", multiple=True, required=True, help="validation folders (e.g. ../shared/data/val)")
 @click.option("--steps", default=100000, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--lr", default=None, type=float, help="base learning rate (default 2e-4, or the checkpoint's when resuming)")
@@ -259,12 +250,9 @@ def models(as_json) -> None:
 def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, threads,
           checkpoint_minutes, max_minutes, until, init_from, budget_minutes, depth, out) -> None:
     """Train a model; writes OUT.ckpt (resumable, every few minutes) and OUT.log; when --steps is reached, also the frozen OUT.pt and its card OUT.json (see `bmz export`)."""
-    from pathlib import Path
-
     from .train import train as run
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    run(model_name, out, list(data) or [str(root / "train")], list(val_data) or [str(root / "val")],
+    run(model_name, out, list(data), list(val_data),
         steps, resume=resume, batch_size=batch_size, lr=lr, threads=threads,
         checkpoint_minutes=checkpoint_minutes, until=until, max_minutes=max_minutes,
         lambdas=[float(v) for v in lambdas.split(",")] if lambdas else None,
@@ -342,7 +330,7 @@ def interpolate(files, dst, alpha, weights, n_random, seed, concentration, slice
 
     Only the stored codes are entropy-decoded and mixed (no pixel decode and re-encode); the
     mixture is on the first file's slice grid, other lengths matched by relative position."""
-    from . import interpolate as ip
+    from . import interpolation as ip
 
     if sum(x is not None and x != () for x in (alpha, weights, n_random)) != 1:
         raise InputError("give exactly one of --alpha (two files), --weights or --random K")
@@ -440,7 +428,7 @@ def batch() -> None:
 def batch_encode(src_dir, dst_dir, quality, model, force, verify, max_error, lossless,
                  base_quality, scheduler, workers, quiet) -> None:
     """Encode every NIfTI file and DICOM series under SRC_DIR, one .bmz each."""
-    from . import api, batch as b
+    from . import batch as b
 
     _check_fidelity_options(quality, max_error, lossless, base_quality)
     res = _batch_run(b.encode, src_dir, dst_dir, quality=quality,

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ._deps import optional
+
 __all__ = [
     "volume_range", "mse", "psnr", "ssim", "ms_ssim", "max_abs_error", "bpp",
     "bd_rate", "bd_psnr", "interp_log_rate", "MS_SSIM_MIN_SIDE",
@@ -84,8 +86,7 @@ def ssim(ref, test, data_range: float | None = None) -> float:
     """Mean over slices of ``skimage.metrics.structural_similarity(ref_k, test_k, data_range)``.
 
     ``data_range`` defaults to the reference volume's ``max - min`` (at least 1)."""
-    from skimage.metrics import structural_similarity
-
+    structural_similarity = optional("skimage.metrics", "bench", "SSIM").structural_similarity
     r, t = _pair(ref, test)
     if data_range is None:
         data_range = volume_range(r)
@@ -105,7 +106,8 @@ def ms_ssim(ref, test, data_range: float | None = None) -> float | None:
     if min(r.shape[1:]) < MS_SSIM_MIN_SIDE:
         return None
     import torch
-    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    _ms_ssim = optional("pytorch_msssim", "bench", "MS-SSIM").ms_ssim
 
     if data_range is None:
         data_range = volume_range(r)
@@ -159,9 +161,7 @@ def _clean_curve(rate: Sequence[float], dist: Sequence[float]) -> tuple[np.ndarr
 
 
 def _pchip_integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
-    from scipy.interpolate import PchipInterpolator
-
-    f = PchipInterpolator(x, y, extrapolate=False)
+    f = optional("scipy.interpolate", "bench", "BD-rate").PchipInterpolator(x, y, extrapolate=False)
     return float(f.integrate(lo, hi))
 
 

@@ -33,13 +33,18 @@ from __future__ import annotations
 
 import inspect
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy
 from numcodecs.registry import register_codec
 
+from . import __version__, api
+from .codec import zoo
+from .codec.chunks.bounded import check_base_quality, check_max_error
 from .errors import InputError
+from .file import BmzFile
 
 CODEC_ID = "bmz"
 _LOCK = threading.Lock()
@@ -47,8 +52,6 @@ _LOCK = threading.Lock()
 
 def _compress_settings() -> set[str]:
     """Keyword settings :func:`bmz.compress` accepts beyond the array, quality and model."""
-    from . import api
-
     params = inspect.signature(api.compress).parameters
     return {n for n in params if n not in ("array", "quality", "model", "source", "source_meta")}
 
@@ -67,8 +70,6 @@ class Bmz(Codec):
     codec_id = CODEC_ID
 
     def __init__(self, quality: int | None = None, model: str | None = None, **settings):
-        from .codec import zoo
-
         self.model = model or zoo.DEFAULT_MODEL
         card = zoo.read_card(self.model)  # an unknown name raises UnknownModelError (no torch)
         n_q, default = zoo.card_qualities(card)
@@ -83,16 +84,10 @@ class Bmz(Codec):
         known = _compress_settings()
         unknown = sorted(set(settings) - known)
         if unknown:
-            from . import __version__
-
             raise InputError(f"bmz codec: bmz {__version__} has no setting "
                              f"{', '.join(map(repr, unknown))}; its settings are quality, model"
                              + "".join(f", {k}" for k in sorted(known)))
         if {"max_error", "lossless", "base_quality"} & set(settings):
-            from types import SimpleNamespace
-
-            from .codec.bounded import check_base_quality, check_max_error
-
             bound = check_max_error(settings.get("max_error"), settings.get("lossless", False))
             if bound is None:
                 raise InputError("bmz codec: base_quality needs max_error or lossless")
@@ -117,16 +112,12 @@ class Bmz(Codec):
                              "or pass the array itself)")
         if a.ndim > 3:
             a = a.reshape(-1, *a.shape[-2:])
-        from . import api
-
         with _LOCK:
             return api.compress(np.ascontiguousarray(a), self.quality, self.model, **self.settings)
 
     def decode(self, buf, out=None):
-        from . import api
-
-        with _LOCK:
-            arr = api.decompress(ensure_bytes(buf))
+        with _LOCK, BmzFile(ensure_bytes(buf), name="<bytes>") as f:
+            arr = f.read()
         if out is not None:
             return ndarray_copy(arr, out)
         return arr

@@ -89,3 +89,86 @@ def test_golden_bounded_decodes_bit_exactly(name):
     blob = (BOUNDED / name).read_bytes()
     assert [sha for _, _, sha in _decoded_on_1_and_2_threads(blob)] == [rec["sha256"]] * 2
     assert api.info(blob)["max_error"] == rec["max_error"]
+
+
+# ---- re-encoding: the same input and weights give the same bytes -------------------------------
+
+
+def _current(rec: dict) -> bool:
+    """Whether a golden file was written by today's encoder: installed weights, current format."""
+    from bmz.codec import zoo
+    from bmz.rdcurve import bmz_file_format
+
+    try:
+        installed = zoo.sha256_file(zoo.find_weights(rec["model"]))
+    except Exception:  # noqa: BLE001 - a model not installed here: nothing to compare
+        return False
+    return rec["weights_sha256"] == installed and rec["format"] == bmz_file_format()
+
+
+def _golden_sources():
+    import sys
+
+    sys.path.insert(0, str(GOLDEN))
+    try:
+        from make_golden import sources
+    finally:
+        sys.path.remove(str(GOLDEN))
+    return sources()
+
+
+def test_golden_files_re_encode_byte_identically(shared_data):
+    """Every golden file of today's weights and format is what encoding its source gives now
+    (the metadata's ``bmz_version`` aside): the encoder's bytes do not drift either."""
+    import json as _json
+
+    from bmz.bitstream import BmzReader, pack
+
+    current = {name: rec for name, rec in RECORD.items() if _current(rec)}
+    if not current:
+        pytest.skip("no golden file of the installed weights and the current format")
+    src = _golden_sources()
+    for name, rec in sorted(current.items()):
+        vol = src[name.split(f"_{rec['model']}")[0]]
+        blob = api.compress(vol, quality=rec["quality"], model=rec["model"])
+        stored = (GOLDEN / name).read_bytes()
+        with BmzReader(stored) as r:
+            meta, chunks = dict(r.meta), [r.chunk(k) for k in range(r.n_slices)]
+        with BmzReader(blob) as r:
+            meta["bmz_version"] = r.meta["bmz_version"]
+        assert blob == pack(meta, chunks), f"{name}: re-encoding gives other bytes"
+
+
+def test_golden_bounded_files_re_encode_byte_identically(shared_data):
+    """The bounded golden files: re-encoding gives the same chunks and metadata (bar
+    ``bmz_version``, and the weights' SHA-256 where no chunk holds a base layer), wherever the
+    chunks do not depend on weights since replaced."""
+    import importlib.util
+
+    from bmz.bitstream import BmzReader
+    from bmz.codec import zoo
+
+    spec = importlib.util.spec_from_file_location("bounded_make_golden", BOUNDED / "make_golden.py")
+    mg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mg)
+    src = _golden_sources()
+    installed = zoo.sha256_file(zoo.find_weights(zoo.DEFAULT_MODEL))
+    plans = {"sct_t1w_8bit_lossless.bmz": lambda: api.compress(src["sct_t1w_8bit"], lossless=True,
+                                                                base_quality=0),
+             "prisma_12bit_d2_base_q1.bmz": lambda: mg.with_base(src["prisma_12bit"], 2, 1),
+             "bold_int32_14bit_lossless.bmz": lambda: api.compress(src["bold_int32_14bit"],
+                                                                    lossless=True, base_quality=0)}
+    compared = 0
+    for name, make in plans.items():
+        with BmzReader(BOUNDED / name) as r:
+            meta, chunks = dict(r.meta), [r.chunk(k) for k in range(r.n_slices)]
+        if meta["codec"]["quality"] and meta["codec"]["weights_sha256"] != installed:
+            continue  # base layers of superseded weights
+        with BmzReader(make()) as r:
+            new_meta, new_chunks = dict(r.meta), [r.chunk(k) for k in range(r.n_slices)]
+        for m in (meta, new_meta):
+            m.pop("bmz_version")
+            m["codec"] = {k: v for k, v in m["codec"].items() if k != "weights_sha256"}
+        assert (new_meta, new_chunks) == (meta, chunks), f"{name}: re-encoding gives other bytes"
+        compared += 1
+    assert compared >= 2

@@ -202,3 +202,12 @@ def test_j2k_one_ixi_volume_roughly_matches_reference(shared_data):
         assert 0.6 < bpp / float(ref[s]["bpp"]) < 1.6, (s, bpp)
         assert bpp > last_bpp
         last_bpp = bpp
+
+
+def test_a_missing_extra_is_named():
+    """The tools' packages are extras: one that is missing says which extra installs it."""
+    from bmz import _deps
+    from bmz.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r"SSIM needs no_such_pkg: pip install 'bmz\[bench\]'"):
+        _deps.optional("no_such_pkg.metrics", "bench", "SSIM")

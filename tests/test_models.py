@@ -161,7 +161,7 @@ def test_retrained_weights_keep_old_files_decodable(tmp_path, monkeypatch):
 
 def test_default_quality_follows_the_lambdas():
     """The default level is the one nearest λ = 0.15625 (log scale; the higher on a tie), so it
-    keeps its meaning — about 1.3 bpp / 45 dB with the flagship — when a model gains levels."""
+    keeps its meaning (about the same rate and PSNR) when a model gains levels."""
     flagship8 = [0.004 * 2.5**i for i in range(8)]
     assert zoo.default_quality(flagship8) == 5
     assert zoo.default_quality([0.004 * 2.5**i for i in range(-3, 8)]) == 8

@@ -169,8 +169,8 @@ def test_header_parsers_on_hand_made_streams():
 # ------------------------------------------------------------------------------ val subset
 
 
-# per-volume values measured with imagecodecs 2026.1.14 (see rd_val.py's REFERENCE_NOTE: the
-# reference's group means are ~3 % lower in bpp and ~0.13 dB lower in PSNR than these volumes give)
+# per-volume values of imagecodecs 2026.1.14 (a pinned expectation: see rd_val.py's REFERENCE_NOTE
+# for how they relate to the reference's group means)
 EXPECT = {  # (volume, codec, setting): (bpp, psnr)
     ("IXI067-HH-1356", "JPEG2000", "lossless"): (3.4596, math.inf),
     ("IXI067-HH-1356", "JPEG-LS", "lossless"): (3.2049, math.inf),

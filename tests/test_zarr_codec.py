@@ -77,7 +77,8 @@ def test_zarr3_store_of_a_real_volume(shared_data, tmp_path):
             chunk = np.concatenate([chunk, np.zeros((8 - len(chunk), *chunk.shape[1:]), chunk.dtype)])
         assert raw == bmz.compress(chunk, 8)
         assert np.array_equal(out[part], bmz.decompress(raw)[: len(out[part])])
-    # size and fidelity of the flagship's default quality on 8-bit IXI (model card: ~1.4 bpp, ~45 dB)
+    # size and fidelity of the flagship's default quality on 8-bit IXI: loose bounds (the measured
+    # values are in its model card)
     assert _stored(store) < vol.nbytes / 3
     assert _psnr(vol, out) > 38
     # a region read decodes only the chunks it touches, and agrees with the whole

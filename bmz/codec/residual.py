@@ -29,6 +29,8 @@ reconstruction, so the bound is checked on exactly the values the decoder will p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 try:
@@ -639,18 +641,20 @@ def flat_tables():
     return prior, mix, apm, 0
 
 
-def _fitted_tables():
-    """The initial state fitted on training MRI (:mod:`bmz.codec.residual_prior`), if shipped."""
-    try:
-        from ._residual_tables import DATA
-    except ImportError:
-        return flat_tables()
-    from .residual_prior import load
+#: the initial state fitted on training MRI (``tools/fit_residual_prior.py``): int64 arrays
+#: ``prior``, ``mix``, ``apm`` and ``n0``, shipped as package data
+TABLES_FILE = Path(__file__).with_name("residual_tables.npz")
 
-    t = load(DATA)
+
+def _fitted_tables():
+    """The fitted initial state (:data:`TABLES_FILE`), or the flat one where it is not shipped."""
+    if not TABLES_FILE.is_file():
+        return flat_tables()
+    with np.load(TABLES_FILE, allow_pickle=False) as z:
+        t = {k: z[k].astype(np.int64) for k in z.files}
     if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \
             t["apm"].shape != (N_DEC * 16, 33):
-        raise RuntimeError("bmz/codec/_residual_tables.py does not match the residual coder")
+        raise RuntimeError(f"{TABLES_FILE} does not match the residual coder")
     return t["prior"], t["mix"], t["apm"], int(t["n0"][0])
 
 
@@ -662,17 +666,22 @@ _NO_STATS = np.zeros((0, 2), np.int64)
 _NO_ACC = np.zeros((0, 0), np.int64)
 
 
-def _args(stats=None, mix_acc=None, apm_acc=None):
-    return (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, STRETCH, _SQ_T, LR, PRIOR_N0,
+def _args(stats=None, mix_acc=None, apm_acc=None, tables=None):
+    prior, prior_mix, prior_apm, prior_n0 = tables or (PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0)
+    return (prior, prior_mix, prior_apm, E_THRESH, STRETCH, _SQ_T, LR, prior_n0,
             _NO_STATS if stats is None else stats, _NO_ACC if mix_acc is None else mix_acc,
             _NO_ACC if apm_acc is None else apm_acc)
 
 
 def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
-           stats=None, mix_acc=None, apm_acc=None) -> tuple[bytes, np.ndarray]:
+           stats=None, mix_acc=None, apm_acc=None, tables=None) -> tuple[bytes, np.ndarray]:
     """Code slice ``x`` (integers in ``[0, maxv]``) with max error ``delta`` (optionally on the
     base reconstruction ``base``, same shape) → (bytes, the decoder's reconstruction, int64).
-    Raises RuntimeError if the reconstruction breaks the bound (an internal error)."""
+    Raises RuntimeError if the reconstruction breaks the bound (an internal error).
+
+    ``stats``, ``mix_acc``, ``apm_acc``: accumulators the fit of the initial state fills;
+    ``tables``: ``(prior, mix, apm, n0)`` to code with instead of the shipped ones (the fit codes
+    with :func:`flat_tables`)."""
     x = np.ascontiguousarray(x, dtype=np.int64)
     has_base = base is not None
     b = np.ascontiguousarray(base, dtype=np.int64) if has_base else np.zeros((1, 1), np.int64)
@@ -681,7 +690,7 @@ def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
     while True:
         buf = np.zeros(cap, np.uint8)
         n, status = _code_slice(0, x, rec, b, has_base, int(maxv), int(delta), buf,
-                                *_args(stats, mix_acc, apm_acc))
+                                *_args(stats, mix_acc, apm_acc, tables))
         if status == 1:
             cap *= 8
             continue

@@ -21,19 +21,20 @@ matches, else ``archive/NAME-<sha12>.pt`` in any models folder (verified against
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
+from .. import _fileutil
 from ..errors import ModelError, ModelMismatchError, UnknownModelError
 
 DEFAULT_MODEL = "hyperprior"
-#: λ of every model's default quality level: with the flagship about 45 dB PSNR at 1.3 bpp on
-#: 8-bit MRI (docs: README, results)
+#: λ of every model's default quality level (the rate and PSNR it gives: the model cards and
+#: benchmarks/results)
 DEFAULT_LAMBDA = 0.15625
 
 
@@ -79,11 +80,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 @lru_cache(maxsize=32)
 def _sha256_cached(path: str, _mtime_ns: int, _size: int) -> str:
     """SHA-256 of a file, recomputed whenever its modification time or size changes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _fileutil.sha256_file(path)
 
 
 def available_models() -> dict[str, Path]:
@@ -165,9 +162,14 @@ def read_card(name: str) -> dict:
 
 @lru_cache(maxsize=8)
 def _load(path: str, sha: str):
-    import torch
+    import torch  # heavy: only loading a model needs it (reading a file's header does not)
 
-    from .models import build_model
+    with warnings.catch_warnings():
+        # CompressAI 1.2 decorates helpers with torch.jit.script, which recent torch flags as
+        # deprecated when it is imported; the notice says nothing to bmz's users. Only here, and
+        # only that notice: the caller's warning filters are left as they are.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from .models import build_model
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("format") != "bmz-weights/1":

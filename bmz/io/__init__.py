@@ -35,15 +35,21 @@ uint8 0/1; complex, object, string and structured (RGB) dtypes are refused.
 
 from __future__ import annotations
 
-import gzip
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, OutputError
+from . import discover
+from .volume import (SliceStack, Volume, as_integer_array, cast_exact,  # noqa: F401 (re-exported:
+                     integer_slices, smallest_int_dtype)                # io/dicom.py imports them here)
+
+# the readers and writers; after .volume, whose names io/dicom.py imports from this package
+from . import dicom as _dicom  # noqa: I001
+from . import nifti as _nifti
+from . import numpy as _numpy
 
 __all__ = ["Volume", "SliceStack", "read", "write", "is_folder_output", "list_series",
            "SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS"]
@@ -54,270 +60,9 @@ SUPPORTED_INPUTS = "NIfTI (.nii, .nii.gz), DICOM (a file or a folder of one seri
 SUPPORTED_OUTPUTS = ".nii, .nii.gz or .npy"
 
 
-class SliceStack:
-    """A stack of 2-D slices ``(n, H, W)`` produced one at a time: how bmz streams a volume through
-    encode and decode without ever holding all of it.
-
-    ``stack[k]`` (an integer ``k``) returns slice ``k`` as a C-contiguous 2-D array of ``dtype``;
-    iteration yields the slices in order; ``shape``, ``dtype``, ``ndim``, ``size`` and ``nbytes``
-    are those of the whole volume; ``np.asarray(stack)`` materialises it (for small volumes and
-    tests). ``vmin``/``vmax`` hold the value range when the producer knows it (the lazy readers
-    check every slice once when they open a file, so the encoder needs no further pass).
-    Slices are not cached: reading slice ``k`` twice produces it twice.
-    """
-
-    ndim = 3
-
-    def __init__(self, shape: tuple[int, int, int], dtype, get, vmin: int | None = None,
-                 vmax: int | None = None, close=None):
-        self.shape = tuple(int(s) for s in shape)
-        if len(self.shape) != 3:
-            raise ValueError(f"SliceStack shape must be (n, H, W), got {shape}")
-        self.dtype = np.dtype(dtype)
-        self._get = get
-        self._close = close
-        self.vmin, self.vmax = vmin, vmax
-
-    @classmethod
-    def of(cls, data) -> "SliceStack":
-        """``data`` itself if it is a SliceStack, else a stack over an ``(n, H, W)`` array."""
-        if isinstance(data, SliceStack):
-            return data
-        arr = np.asarray(data)
-        return cls(arr.shape, arr.dtype, lambda k: np.ascontiguousarray(arr[k]))
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, k) -> np.ndarray:
-        if not isinstance(k, (int, np.integer)):
-            raise TypeError("a SliceStack is indexed by slice number only; use np.asarray(stack) "
-                            "for other indexing")
-        n = self.shape[0]
-        k = int(k)
-        if not -n <= k < n:
-            raise IndexError(f"slice {k} out of range for {n} slices")
-        a = self._get(k % n)
-        if a.shape != self.shape[1:] or a.dtype != self.dtype:  # a producer bug, never user input
-            raise RuntimeError(f"slice {k}: produced {a.shape} {a.dtype}, expected "
-                               f"{self.shape[1:]} {self.dtype}")
-        return a
-
-    def __iter__(self):
-        for k in range(self.shape[0]):
-            yield self[k]
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.empty(self.shape, dtype=self.dtype)
-        for k in range(self.shape[0]):
-            out[k] = self[k]
-        return out if dtype is None else out.astype(dtype)
-
-    def map(self, fn, dtype) -> "SliceStack":
-        """A stack whose slice ``k`` is ``fn(self[k])`` (of ``dtype``)."""
-        return SliceStack(self.shape, dtype, lambda k: fn(self[k]), close=self.close)
-
-    def close(self) -> None:
-        """Release what the producer holds open (a file); idempotent."""
-        if self._close is not None:
-            close, self._close = self._close, None
-            close()
-
-
-@dataclass
-class Volume:
-    """An image as bmz encodes it.
-
-    Attributes:
-        data: integer array ``(n_slices, H, W)`` of the STORED values (never rescaled), or a
-            :class:`SliceStack` producing them slice by slice (``read(..., lazy=True)``), in the
-            dtype stored on disk (uint8, int8, uint16, int16, int32, uint32...; possibly
-            big-endian such as ``'>i2'``).
-        source: ``'nifti'``, ``'dicom'`` or ``'numpy'``.
-        meta: JSON-serialisable dict (str/int/float/bool/list/dict/None; bytes as base64 str) with
-            everything needed to rebuild the original file.
-        path: the file or folder it was read from, if any.
-    """
-
-    data: np.ndarray
-    source: str
-    meta: dict = field(default_factory=dict)
-    path: str | None = None
-
-    @property
-    def n_slices(self) -> int:
-        """Number of slices (``data.shape[0]``)."""
-        return int(self.data.shape[0])
-
-
 # --------------------------------------------------------------------------------------------
-# dtype rules shared by the readers and writers
+# dispatch by format
 # --------------------------------------------------------------------------------------------
-
-_SMALL_INTS = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
-
-
-def smallest_int_dtype(lo: int, hi: int) -> np.dtype | None:
-    """The smallest of uint8, int8, uint16, int16 holding ``[lo, hi]``, or ``None``."""
-    for dt in _SMALL_INTS:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return dt
-    return None
-
-
-def as_integer_array(arr: np.ndarray, where: str) -> tuple[np.ndarray, str | None]:
-    """Check that ``arr`` holds an integer image bmz can encode; convert it if needed.
-
-    Returns ``(array, original_dtype)`` where ``original_dtype`` is ``None`` when the array is
-    returned unchanged (an integer dtype), or the original ``dtype.str`` when it was converted
-    (bool -> uint8; float with integer values -> smallest fitting integer dtype).
-
-    Raises :class:`InputError` naming ``where`` (and the slice, for a 3-D array) for non-integer
-    floats, NaN/inf, negative zeros, values outside 16 bits, complex/object/string/structured
-    (e.g. RGB) dtypes and empty arrays. The rules are those of :func:`integer_slices`.
-    """
-    if arr.size == 0:
-        raise InputError(f"{where}: empty image (shape {_shape_str(arr.shape)})")
-    stack = SliceStack.of(arr.reshape((-1,) + arr.shape[-2:]) if arr.ndim >= 2
-                          else arr.reshape(1, 1, -1))
-    out, converted = integer_slices(stack, where, label_slices=arr.ndim == 3)
-    if converted is None:
-        return arr, None
-    return np.asarray(out).reshape(arr.shape), converted
-
-
-def integer_slices(stack: "SliceStack", where: str,
-                   label_slices: bool = True) -> tuple["SliceStack", str | None]:
-    """The dtype rules of bmz's readers, applied to a stack one slice at a time (one pass).
-
-    Returns ``(stack, original_dtype)``: the same stack (integer dtypes; ``original_dtype`` None)
-    or one converting each slice (bool -> uint8, integer-valued float -> the smallest integer
-    dtype holding the whole volume's range; ``original_dtype`` its ``dtype.str``). The returned
-    stack's ``vmin``/``vmax`` hold the volume's value range. Errors name ``where`` and the slice.
-    """
-    dt = stack.dtype
-    if stack.size == 0:
-        raise InputError(f"{where}: empty image (shape {_shape_str(stack.shape)})")
-    if dt.fields is not None or dt.kind == "V":
-        raise InputError(
-            f"{where}: structured/RGB dtype {dt} is not supported; bmz encodes single-channel "
-            "integer images"
-        )
-    if dt.kind not in "biuf":
-        raise InputError(f"{where}: dtype {dt} is not supported; bmz encodes integer images")
-    lo = hi = None
-    for k, s in enumerate(stack):
-        at = f"{where}: slice {k}" if label_slices else where
-        if dt.kind == "f":
-            if not np.all(np.isfinite(s)):
-                raise InputError(f"{at}: has NaN or infinite values ({dt.name}); bmz encodes "
-                                 "integer images")
-            if not np.array_equal(np.round(s), s):
-                raise InputError(f"{at}: has non-integer values ({dt.name}); bmz encodes integer "
-                                 "images")
-            if np.any(np.signbit(s) & (s == 0)):
-                raise InputError(f"{at}: has negative zeros (-0.0) in a {dt.name} image, which an "
-                                 "integer encoding cannot restore exactly")
-        s_lo, s_hi = int(s.min()), int(s.max())
-        lo = s_lo if lo is None else min(lo, s_lo)
-        hi = s_hi if hi is None else max(hi, s_hi)
-    assert lo is not None and hi is not None
-    if dt.kind == "b":
-        out = stack.map(lambda s: s.astype(np.uint8), np.uint8)
-        out.vmin, out.vmax = lo, hi
-        return out, dt.str
-    target = smallest_int_dtype(lo, hi)
-    if target is None and (dt.kind == "f" or dt.itemsize > 2):
-        raise InputError(f"{where}: {dt.name} values span [{lo}, {hi}], outside the 16-bit range "
-                         "bmz encodes")
-    if dt.kind in "iu":
-        stack.vmin, stack.vmax = lo, hi
-        return stack, None
-    out = stack.map(lambda s: s.astype(target), target)
-    out.vmin, out.vmax = lo, hi
-    return out, dt.str
-
-
-def cast_exact(arr, dtype: np.dtype | str, where: str):
-    """Cast ``arr`` (an array or a :class:`SliceStack`, cast lazily slice by slice) to ``dtype``
-    if every value survives unchanged, else raise :class:`OutputError` naming ``where``."""
-    dtype = np.dtype(dtype)
-    if arr.dtype == dtype:
-        return arr
-    if isinstance(arr, SliceStack):
-        return arr.map(lambda s: cast_exact(s, dtype, where), dtype)
-    out = arr.astype(dtype)
-    if dtype.kind == "b":
-        ok = np.array_equal(out.astype(arr.dtype), arr)
-    else:
-        ok = np.array_equal(out, arr)
-    if not ok:
-        raise OutputError(
-            f"{where}: values of the {arr.dtype.name} data do not fit the output dtype {dtype}"
-        )
-    return out
-
-
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-# --------------------------------------------------------------------------------------------
-# format detection
-# --------------------------------------------------------------------------------------------
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
-
-
-def _sniff(path: Path) -> str:
-    """Guess the format of the file at ``path``: ``'nifti'``, ``'numpy'``, ``'dicom'`` or
-    ``'unknown'`` (by content first, then by suffix)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(544)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if head[:6] == b"\x93NUMPY":
-        return "numpy"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head[:2] == b"\x1f\x8b":  # gzip: look at the NIfTI magic inside
-        try:
-            with gzip.open(path, "rb") as g:
-                head = g.read(544)
-        except (OSError, EOFError):
-            return "unknown"
-    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
-        return "nifti"
-    if len(head) >= 8 and head[4:7] in (b"n+2", b"ni2"):
-        return "nifti"
-    suffix = _suffix(path)
-    if suffix in (".dcm", ".dicom", ".ima"):
-        return "dicom"
-    return "unknown"
-
-
-# --------------------------------------------------------------------------------------------
-# public API
-# --------------------------------------------------------------------------------------------
-
-from . import dicom as _dicom  # noqa: E402  (the submodules use the helpers above)
-from . import nifti as _nifti  # noqa: E402
-from . import numpy as _numpy  # noqa: E402
 
 
 def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False) -> Volume:
@@ -343,14 +88,14 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False)
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
         return _dicom.read_dicom(p, series=series)
-    kind = _sniff(p)
-    if kind == "unknown" and _suffix(p) == "":
+    kind = discover.sniff(p)
+    if kind == "unknown" and discover.suffix(p) == "":
         # a DICOM file without the 128-byte preamble and without a suffix (e.g. "IM0001")
         ds = _dicom._open(p, strict=False)
         if ds is not None and _dicom._is_image(ds):
             kind = "dicom"
     if kind == "unknown":
-        suffix = _suffix(p)
+        suffix = discover.suffix(p)
         if suffix in (".nii", ".nii.gz"):
             raise InputError(f"{p}: not a valid NIfTI file (no NIfTI header found)")
         if suffix == ".npy":
@@ -397,7 +142,7 @@ def write(volume: Volume, path: str | os.PathLike, force: bool = True,
             raise OutputError(f"{os.fspath(path)}: DICOM output records the lossy compression; "
                               "pass lossy= (bmz.decode_file does)")
         return _dicom.write_dicom(volume, path, lossy=lossy, force=force)
-    suffix = _suffix(p)
+    suffix = discover.suffix(p)
     if suffix in (".nii", ".nii.gz"):
         _nifti.write_nifti(volume, p, force=force)
     elif suffix == ".npy":
@@ -414,7 +159,7 @@ def is_folder_output(path: str | os.PathLike) -> bool:
     ending in ``/``, or a name without a suffix."""
     text = os.fspath(path)
     p = Path(text)
-    return p.is_dir() or text.endswith(("/", os.sep)) or _suffix(p) == ""
+    return p.is_dir() or text.endswith(("/", os.sep)) or discover.suffix(p) == ""
 
 
 def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:

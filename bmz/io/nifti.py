@@ -54,7 +54,7 @@ import numpy as np
 
 from .._fileutil import atomic_output
 from ..errors import InputError, OutputError
-from . import SliceStack, Volume, cast_exact, integer_slices
+from .volume import SliceStack, Volume, cast_exact, integer_slices
 
 try:  # nibabel interprets the header fields; bmz handles the bytes
     from nibabel.nifti1 import Nifti1Header

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._fileutil import atomic_output
 from ..errors import InputError
-from . import SliceStack, Volume, as_integer_array, cast_exact, integer_slices
+from .volume import SliceStack, Volume, as_integer_array, cast_exact, integer_slices
 
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:

@@ -26,7 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 
 from bmz import api  # noqa: E402
-from bmz.codec import bounded, pipeline, zoo  # noqa: E402
+from bmz.codec import pipeline, zoo  # noqa: E402
+from bmz.codec.chunks import bounded  # noqa: E402
 from make_golden import decoded_sha, sources  # noqa: E402
 
 
@@ -36,8 +37,7 @@ def with_base(vol: np.ndarray, delta: int, q: int) -> bytes:
     mapping = pipeline.mapping_for_range(int(vol.min()), int(vol.max()))
     enc = bounded.BoundedEncoder(model, mapping, delta, q)
     enc.fallback = False
-    codec = {"model": zoo.DEFAULT_MODEL, "weights_sha256": sha, "quality": q,
-             "chunk_format": bounded.CHUNK_FORMAT, "max_error": delta, "residual": bounded.CODER}
+    codec = {"model": zoo.DEFAULT_MODEL, "weights_sha256": sha, "quality": q, **enc.codec_fields()}
     buf = _io.BytesIO()
     api._write_chunks(buf, vol, vol, mapping, codec, "numpy", None, False, True, enc.encode_slice)
     return buf.getvalue()

@@ -3,33 +3,32 @@
 >>> import bmz
 >>> mid = bmz.interpolate(["a.bmz", "b.bmz"], [0.5, 0.5])          # (n_slices, H, W), a's grid
 >>> path = bmz.interpolate(["a.bmz", "b.bmz"], [[1 - t, t] for t in (0, .25, .5, .75, 1)])
->>> ds = bmz.interpolate.InterpolationDataset("codes/", n_sources=3, length=10_000, seed=0)
+>>> ds = bmz.interpolation.InterpolationDataset("codes/", n_sources=3, length=10_000, seed=0)
 
-(``bmz.interpolate`` is this module, and calling it calls :func:`interpolate`.) On the command
-line: ``bmz interpolate A.bmz B.bmz --alpha 0.25,0.5,0.75 -o mix.nii.gz``.
+(``bmz.interpolate`` is this module's :func:`interpolate`.) On the command line:
+``bmz interpolate A.bmz B.bmz --alpha 0.25,0.5,0.75 -o mix.nii.gz``.
 
 What is mixed
 -------------
 Only the stored codes are used: each slice's chunk is entropy-decoded with the real decoder
-(:func:`bmz.codec.pipeline.decode_latents`, the range decoder of ``bmz decode`` stopped before
+(:func:`bmz.codec.chunks.latents`, the range decoder of ``bmz decode`` stopped before
 the synthesis) — nothing is decoded to pixels and encoded again, the analysis transform is never
 run. For every model the mixed quantity is the **ungained latent ŷ = (symbol + offset) · inv_gain[q]**,
 the synthesis transform's input:
 
 * ``hyperprior``: ŷ only. The hyper-latent ẑ only parametrises the entropy model (the scale of
   each ŷ element), not the image, so it is decoded (it must be, to decode ŷ) and then dropped.
-  Rejected alternative, measured (``benchmarks/results/interpolation.md``, 24 IXI pairs and 48
-  3-/5-way mixtures of val subjects): mixing the *whitened* latent ŷ/σ(ẑ) and the hyper-latents ẑ,
-  then re-scaling by σ(ẑ_mix). It makes the α path less even (largest / mean step 1.39 against
-  1.12), lowers PSNR to the nearest source (28.23 against 28.55 dB) and α-precision at α = ½,
-  and needs the float hyper-synthesis, for FD 1.9 against 2.1 — not worth it.
+  Rejected alternative, measured (``benchmarks/results/interpolation.md``): mixing the
+  *whitened* latent ŷ/σ(ẑ) and the hyper-latents ẑ, then re-scaling by σ(ẑ_mix). It makes the α
+  path less even, lowers PSNR to the nearest source and α-precision at α = ½, and needs the
+  float hyper-synthesis, for a slightly better FD — not worth it.
 * ``factorized``, ``cnn-ae-*`` (factorized priors): ŷ, the only latent there is.
 
-What to expect (same benchmark): with the shipped models a latent mixture is close to blending
-the decoded sources voxel by voxel — within 0.06 dB and 0.005 SSIM for the factorized families,
-0.28 dB / 0.018 SSIM below it (and less sharp) for the hyperprior. Mixtures are new in the sense of
+What to expect (same benchmark, for the numbers): with the shipped models a latent mixture is
+close to blending the decoded sources voxel by voxel — closest for the factorized families, a
+little below it (and less sharp) for the hyperprior. Mixtures are new in the sense of
 authenticity (not copies of a real slice; α = 0 and 1 are) but stay nearest to their own
-sources and contract towards the mean (β-recall ≈ 0 against held-out subjects).
+sources and contract towards the mean.
 
 ŷ is on the same scale for every quality of a model (the quality lives in the gain), so files of
 different qualities of one model mix; files of different models (or other weights of one model)
@@ -44,11 +43,10 @@ to exactly 2**16 (largest remainders), and the mixture is ``a = round(Σ W_i a_i
 then the same fixed-point synthesis. So a mixture is bit-identical on every machine, and a weight
 of 1 reproduces that file's ``bmz decode`` exactly (tested). The mixture is *not* re-quantised to
 the coder's symbol grid: the synthesis input has 2**-14 resolution, far finer than a quantisation
-step. Alternatives measured in the benchmark: the float32 synthesis of the float mixture (72 dB
-from this one, at most 2 stored units apart on 0.4 % of voxels — but not bit-exact across
-machines); re-quantising the mixture to the quality's symbol grid and the integer synthesis
-(45.6 dB from this one; a second quantisation that makes the α path step unevenly, path length /
-chord 1.16 against 1.02) — both rejected.
+step. Alternatives measured in the benchmark: the float32 synthesis of the float mixture (within
+a few stored units of this one — but not bit-exact across machines); re-quantising the mixture
+to the quality's symbol grid and the integer synthesis (a second quantisation that makes the α
+path step unevenly) — both rejected.
 
 Slices, sizes, intensities
 --------------------------
@@ -71,16 +69,20 @@ Slices, sizes, intensities
 from __future__ import annotations
 
 import os
-import sys
-import types
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from .errors import FormatError, InputError, ModelMismatchError
+from . import io as bio
+from ._deps import pyplot
+from ._fileutil import atomic_output, check_output_path
+from .codec import pipeline
+from .errors import FormatError, InputError, ModelMismatchError, OutputError
+from .file import BmzFile, slice_indices
+from .io.discover import suffix
 
 #: weights are quantised to integers in units of 2**-WEIGHT_BITS summing to exactly 2**WEIGHT_BITS
 WEIGHT_BITS = 16
@@ -103,71 +105,20 @@ __all__ = ["interpolate", "open_codes", "LatentCodes", "InterpolationDataset", "
 # --------------------------------------------------------------------------------------------
 
 
-class LatentCodes:
-    """The stored codes of one ``.bmz`` file: metadata checked, each slice's latents entropy-decoded
-    on demand (the ``cache`` most recent slices are kept). Use as a context manager or ``close()``.
+class LatentCodes(BmzFile):
+    """The stored codes of one ``.bmz`` file (a :class:`~bmz.file.BmzFile`): metadata checked, each
+    slice's latents entropy-decoded on demand (the ``cache`` most recent slices are kept). Use as
+    a context manager or ``close()``.
 
     ``src``: a path, ``bytes`` or a binary file object."""
 
     def __init__(self, src, name: str | None = None, cache: int = 32):
-        from .api import _checked_meta, _open
-
-        self._src = src
-        self.name = name or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<bytes>")
-        self._reader = _open(src) if isinstance(src, (str, os.PathLike)) else _reader_of(src, self.name)
-        try:
-            shape, dtype, mapping, codec = _checked_meta(self.name, self._reader.meta)
-            n = shape[0] if len(shape) == 3 else 1
-            if self._reader.n_slices != n:
-                raise FormatError(f"{self.name}: index holds {self._reader.n_slices} slices, "
-                                  f"metadata says {n}")
-        except BaseException:
-            self._reader.close()
-            raise
-        self.meta = self._reader.meta
-        self.n_slices, self.hw = n, (int(shape[-2]), int(shape[-1]))
-        self.dtype, self.mapping = dtype, mapping
-        self.model_name, self.sha256 = codec["model"], codec["weights_sha256"]
-        self.quality = int(codec["quality"])
-        self._model = None
-        self._cache: OrderedDict[int, object] = OrderedDict()
-        self._cache_size = max(0, int(cache))
-
-    # ---- model, latents ------------------------------------------------------------------
-    @property
-    def model(self):
-        """The exact weights the file was encoded with (loaded once, shared by the zoo's cache)."""
-        if self._model is None:
-            from .codec import zoo
-
-            self._model, _ = zoo.load_model(self.model_name, expect_sha256=self.sha256)
-        return self._model
-
-    def latents(self, k: int):
-        """Slice ``k``'s :class:`~bmz.codec.pipeline.SliceLatents` (entropy decoding only)."""
-        from .codec import pipeline
-
-        if not 0 <= k < self.n_slices:
-            raise InputError(f"{self.name}: slice {k} out of range: the file has {self.n_slices} slices")
-        hit = self._cache.get(k)
-        if hit is not None:
-            self._cache.move_to_end(k)
-            return hit
-        chunk = self._reader.chunk(k)  # ChecksumError names the file and slice
-        try:
-            model = self.model if chunk[:1] and chunk[0] in pipeline.LEARNED_KINDS else None
-            lat = pipeline.decode_latents(model, chunk, self.hw, self.quality - 1, self.mapping)
-            if lat.kind == pipeline.CHUNK_CONSTANT and not (
-                    self.mapping["min"] <= lat.value <= self.mapping["max"]):
-                raise ValueError(f"constant value {lat.value} outside the volume range")
-        except (ValueError, RuntimeError, IndexError, OverflowError) as e:
-            raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode its "
-                              f"latents: {e}") from None
-        if self._cache_size:
-            self._cache[k] = lat
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return lat
+        if name is None and not isinstance(src, (str, os.PathLike)):
+            name = "<bytes>"
+        super().__init__(src, name, cache=cache)
+        self.hw = self.slice_shape
+        self.model_name, self.sha256 = self.codec["model"], self.codec["weights_sha256"]
+        self.quality = int(self.codec["quality"])
 
     def activations(self, k: int) -> torch.Tensor | None:
         """Slice ``k``'s ungained latent as the fixed-point synthesis's int64 input, or ``None`` for
@@ -189,26 +140,12 @@ class LatentCodes:
     def describe(self) -> str:
         return f"{self.name} (model {self.model_name}, weights {self.sha256[:12]}…)"
 
-    # ---- lifetime ------------------------------------------------------------------------
-    def close(self) -> None:
-        self._reader.close()
-        self._cache.clear()
-
     def __enter__(self) -> "LatentCodes":
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"LatentCodes({self.name!r}, {self.n_slices}×{self.hw[0]}×{self.hw[1]}, "
                 f"{self.model_name} q{self.quality})")
-
-
-def _reader_of(src, name: str):
-    from .bitstream import BmzReader
-
-    return BmzReader(bytes(src) if isinstance(src, (bytearray, memoryview)) else src, name=name)
 
 
 def open_codes(src, name: str | None = None, cache: int = 32) -> LatentCodes:
@@ -327,8 +264,6 @@ def match_slices(n_out: int, n_src: int) -> list[int]:
 def mixed_mapping(codes: Sequence[LatentCodes], wq: np.ndarray) -> dict:
     """The intensity mapping of a mixture with quantised weights ``wq`` (one row): min and scale
     are the weighted means of the files' (integer arithmetic, halves up)."""
-    from .codec import pipeline
-
     half = _WSUM // 2
     lo = (sum(int(w) * c.mapping["min"] for w, c in zip(wq, codes)) + half) // _WSUM
     sc = (sum(int(w) * c.mapping["scale"] for w, c in zip(wq, codes)) + half) // _WSUM
@@ -352,8 +287,6 @@ def mix_slice(codes: Sequence[LatentCodes], ks: Sequence[int], wq: np.ndarray,
     ``mappings[r]``; the mixtures on the [0, 1] scale, float64 ``(m, H, W)``, before mapping).
 
     Run inside :func:`bmz.codec.pipeline.single_thread` for speed (results do not depend on it)."""
-    from .codec import pipeline
-
     wq = np.atleast_2d(np.asarray(wq, dtype=np.int64))
     m, n = wq.shape
     H, W = codes[0].hw
@@ -396,8 +329,6 @@ def finish_slice(x: np.ndarray, wq_row, codes: Sequence[LatentCodes], lats, mapp
     """A mixture ``x`` on the [0, 1] scale → stored values: the mixed ``mapping`` (as a decode
     maps back, clipped to its range), then the floor mixed on the [0, 1] scale — each learned
     source's ``floor / scale`` weighted by its weight (``lats``: the sources' SliceLatents)."""
-    from .codec import pipeline
-
     out = pipeline.from_unit(x, mapping, dtype)
     funit = sum((int(w) / _WSUM) * (lat.floor / c.mapping["scale"])
                 for w, c, lat in zip(wq_row, codes, lats)
@@ -433,12 +364,6 @@ def _as_codes(items) -> tuple[list[LatentCodes], list[LatentCodes]]:
     return codes, opened
 
 
-def _slice_list(n: int, slices) -> list[int]:
-    from .api import _slice_list as api_slice_list
-
-    return api_slice_list(n, slices)
-
-
 def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarray:
     """Mix the latent codes of ``.bmz`` files and synthesise the mixture(s).
 
@@ -453,8 +378,6 @@ def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarr
 
     Raises :class:`ModelMismatchError` (different models), :class:`InputError` (weights, slice
     sizes), :class:`FormatError` (a damaged file, naming it and the slice)."""
-    from .codec import pipeline
-
     cs, opened = _as_codes(codes)
     try:
         check_compatible(cs)
@@ -462,15 +385,13 @@ def interpolate(codes, weights, slices=None, progress: bool = False) -> np.ndarr
         w = validate_weights(weights, len(cs), [c.name for c in cs])
         wq = quantise_weights(w)
         n0 = cs[0].n_slices
-        ks = _slice_list(n0, slices)
+        ks = slice_indices(n0, slices)
         match = [match_slices(n0, c.n_slices) for c in cs]
         dtype = output_dtype(cs)
         maps = [mixed_mapping(cs, row) for row in wq]
         out = np.empty((len(wq), len(ks), *cs[0].hw), dtype=dtype)
         it: Iterable = enumerate(ks)
         if progress and len(ks) > 1:
-            from tqdm import tqdm
-
             it = tqdm(it, total=len(ks), desc="interpolate", unit="slice", leave=False)
         with pipeline.single_thread():
             for j, k in it:
@@ -497,18 +418,11 @@ def parse_numbers(text: str, option: str) -> list[float]:
     return vals
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def output_paths(dst, labels: Sequence[str]) -> list[Path]:
     """Where :func:`interpolate_files` writes: ``.png`` and ``.npy`` one file; NIfTI one file per
     mixture (``dst`` itself for one, ``STEM_LABEL.nii.gz`` for several)."""
-    from .errors import OutputError
-
     p = Path(os.fspath(dst))
-    sfx = _suffix(p)
+    sfx = suffix(p)
     if sfx not in (".nii", ".nii.gz", ".npy", ".png"):
         raise OutputError(f"{p}: cannot write '{sfx or p.name}'; write .nii, .nii.gz, .npy or "
                           ".png (a grid of sources and mixtures)")
@@ -530,9 +444,6 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
       sources (their decodes at the matched slices) then the mixtures, each on its own range.
 
     Every output is checked before the work and written atomically. → the paths written."""
-    from . import io as bio
-    from ._fileutil import atomic_output, check_output_path
-
     cs, opened = _as_codes(files)
     try:
         check_compatible(cs)
@@ -541,10 +452,10 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
         paths = output_paths(dst, labels)
         for p in paths:
             check_output_path(p, force=force)
-        sfx = _suffix(paths[0])
+        sfx = suffix(paths[0])
         n0 = cs[0].n_slices
         if sfx == ".png":
-            ks = _slice_list(n0, slices if slices is not None else [(n0 - 1) // 2])
+            ks = slice_indices(n0, slices if slices is not None else [(n0 - 1) // 2])
             _write_grid(cs, w, labels, ks, paths[0], force)
             return paths
         arr = interpolate(cs, w, slices=slices, progress=progress)  # (m, k, H, W)
@@ -567,13 +478,7 @@ def interpolate_files(files: Sequence, dst, weights, labels: Sequence[str] | Non
 def _write_grid(cs: list[LatentCodes], w: np.ndarray, labels: Sequence[str], ks: list[int],
                 dst: Path, force: bool) -> None:
     """The PNG grid of :func:`interpolate_files`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ._fileutil import atomic_output
-    from .codec import pipeline
+    plt = pyplot("bmz interpolate's PNG grid")
 
     n = len(cs)
     allw = np.vstack([np.eye(n), w])
@@ -701,8 +606,6 @@ class InterpolationDataset(torch.utils.data.Dataset):
         return files, t, w
 
     def __getitem__(self, i: int):
-        from .codec import pipeline
-
         files, t, w = self.draw(int(i))
         cs = [self._codes(p) for p in files]
         ks = [int(round(t * (c.n_slices - 1))) for c in cs]
@@ -728,11 +631,3 @@ class InterpolationDataset(torch.utils.data.Dataset):
         self._open = {}
 
 
-# ``bmz.interpolate(...)`` calls interpolate(): the module is callable, so that ``bmz.interpolate``
-# is both this module (``bmz.interpolate.InterpolationDataset``) and the function.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return interpolate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

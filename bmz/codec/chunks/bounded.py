@@ -1,11 +1,14 @@
-"""Guaranteed fidelity: slices whose decoded values are within ``δ`` of the original on every voxel
-(``δ`` = 0: lossless, every bit), stored as chunk kind ``0x02`` (docs/FORMAT.md §10.2).
+"""Chunk kind ``0x02``, bounded error: slices whose decoded values are within ``δ`` of the original
+on every voxel (``δ`` = 0: lossless, every bit), in files of chunk format 3 (docs/FORMAT.md §10.2).
 
-A bounded chunk holds an optional **learned base layer** — an ordinary learned chunk of the
-volume's model at some quality, decoded bit-exactly by the fixed-point decoder — and a
-**residual stream** (:mod:`bmz.codec.residual`) that codes every voxel with max error ``δ``
-given the base reconstruction (when there is one) and the voxels already decoded. The chunk
-also carries the CRC-32 of the exact reconstruction, which the decoder checks.
+A bounded chunk holds an optional **learned base layer** — a :mod:`.learned` chunk of the
+volume's model at some quality, without its kind byte, decoded bit-exactly by the fixed-point
+decoder — and a **residual stream** (:mod:`bmz.codec.residual`) that codes every voxel with max
+error ``δ`` given the base reconstruction (when there is one) and the voxels already decoded. The
+chunk also carries the CRC-32 of the exact reconstruction, which the decoder checks.
+
+Layout: the kind byte, the base quality (u8; 0: no base layer), the CRC-32 (u32 LE); with a base
+layer its length (u32 LE) and bytes; then the residual stream to the end of the chunk.
 
 The encoder chooses the base quality per volume (``"auto"``: no base, or the lowest qualities,
 whichever codes a sample of slices in fewer bytes, stopping at the first quality that does not
@@ -13,21 +16,29 @@ improve on the previous; an integer forces one; 0 = no base), and per
 slice keeps the base only when it makes the chunk smaller. A slice whose values span at most
 ``2δ`` is a constant chunk (its mid value). Every chunk is decoded again at encode time and
 checked against the original: the bound is verified on the very values any decoder produces.
+
+Files of format 3 hold constant and bounded chunks only: a learned (lossy) chunk would break the
+file's guarantee. Their metadata's ``codec`` adds ``max_error`` (δ) and ``residual`` (the residual
+coder's name and version, :func:`coder_id`); ``quality`` is the base quality (0: none).
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Sequence
 
 import numpy as np
 
-from . import residual
+from ...errors import BmzError, FormatError, InputError
+from . import constant, learned
+from ._base import SliceContext, SliceLatents
 
-CHUNK_BOUNDED = 2
-#: chunk format of files with bounded chunks: format 2 plus chunk kind 0x02
-CHUNK_FORMAT = 3
-#: the residual coder's name and version, recorded in the metadata (``codec.residual``)
-CODER = residual.CODER_ID
+KIND = 2
+NAME = "bounded"
+#: the chunk format of files whose slices are constant or bounded chunks
+FORMAT = 3
+#: the lowest ``codec.quality`` (the base quality) of such files: 0, no base layer
+MIN_QUALITY = 0
 MAX_DELTA = 65535
 #: base qualities ``"auto"`` tries besides no base at all
 AUTO_QUALITIES = (1, 2)
@@ -36,15 +47,22 @@ AUTO_SAMPLE = 6
 _HEADER = 6  # kind, base quality, CRC-32
 
 
+def _residual():
+    """The residual coder (numba-compiled: imported when a bounded chunk is coded, not when a
+    file's header is read)."""
+    from .. import residual
+
+    return residual
+
+
+def coder_id() -> str:
+    """The residual coder's name and version, recorded in the metadata (``codec.residual``)."""
+    return _residual().CODER_ID
+
+
 def recon_crc(v: np.ndarray) -> int:
     """CRC-32 of a reconstructed slice: its values minus the volume minimum as u16 LE, raster."""
     return zlib.crc32(np.ascontiguousarray(v, dtype="<u2").tobytes()) & 0xFFFFFFFF
-
-
-def _constant_chunk(value: int) -> bytes:
-    from .pipeline import CHUNK_CONSTANT
-
-    return bytes([CHUNK_CONSTANT]) + int(value).to_bytes(8, "little", signed=True)
 
 
 class BoundedEncoder:
@@ -89,30 +107,33 @@ class BoundedEncoder:
         self.base_quality = best_q
         return best_q
 
+    def codec_fields(self) -> dict:
+        """What the metadata's ``codec`` object records beyond model, weights and quality."""
+        return {"chunk_format": FORMAT, "max_error": self.delta, "residual": coder_id()}
+
     # -- one slice -------------------------------------------------------------------------
 
     def _base(self, s: np.ndarray, q: int) -> tuple[bytes, np.ndarray]:
         """The learned base layer of slice ``s`` at quality ``q`` → (its payload, the bit-exact
         decoded base in ``[0, maxv]``)."""
-        from . import pipeline
-
-        chunk = pipeline.encode_slice(self.model, s, self.mapping, q - 1, kind=pipeline.CHUNK_LEARNED)
-        if chunk[0] != pipeline.CHUNK_LEARNED:  # cannot happen: constant slices never get here
+        chunk = learned.encode(self.model, s, self.mapping, q - 1)
+        if chunk[0] != learned.KIND:  # cannot happen: constant slices never get here
             raise RuntimeError("base layer of a non-constant slice is not a learned chunk")
-        base = pipeline.decode_slice(self.model, chunk, s.shape, self.mapping, q - 1, np.int64)
+        base = learned.decode_with(self.model, chunk, s.shape, self.mapping, q - 1, np.int64)
         return chunk[1:], base.astype(np.int64) - self.vmin
 
     def _chunk(self, s: np.ndarray, q: int, fallback: bool = True) -> tuple[bytes, np.ndarray, int]:
+        residual = _residual()
         v = s.astype(np.int64) - self.vmin
         cands = []
         if q > 0:
             payload, base = self._base(s, q)
             res, rec = residual.encode(v, self.maxv, self.delta, base)
-            head = bytes([CHUNK_BOUNDED, q]) + recon_crc(rec).to_bytes(4, "little")
+            head = bytes([KIND, q]) + recon_crc(rec).to_bytes(4, "little")
             cands.append((head + len(payload).to_bytes(4, "little") + payload + res, rec, len(payload)))
         if q == 0 or fallback:
             res, rec = residual.encode(v, self.maxv, self.delta, None)
-            head = bytes([CHUNK_BOUNDED, 0]) + recon_crc(rec).to_bytes(4, "little")
+            head = bytes([KIND, 0]) + recon_crc(rec).to_bytes(4, "little")
             cands.append((head + res, rec, 0))
         return min(cands, key=lambda c: len(c[0]))
 
@@ -126,8 +147,7 @@ class BoundedEncoder:
         lo, hi = int(s.min()), int(s.max())
         if hi - lo <= 2 * self.delta:
             self.parts.append((0, 9))
-            return _constant_chunk(lo + (hi - lo) // 2)
-        from ..errors import BmzError
+            return constant.encode(lo + (hi - lo) // 2)
 
         bug = ("bounded chunk failed its encode-time check (decoded values differ from the "
                "encoder's or exceed the bound); this is a bmz bug, nothing was written")
@@ -149,7 +169,8 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
     """Bounded chunk → stored values (int64, ``(H, W)``). ``get_model()`` returns the volume's
     model (called only for a chunk with a base layer). Raises ValueError on a bad chunk, including
     a reconstruction whose CRC-32 differs from the one the encoder stored."""
-    if len(chunk) < _HEADER or chunk[0] != CHUNK_BOUNDED:
+    residual = _residual()
+    if len(chunk) < _HEADER or chunk[0] != KIND:
         raise ValueError(f"bounded chunk of {len(chunk)} bytes is shorter than its header")
     q = chunk[1]
     crc = int.from_bytes(chunk[2:6], "little")
@@ -159,8 +180,6 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
     pos = _HEADER
     base = None
     if q:
-        from . import pipeline
-
         if len(chunk) < pos + 4:
             raise ValueError("bounded chunk truncated in its base-layer length")
         n = int.from_bytes(chunk[pos:pos + 4], "little")
@@ -172,8 +191,8 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
             raise ValueError("bounded chunk has a base layer but no model")
         if q > model.n_qualities:
             raise ValueError(f"bounded chunk: base quality {q} outside 1..{model.n_qualities}")
-        learned = bytes([pipeline.CHUNK_LEARNED]) + bytes(chunk[pos:pos + n])
-        base = pipeline.decode_slice(model, learned, shape, mapping, q - 1, np.int64) - vmin
+        layer = bytes([learned.KIND]) + bytes(chunk[pos:pos + n])
+        base = learned.decode_with(model, layer, shape, mapping, q - 1, np.int64) - vmin
         pos += n
     rec = residual.decode(chunk[pos:], shape, maxv, delta, base)
     if recon_crc(rec) != crc:
@@ -185,8 +204,6 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
 def check_max_error(max_error, lossless: bool) -> int | None:
     """The API's ``max_error`` / ``lossless`` → δ (``None``: an ordinary lossy file). Raises
     InputError for anything but an integer 0 … 65535 (or ``lossless`` with another δ)."""
-    from ..errors import InputError
-
     if lossless not in (True, False):
         raise InputError(f"lossless must be True or False, got {lossless!r}")
     if max_error is None:
@@ -209,8 +226,6 @@ def check_max_error(max_error, lossless: bool) -> int | None:
 
 def check_base_quality(base_quality, model) -> "int | str":
     """``"auto"``, 0 or a quality of ``model`` (InputError otherwise)."""
-    from ..errors import InputError
-
     if base_quality in (None, "auto"):
         return "auto"
     if isinstance(base_quality, str) and base_quality.strip().isdigit():
@@ -224,36 +239,31 @@ def check_base_quality(base_quality, model) -> "int | str":
     return int(base_quality)
 
 
-def check_bounded_meta(name, codec: dict) -> None:
-    """The ``codec`` keys of a bounded-error file (chunk format 3), checked → FormatError /
-    UnsupportedVersionError naming the field."""
-    from ..errors import FormatError
-
+def check_meta(name, codec: dict) -> None:
+    """The ``codec`` keys of a bounded-error file, checked → FormatError naming the field."""
     d = codec.get("max_error")
     if not (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DELTA):
         raise FormatError(f"{name}: metadata field 'codec.max_error' ({d!r}) is invalid")
-    if codec.get("residual") != CODER:
+    if codec.get("residual") != coder_id():
         raise FormatError(f"{name}: residual coder {codec.get('residual')!r} is not the one of this "
-                          f"bmz ({CODER}); decode it with the bmz version that wrote it")
+                          f"bmz ({coder_id()}); decode it with the bmz version that wrote it")
 
 
-def decode_bounded_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, codec: dict,
-                         dtype) -> np.ndarray:
-    """A chunk of a bounded-error file → the slice in ``dtype`` (ValueError on a bad chunk).
+def file_needs_model(codec: dict) -> bool:
+    """Whether decoding a file needs its model: only for a base layer (base quality ≥ 1)."""
+    return codec.get("quality") != 0
 
-    Such a file holds constant chunks (exact) and bounded chunks only: a learned (lossy) chunk
-    would break the file's guarantee and is refused, as is a bounded chunk in a file of another
-    chunk format (whose ``codec.max_error`` was never checked)."""
-    from .pipeline import CHUNK_CONSTANT, decode_slice
 
-    if codec.get("chunk_format") != CHUNK_FORMAT or "max_error" not in codec:
-        raise ValueError(f"bounded-error chunk in a file of chunk format "
-                         f"{codec.get('chunk_format')!r} (bounded chunks need format {CHUNK_FORMAT})")
-    if not chunk:
-        raise ValueError("empty chunk")
-    if chunk[0] == CHUNK_CONSTANT:
-        return decode_slice(None, chunk, shape, mapping, 0, dtype)
-    if chunk[0] != CHUNK_BOUNDED:
-        raise ValueError(f"chunk kind {chunk[0]} in a bounded-error file (only constant and "
-                         "bounded chunks keep the guarantee)")
-    return decode_chunk(chunk, shape, mapping, int(codec["max_error"]), lambda: model).astype(dtype)
+def max_error(codec: dict) -> int | None:
+    """The file's guaranteed max error δ (stored units; 0: lossless)."""
+    return codec.get("max_error")
+
+
+def decode(chunk: bytes, ctx: SliceContext, previous: Sequence[SliceLatents] = ()) -> np.ndarray:
+    """A bounded chunk of a (checked) bounded-error file → the slice in ``ctx.dtype``."""
+    return decode_chunk(chunk, ctx.shape, ctx.mapping, int(ctx.codec["max_error"]),
+                        ctx.get_model).astype(ctx.dtype)
+
+
+#: the table's name for this kind's encoder (``codec_fields``, ``encode_slice``)
+Encoder = BoundedEncoder

@@ -1,26 +1,31 @@
-"""Fitting the residual coder's initial state on training MRI (``python -m bmz.codec.residual_prior``).
+"""Fitting the residual coder's initial state on training MRI.
+
+    python tools/fit_residual_prior.py TRAIN_FOLDER          # e.g. ../shared/data/train
 
 Every slice is coded independently (random access), so the coder's adaptive probabilities and
 mixing weights start from scratch on each slice; starting them from what MRI usually looks like
-saves the bits they would otherwise spend learning it. The fit codes slices of
-``../shared/data/train`` at several δ without a base layer, counts the zeros and ones coded in
-every context (initial P(1) = (n₁ + ½) / (n + 1), 16-bit) and averages the mixer and secondary
-estimation weights at the end of each slice. The result is written, as integers, to
-``bmz/codec/_residual_tables.py``; the coder's name (``residual.CODER_ID``) includes their SHA-256,
-so files coded with other tables are refused by name.
+saves the bits they would otherwise spend learning it. The fit codes slices of the training
+folder it is given at several δ without a base layer (coding from flat tables, never from a
+previous fit), counts the zeros and ones coded in every context (initial P(1) = (n₁ + ½) / (n + 1),
+16-bit) and averages the mixer and secondary estimation weights at the end of each slice. The
+result is written, as int64 arrays, to ``bmz/codec/residual_tables.npz`` (package data); the
+coder's name (``residual.CODER_ID``) includes their SHA-256, so files coded with other tables are
+refused by name.
 
 The training volumes are listed in :data:`TRAIN` (none of them is in ``val/``).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bmz import io as bio  # noqa: E402
+from bmz.codec import residual as R  # noqa: E402
 
 #: (path under the training folder, slice step)
 TRAIN = (
@@ -35,15 +40,11 @@ TRAIN = (
     ("dcm_qa_xa30/5_anat-T1w_acq-tfl", 1),
 )
 DELTAS = (0, 0, 1, 3)
-OUT = Path(__file__).with_name("_residual_tables.py")
+OUT = R.TABLES_FILE
 
 
 def fit(root: str | Path, verbose: bool = True) -> dict:
-    from .. import io as bio
-    from . import residual as R
-
-    # fit from flat tables, never from a previous fit
-    R.PRIOR, R.PRIOR_MIX, R.PRIOR_APM, R.PRIOR_N0 = R.flat_tables()
+    flat = R.flat_tables()  # fit from flat tables, never from a previous fit
     stats = np.zeros((R.N_CNT, 2), np.int64)
     mix = np.zeros((R.N_MROW, R.N_IN), np.int64)
     apm = np.zeros((R.N_DEC * 16, 33), np.int64)
@@ -56,7 +57,7 @@ def fit(root: str | Path, verbose: bool = True) -> dict:
             for k in range(step // 2, v.shape[0], step):
                 if int(v[k].max()) - int(v[k].min()) <= 2 * d:
                     continue
-                R.encode(v[k], maxv, d, stats=stats, mix_acc=mix, apm_acc=apm)
+                R.encode(v[k], maxv, d, stats=stats, mix_acc=mix, apm_acc=apm, tables=flat)
                 n += 1
         if verbose:
             print(f"{rel}: {v.shape}, {n} slices so far", file=sys.stderr, flush=True)
@@ -69,23 +70,11 @@ def fit(root: str | Path, verbose: bool = True) -> dict:
 
 
 def write(tables: dict, path: Path = OUT) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v, dtype="<i8") for k, v in tables.items()})
-    text = base64.b64encode(zlib.compress(buf.getvalue(), 9)).decode()
-    lines = [text[i:i + 96] for i in range(0, len(text), 96)]
-    path.write_text('"""Initial state of the residual coder, fitted by ``python -m '
-                    'bmz.codec.residual_prior`` (generated; do not edit)."""\n\nDATA = (\n'
-                    + "".join(f'    "{ln}"\n' for ln in lines) + ")\n")
-
-
-def load(data: str) -> dict:
-    raw = zlib.decompress(base64.b64decode(data))
-    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-        return {k: z[k].astype(np.int64) for k in z.files}
+    np.savez_compressed(path, **{k: np.asarray(v, dtype="<i8") for k, v in tables.items()})
 
 
 if __name__ == "__main__":
-    root = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[3]
-                                                       / "shared" / "data" / "train")
-    write(fit(root))
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tools/fit_residual_prior.py TRAIN_FOLDER  (e.g. ../shared/data/train)")
+    write(fit(sys.argv[1]))
     print(f"wrote {OUT}", file=sys.stderr)

@@ -1,0 +1,88 @@
+"""What the learned chunk kinds share (:mod:`.learned`, :mod:`.learned_compact`): the model's
+slice payload behind a header holding the slice's ``floor``.
+
+Decoded values ``≤ min + floor`` become ``min`` (:func:`bmz.codec.pipeline.choose_floor`); a
+floor above :func:`~bmz.codec.pipeline.floor_candidates` is one no encoder sends, and is refused.
+The kinds differ in how the floor is written and whether the payload's entropy-coded parts share
+one stream (the model's ``single_stream``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .. import pipeline
+from . import constant
+from ._base import SliceContext, SliceLatents
+
+#: a kind's floor codec: ``write(floor) → bytes``; ``read(chunk) → (floor, payload offset)``
+FloorWriter = Callable[[int], bytes]
+FloorReader = Callable[[bytes], "tuple[int, int]"]
+
+
+def encode(model, s: np.ndarray, mapping: dict, quality: int, kind: int, write_floor: FloorWriter,
+           single_stream: bool) -> bytes:
+    """One stored-value slice (H, W) → a constant chunk, or a learned chunk of ``kind``."""
+    import torch  # heavy: only encoding needs it here (reading a file's header stays torch-free)
+
+    if constant.is_constant(s):
+        return constant.encode(s.flat[0])
+    x = pipeline.pad_to_multiple(pipeline.to_unit(s, mapping), model.downsampling)
+    payload, sym = model.analyse(torch.from_numpy(x)[None, None], quality, single_stream=single_stream)
+    H, W = s.shape
+    rec = pipeline.from_unit(model.synthesize_float(sym, quality)[0, 0, :H, :W].numpy(), mapping,
+                             np.int64)
+    return bytes([kind]) + write_floor(pipeline.choose_floor(s, rec, mapping)) + payload
+
+
+def header(model, chunk: bytes, mapping: dict | None, read_floor: FloorReader) -> tuple[int, bytes]:
+    """(floor, payload) of a learned chunk, after the header checks (with the volume's
+    ``mapping``: a floor no encoder sends is refused)."""
+    if model is None:
+        raise ValueError("learned chunk but no model")
+    floor, pos = read_floor(chunk)
+    if mapping is not None and floor > pipeline.floor_candidates(mapping):
+        raise ValueError(f"learned chunk: floor {floor} above the largest an encoder sends "
+                         f"({pipeline.floor_candidates(mapping)})")
+    return floor, chunk[pos:]
+
+
+def decode(model, chunk: bytes, shape: tuple[int, int], mapping: dict, quality: int, dtype,
+           read_floor: FloorReader, single_stream: bool) -> np.ndarray:
+    """A learned chunk → stored-value slice (H, W) in ``dtype`` (ValueError on a bad chunk)."""
+    floor, payload = header(model, chunk, mapping, read_floor)
+    H, W = shape
+    x_hat = model.decompress_slice(payload, pipeline.padded_shape(shape, model.downsampling),
+                                   quality, single_stream=single_stream)
+    v = pipeline.from_unit(x_hat[0, 0, :H, :W].numpy(), mapping, dtype)
+    if floor:
+        v[v <= mapping["min"] + floor] = mapping["min"]
+    return v
+
+
+def latents(chunk: bytes, ctx: SliceContext, read_floor: FloorReader,
+            single_stream: bool) -> SliceLatents:
+    """A learned chunk → its entropy-decoded symbols (the decoder, stopped before the synthesis)."""
+    model = ctx.get_model()
+    floor, payload = header(model, chunk, ctx.mapping, read_floor)
+    q = ctx.quality_index
+    sym = model.decode_latents(payload, pipeline.padded_shape(ctx.shape, model.downsampling), q,
+                               single_stream=single_stream)
+    return SliceLatents(chunk[0], ctx.shape, q, floor=floor, symbols=sym)
+
+
+class Encoder:
+    """Encodes a volume's slices with ``encode(model, s, mapping, quality)`` (a learned kind's)
+    into a file of chunk format ``fmt``, at quality index ``quality``."""
+
+    def __init__(self, fmt: int, encode, model, mapping: dict, quality: int):
+        self.fmt, self._encode = fmt, encode
+        self.model, self.mapping, self.quality = model, mapping, int(quality)
+
+    def codec_fields(self) -> dict:
+        """What the metadata's ``codec`` object records beyond model, weights and quality."""
+        return {"chunk_format": self.fmt}
+
+    def encode_slice(self, s: np.ndarray) -> bytes:
+        return self._encode(self.model, s, self.mapping, self.quality)

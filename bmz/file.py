@@ -1,0 +1,329 @@
+"""An opened ``.bmz`` file: its checked metadata, and its slices decoded on demand.
+
+>>> with BmzFile("scan.bmz") as f:
+...     f.shape, f.dtype, f.source                # from the metadata, checked once on opening
+...     s = f.slice(40)                           # one slice, decoded (the model loads on first use)
+...     lat = f.latents(40)                       # its entropy-decoded latent codes
+...     vol = f.read()                            # every slice: the original dtype and shape
+
+Opening reads and checks the container (checksums of header, metadata and index) and the
+metadata fields decoding relies on (:func:`check_meta`); nothing is decoded until asked for. The
+chunk kinds and their formats are :mod:`bmz.codec.chunks`' business; this is the one place that
+turns a file's metadata into what they need (nibabel's image with a lazy data proxy, for ``.bmz``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .bitstream import BmzReader
+from .codec import chunks, pipeline, zoo
+from .errors import FormatError, InputError
+
+#: the largest slice bmz encodes or decodes (4096 × 4096 voxels; MRI slices are ≤ 1024²): a
+#: header claiming more is refused before anything is allocated
+MAX_SLICE_VOXELS = 1 << 24
+
+#: what a chunk that cannot be decoded raises inside the chunk decoders (each becomes a
+#: FormatError naming the file and slice)
+_DECODE_ERRORS = (ValueError, RuntimeError, IndexError, OverflowError)
+
+__all__ = ["BmzFile", "check_meta", "open_reader", "slice_indices", "MAX_SLICE_VOXELS"]
+
+
+def open_reader(src, name: str | None = None) -> BmzReader:
+    """A :class:`BmzReader` on a ``.bmz`` path, bytes or binary file object; a missing or unreadable
+    path is an InputError."""
+    if isinstance(src, (str, os.PathLike)):
+        if not os.path.exists(src):
+            raise InputError(f"{src}: no such file")
+        if os.path.isdir(src):
+            raise InputError(f"{src}: is a folder, expected a .bmz file")
+        try:
+            return BmzReader(src, name=name)
+        except OSError as e:
+            raise InputError(f"{src}: cannot read: {e.strerror or e}") from None
+    if isinstance(src, (bytearray, memoryview)):
+        src = bytes(src)
+    return BmzReader(src, name=name)
+
+
+def _is_int(v) -> bool:
+    """A JSON integer (bool is an int subclass in Python, but not one here)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, dict]:
+    """The fields decoding relies on, type- and range-checked → (shape, dtype, mapping, codec): a
+    damaged or forged metadata block (with a valid checksum) is a FormatError naming the field,
+    never a crash further on."""
+    def bad(what: str):
+        return FormatError(f"{name}: metadata field {what} is invalid")
+
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) in (2, 3)
+            and all(_is_int(v) and v >= 0 for v in shape)):
+        raise bad(f"'shape' ({shape!r})")
+    if shape[-1] * shape[-2] > MAX_SLICE_VOXELS:
+        raise bad(f"'shape' ({shape!r}: slices larger than {MAX_SLICE_VOXELS} voxels)")
+    try:
+        dtype = np.dtype(meta.get("dtype"))
+    except (TypeError, ValueError):
+        raise bad(f"'dtype' ({meta.get('dtype')!r})") from None
+    if dtype.kind not in "iub" or dtype.itemsize > 8:
+        raise bad(f"'dtype' ({meta.get('dtype')!r}: not an integer type)")
+    mapping = meta.get("intensity")
+    keys = ("min", "max", "offset", "scale", "bits")
+    if not (isinstance(mapping, dict) and all(_is_int(mapping.get(k)) for k in keys)):
+        raise bad(f"'intensity' ({mapping!r})")
+    info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
+    if not (info.min <= mapping["min"] <= mapping["max"] <= info.max and mapping["offset"] == mapping["min"]
+            and mapping["scale"] == mapping["max"] - mapping["min"]):
+        raise bad(f"'intensity' ({mapping!r}: inconsistent or outside {dtype})")
+    codec = meta.get("codec")
+    if not isinstance(codec, dict):
+        raise bad(f"'codec' ({codec!r})")
+    fmt = chunks.format_of(codec)
+    if fmt is None:
+        raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
+                          f"supported by bmz {__version__}")
+    q = codec.get("quality")
+    if not (_is_int(q) and fmt.MIN_QUALITY <= q <= 64):
+        raise bad(f"'codec.quality' ({q!r})")
+    if hasattr(fmt, "check_meta"):
+        fmt.check_meta(name, codec)
+    if not isinstance(codec.get("model"), str) or not isinstance(codec.get("weights_sha256"), str):
+        raise bad("'codec.model' / 'codec.weights_sha256'")
+    return tuple(shape), dtype, mapping, codec
+
+
+def slice_indices(n: int, slices) -> list[int]:
+    """``slices`` (None: all; an int, a slice, or indices, negative ones from the end) → indices
+    into ``n`` slices; InputError for one out of range."""
+    if slices is None:
+        return list(range(n))
+    if isinstance(slices, slice):
+        return list(range(n))[slices]
+    if isinstance(slices, (int, np.integer)):
+        slices = [slices]
+    out = []
+    for k in slices:
+        k = int(k)
+        if not -n <= k < n:
+            raise InputError(f"slice {k} out of range: the volume has {n} slices")
+        out.append(k % n)
+    return out
+
+
+class BmzFile:
+    """An opened ``.bmz``: ``src`` a path, ``bytes`` or a binary file object (``name`` names it in
+    messages). Use as a context manager, or ``close()``.
+
+    With ``check`` (the default) the metadata is checked on opening (:func:`check_meta`, and the
+    index's slice count against ``shape``); ``check=False`` opens any file whose container is
+    intact (for ``info`` and ``verify``, which report on files this bmz may not decode).
+    ``cache``: how many slices' latents :meth:`latents` keeps (the most recent)."""
+
+    def __init__(self, src, name: str | None = None, *, check: bool = True, cache: int = 0):
+        self._reader = open_reader(src, name)
+        self.name = self._reader.name
+        self.meta = self._reader.meta
+        self._model = None
+        self._latents_cache: OrderedDict[int, chunks.SliceLatents] = OrderedDict()
+        self._cache_size = max(0, int(cache))
+        self.checked = False
+        if check:
+            try:
+                self.check()
+            except BaseException:
+                self._reader.close()
+                raise
+
+    def check(self) -> None:
+        """Check the metadata (done on opening unless ``check=False``; FormatError naming the field)."""
+        shape, self.dtype, self.mapping, self.codec = check_meta(self.name, self.meta)
+        self.n_slices = shape[0] if len(shape) == 3 else 1
+        if self._reader.n_slices != self.n_slices:
+            raise FormatError(f"{self.name}: index holds {self._reader.n_slices} slices, "
+                              f"metadata says {self.n_slices}")
+        self.shape = shape
+        self.slice_shape = (int(shape[-2]), int(shape[-1]))
+        self._ctx = chunks.SliceContext(self.slice_shape, self.mapping, self.dtype, self.codec,
+                                        lambda: self.model)
+        # slice groups (inter-slice context): sequential decoding reuses the previous latents
+        self._grouped = chunks.format_of(self.codec) is chunks.GROUPED
+        if self._grouped:
+            self._cache_size = max(self._cache_size, 2)
+        self.checked = True
+
+    # ---- the metadata ----------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """What the volume was read from: ``"nifti"``, ``"dicom"`` or ``"numpy"``."""
+        return self.meta.get("source", "numpy")
+
+    @property
+    def source_meta(self) -> dict:
+        """What the reader of the source kept to write it back (header, elements, ...)."""
+        return self.meta.get("source_meta", {})
+
+    @property
+    def n_index_slices(self) -> int:
+        """How many chunks the index lists (``n_slices`` once checked against ``shape``)."""
+        return self._reader.n_slices
+
+    @property
+    def file_size(self) -> int:
+        return self._reader.file_size
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """The container's format version (major, minor)."""
+        return self._reader.version
+
+    def chunk_sizes(self) -> list[int]:
+        return self._reader.chunk_sizes()
+
+    def chunk(self, k: int) -> bytes:
+        """The raw bytes of slice ``k``'s chunk, after its checksum (ChecksumError when damaged)."""
+        return self._reader.chunk(k)
+
+    def verify(self) -> list[int]:
+        """Check every chunk's checksum (nothing is decoded) → the damaged slices."""
+        return self._reader.verify()
+
+    # ---- decoding --------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The exact weights the file was encoded with (loaded on first use, shared by the zoo's
+        cache); a ModelError when they are not installed."""
+        if self._model is None:
+            self._model, _ = zoo.load_model(self.codec["model"], expect_sha256=self.codec["weights_sha256"])
+        return self._model
+
+    def _index(self, k: int) -> int:
+        if not self.checked:
+            raise RuntimeError(f"{self.name}: opened with check=False; it cannot be decoded")
+        if not 0 <= k < self.n_slices:
+            raise InputError(f"{self.name}: slice {k} out of range: the file has {self.n_slices} slices")
+        return k
+
+    def _previous(self, k: int, chunk: bytes) -> list[chunks.SliceLatents]:
+        """The latents of the earlier slices slice ``k``'s chunk is coded with (inter-slice
+        context); a FormatError naming both slices when one of them cannot be decoded."""
+        out = []
+        for j in chunks.context_slices(self.codec, k, chunk):
+            try:
+                out.append(self.latents(j))
+            except FormatError as e:
+                g = self.codec.get("group") or 1
+                start = k - k % g
+                raise FormatError(
+                    f"{self.name}: slice {k} of {self.n_slices}: cannot decode: it is coded with "
+                    f"slice {j} of its group (slices {start}..{min(start + g, self.n_slices) - 1}) "
+                    f"as context, which cannot be decoded: {e}") from None
+        return out
+
+    def slice(self, k: int) -> np.ndarray:
+        """Slice ``k`` decoded, ``(H, W)`` in the file's dtype. A damaged chunk is a FormatError
+        naming the file and slice (ChecksumError when its checksum fails)."""
+        chunk = self._reader.chunk(self._index(k))
+        if self._grouped and chunk[:1] != bytes([chunks.constant.KIND]):
+            # slice groups: the latents are kept for the next slice of the group
+            lat = self._latents(k, chunk)
+            try:
+                return chunks.from_latents(lat, self._ctx)
+            except _DECODE_ERRORS as e:
+                raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode: {e}") from None
+        try:
+            return chunks.decode(chunk, self._ctx, self._previous(k, chunk))
+        except _DECODE_ERRORS as e:
+            raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode: {e}") from None
+
+    def latents(self, k: int) -> chunks.SliceLatents:
+        """Slice ``k``'s entropy-decoded latent codes (:class:`~bmz.codec.chunks.SliceLatents`),
+        without the synthesis; the ``cache`` most recent are kept."""
+        hit = self._latents_cache.get(self._index(k))
+        if hit is not None:
+            self._latents_cache.move_to_end(k)
+            return hit
+        return self._latents(k, self._reader.chunk(k))
+
+    def _latents(self, k: int, chunk: bytes) -> chunks.SliceLatents:
+        hit = self._latents_cache.get(k)
+        if hit is not None:
+            self._latents_cache.move_to_end(k)
+            return hit
+        previous = self._previous(k, chunk)
+        try:
+            lat = chunks.latents(chunk, self._ctx, previous)
+        except _DECODE_ERRORS as e:
+            raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode its "
+                              f"latents: {e}") from None
+        if self._cache_size:
+            self._latents_cache[k] = lat
+            while len(self._latents_cache) > self._cache_size:
+                self._latents_cache.popitem(last=False)
+        return lat
+
+    def stack(self, slices=None, skip_damaged: bool = False,
+              on_decoded: Callable[[], None] | None = None):
+        """The ``slices`` (as :func:`slice_indices`) as a :class:`~bmz.io.SliceStack` that decodes
+        each when asked for (nothing is held) → (stack, damaged).
+
+        ``damaged`` fills in as slices are decoded: with ``skip_damaged`` a slice whose chunk
+        fails its checksum or cannot be decoded comes out filled with the volume's minimum and its
+        index is appended; otherwise its FormatError is raised. ``on_decoded()`` is called after
+        each slice (a progress bar). Decode inside :func:`bmz.codec.pipeline.single_thread`."""
+        from .io import SliceStack  # the readers and writers (pydicom, nibabel): heavy
+
+        ks = slice_indices(self.n_slices, slices)
+        damaged: list[int] = []
+
+        def get(i: int) -> np.ndarray:
+            k = ks[i]
+            try:
+                out = self.slice(k)
+            except FormatError:
+                if not skip_damaged:
+                    raise
+                if k not in damaged:
+                    damaged.append(k)
+                out = np.full(self.slice_shape, self.mapping["min"], dtype=self.dtype)
+            if on_decoded is not None:
+                on_decoded()
+            return out
+
+        return SliceStack((len(ks), *self.slice_shape), self.dtype, get), damaged
+
+    def read(self, slices: int | slice | Sequence[int] | None = None) -> np.ndarray:
+        """Decode ``slices`` → ``(k, H, W)``; all of them (``None``) → the original shape (a 2-D
+        original comes back 2-D)."""
+        stack, _ = self.stack(slices)
+        # one thread per slice: decoding is integer-exact, so any thread count gives the identical
+        # array; one thread is simply faster for MRI-sized slices and never oversubscribes
+        with pipeline.single_thread():
+            out = np.asarray(stack)
+        return out[0] if slices is None and len(self.shape) == 2 else out
+
+    # ---- lifetime --------------------------------------------------------------------------
+    def close(self) -> None:
+        self._reader.close()
+        self._latents_cache.clear()
+
+    def __enter__(self) -> "BmzFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if not self.checked:
+            return f"BmzFile({self.name!r})"
+        return (f"BmzFile({self.name!r}, {'×'.join(map(str, self.shape))} {self.dtype}, "
+                f"{self.codec['model']} q{self.codec['quality']})")
