@@ -97,7 +97,9 @@ class KeptFile:
     verbatim: bytes = b""  # encapsulated pixel bytes kept verbatim (keep_encapsulated)
     native_sha256: str = ""  # encapsulated: SHA-256 of the native file a lossless decode gives
     group_lengths: bool = False  # the data set has group length elements (gggg,0000)
-    notes: list[str] = field(default_factory=list)
+    high_bits: bool = False  # its pixel words have bits set above Bits Stored
+    #: encapsulated: what its native version changes besides the pixel data and transfer syntax
+    native_changes: list[str] = field(default_factory=list)
 
 
 def sha256(data: bytes) -> str:
@@ -188,14 +190,9 @@ def _keep_native(raw: bytes, name: str, frames: np.ndarray, lay: Layout, px: Ele
     original = raw[s:s + length]
     predicted = pixel_bytes(frames, pix)
     residual = b"" if original == predicted else _xor(original, predicted)
-    kf = KeptFile(size=len(raw), sha256=sha256(raw), ts=lay.transfer_syntax, cut=(s, e),
-                  kept=raw[:s] + raw[e:], pixels=pix, residual=residual,
-                  tail=raw[s + length:e])
-    if residual:
-        kf.notes.append(f"bits above Bits Stored ({pix['stored']} of {pix['alloc']}) are set in "
-                        "its pixel words: kept (a lossless decode restores them; a lossy one "
-                        "writes the decoded values only)")
-    return kf
+    return KeptFile(size=len(raw), sha256=sha256(raw), ts=lay.transfer_syntax, cut=(s, e),
+                    kept=raw[:s] + raw[e:], pixels=pix, residual=residual,
+                    tail=raw[s + length:e], high_bits=bool(residual))
 
 
 def _element_bytes(tag: int, vr: str, value: bytes) -> bytes:
@@ -241,12 +238,12 @@ def _keep_encapsulated(raw: bytes, name: str, frames: np.ndarray, lay: Layout, p
     for elem in lay.elements:
         if elem.tag in _EOT:
             top.append(Edit(elem.start, elem.end, b"", why="extended offset table"))
-            notes.append(f"{elem.label()} (Extended Offset Table) omitted from its native version: "
-                         "it describes encapsulated pixel data only")
+            notes.append(f"{elem.label()} Extended Offset Table omitted (it describes "
+                         "encapsulated pixel data only)")
         elif elem.tag == _ICON and _has_encapsulated_pixels(elem):
             top.append(Edit(elem.start, elem.end, b"", why="icon"))
-            notes.append("(0088,0200) Icon Image Sequence omitted from its native version: its "
-                         "pixels are encapsulated (kept byte for byte with --keep-encapsulated)")
+            notes.append("(0088,0200) Icon Image Sequence omitted (its pixels are encapsulated "
+                         "too)")
     method = LOSSY_TS_METHOD.get(lay.transfer_syntax)
     encapsulated_bytes = sum(n for _, n in px.fragments or [])
     if method and lay.find(_LOSSY) is None:
@@ -259,11 +256,10 @@ def _keep_encapsulated(raw: bytes, name: str, frames: np.ndarray, lay: Layout, p
         for tag, evr, value in add:
             at = next((x.start for x in lay.elements if x.tag > tag), px.start)
             top.append(Edit(at, at, _element_bytes(tag, evr, value), why="lossy history"))
-        notes.append(f"its transfer syntax is lossy ({method}) and it has no Lossy Image "
-                     f"Compression (0028,2110): its native version gets 0028,2110 = 01"
-                     + (f", 0028,2112 = {ratio}" if lay.find(_RATIO) is None else "")
-                     + (f", 0028,2114 = {method}" if lay.find(_METHOD) is None else "")
-                     + " (the lossy history the transfer syntax held)")
+        notes.append("(0028,2110) Lossy Image Compression = 01"
+                     + (f", (0028,2112) = {ratio}" if lay.find(_RATIO) is None else "")
+                     + (f", (0028,2114) = {method}" if lay.find(_METHOD) is None else "")
+                     + f" added (the lossy history its transfer syntax held)")
     header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode("ascii"), 0, length + len(pad))
     top.append(Edit(px.start, e, header, pixels=True, why="pixel data"))
     top.sort(key=lambda x: (x.start, x.end))
@@ -272,7 +268,7 @@ def _keep_encapsulated(raw: bytes, name: str, frames: np.ndarray, lay: Layout, p
     return KeptFile(size=len(raw), sha256=sha256(raw), ts=lay.transfer_syntax, cut=(s, e),
                     kept=raw[:s] + raw[e:], pixels=pix, tail=pad, encapsulated=True,
                     edits=edits, verbatim=raw[s:e] if keep_encapsulated else b"",
-                    notes=notes)
+                    native_changes=notes)
 
 
 def _group_length_edits(raw: bytes, lay: Layout, edits: list[Edit]) -> list[Edit]:
@@ -464,8 +460,10 @@ def pack(files: list[KeptFile]) -> tuple[dict[str, Any], bytes]:
             entry["encapsulated_bytes"] = kf.cut[1] - kf.cut[0]
         if kf.group_lengths:
             entry["group_lengths"] = True
-        if kf.notes:
-            entry["notes"] = kf.notes
+        if kf.high_bits:
+            entry["high_bits"] = True
+        if kf.native_changes:
+            entry["native_changes"] = kf.native_changes
         entries.append(entry)
     raw = b"".join(stream)
     packed = lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE,
