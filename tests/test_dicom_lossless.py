@@ -426,6 +426,32 @@ def test_refusals_one_bit_series_and_options(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_dciodvfy_finds_nothing_new_in_native_versions(shared_data, tmp_path):
+    """The native version of encapsulated originals (JPEG 2000, JPEG baseline, JPEG-LS
+    near-lossless, JPEG lossless, lossy JPEG 2000): dicom3tools' dciodvfy reports no error the
+    original does not have."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (Debian: apt-get install dicom3tools)")
+
+    def errors(path: Path) -> set[str]:
+        r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        return {line.strip() for line in (r.stdout + r.stderr).splitlines()
+                if line.startswith("Error")}
+
+    sources = [sorted((shared_data / "dicom/dcm_qa_frag/6001_j2k").iterdir())[0],
+               shared_data / "dicom/divest/jpeg_01j.dcm", shared_data / "dicom/dcm_qa_ts/5.dcm",
+               shared_data / "dicom/pypi_pydicom_data/MR2_J2KI.dcm",
+               PYDICOM_FILES / "JPEGLSNearLossless_16.dcm"]
+    for src in sources:
+        (back,) = files_back(lossless(src.read_bytes())).values()
+        out = tmp_path / src.name
+        out.write_bytes(back)
+        assert not errors(out) - errors(src), src.name
+
+
 # --------------------------------------------------------------------------------------------
 # the CLI, info, verify, damage
 # --------------------------------------------------------------------------------------------

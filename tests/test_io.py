@@ -16,11 +16,9 @@ import pydicom.pixels as pydicom_pixels
 import pytest
 
 import bmz.io as bio
-from bmz.bitstream import container as bmz_container
 from bmz.bitstream import BmzReader, pack
 from bmz.errors import InputError, MissingDependencyError, OutputError
 from bmz.io import Volume
-from bmz.io import dicom as bdicom
 from bmz.io import dicom_kept, dicom_legacy
 
 # --------------------------------------------------------------------------------------------

@@ -790,11 +790,14 @@ def kept_notes(descriptor: dict, names: list[str], lossless: bool) -> list[str]:
                                     "byte for byte)"))
                 notes += [(name, f"native version: {c}") for c in f.get("native_changes", [])]
             continue
+        p = f.get("pixels", {})
         if f.get("high_bits"):
-            p = f.get("pixels", {})
             notes.append((name, f"bits above Bits Stored ({p.get('stored')} of {p.get('alloc')}) "
-                                "are set in its pixel words; the derived file has the decoded "
-                                "values only"))
+                                "of its pixel words are not its values' (set, or not "
+                                "sign-extended); the derived file has the values alone"))
+        if f.get("value_bits"):
+            notes.append((name, f"its pixel words' low {p.get('stored')} bits are not the values "
+                                "pydicom decodes from them; the derived file has those values"))
         if f.get("group_lengths"):
             notes.append((name, "group length elements (gggg,0000) are not written in the "
                                 "derived file (retired; pydicom writes none)"))

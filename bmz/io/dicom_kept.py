@@ -97,7 +97,8 @@ class KeptFile:
     verbatim: bytes = b""  # encapsulated pixel bytes kept verbatim (keep_encapsulated)
     native_sha256: str = ""  # encapsulated: SHA-256 of the native file a lossless decode gives
     group_lengths: bool = False  # the data set has group length elements (gggg,0000)
-    high_bits: bool = False  # its pixel words have bits set above Bits Stored
+    high_bits: bool = False  # its pixel words' bits above Bits Stored are not the values'
+    value_bits: bool = False  # its pixel words' low Bits Stored bits are not pydicom's values
     #: encapsulated: what its native version changes besides the pixel data and transfer syntax
     native_changes: list[str] = field(default_factory=list)
 
@@ -139,13 +140,6 @@ def _xor(a: bytes, b: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def _uint(ds_value: Any, what: str, name: str) -> int:
-    try:
-        return int(ds_value)
-    except (TypeError, ValueError):
-        raise KeepError(f"{name}: no valid {what}") from None
-
-
 def keep_file(raw: bytes, name: str, frames: np.ndarray, attrs: dict[str, Any],
               encoding: tuple[bool, bool] | None, keep_encapsulated: bool = False) -> KeptFile:
     """Keep the file ``raw`` whose decoded stored values are ``frames`` ``(n, rows, cols)``.
@@ -166,7 +160,11 @@ def keep_file(raw: bytes, name: str, frames: np.ndarray, attrs: dict[str, Any],
         raise KeepError(f"{name}: no top-level Pixel Data (7FE0,0010)")
     alloc, stored = attrs["alloc"], attrs["stored"]
     n, rows, cols = (int(v) for v in np.shape(frames))
-    pix = {"dtype": pixel_dtype(alloc, attrs["signed"], lay.little).str, "frames": n,
+    try:
+        dtype = pixel_dtype(alloc, attrs["signed"], lay.little)
+    except KeepError as e:
+        raise KeepError(f"{name}: {e}") from None
+    pix = {"dtype": dtype.str, "frames": n,
            "rows": rows, "cols": cols, "alloc": alloc, "stored": stored,
            "signed": bool(attrs["signed"]), "length": n * rows * cols * alloc // 8}
     group_lengths = _has_group_lengths(lay.elements)
@@ -190,9 +188,16 @@ def _keep_native(raw: bytes, name: str, frames: np.ndarray, lay: Layout, px: Ele
     original = raw[s:s + length]
     predicted = pixel_bytes(frames, pix)
     residual = b"" if original == predicted else _xor(original, predicted)
+    high_bits = value_bits = False
+    if residual:  # which bits differ: above Bits Stored (kept), or the values' own
+        order = ">" if np.dtype(pix["dtype"]).byteorder == ">" else "<"
+        words = np.frombuffer(residual, f"{order}u{pix['alloc'] // 8}").astype(np.uint64)
+        low = np.uint64((1 << pix["stored"]) - 1)
+        high_bits = bool(np.any(words & ~low))
+        value_bits = bool(np.any(words & low))
     return KeptFile(size=len(raw), sha256=sha256(raw), ts=lay.transfer_syntax, cut=(s, e),
                     kept=raw[:s] + raw[e:], pixels=pix, residual=residual,
-                    tail=raw[s + length:e], high_bits=bool(residual))
+                    tail=raw[s + length:e], high_bits=high_bits, value_bits=value_bits)
 
 
 def _element_bytes(tag: int, vr: str, value: bytes) -> bytes:
@@ -259,7 +264,7 @@ def _keep_encapsulated(raw: bytes, name: str, frames: np.ndarray, lay: Layout, p
         notes.append("(0028,2110) Lossy Image Compression = 01"
                      + (f", (0028,2112) = {ratio}" if lay.find(_RATIO) is None else "")
                      + (f", (0028,2114) = {method}" if lay.find(_METHOD) is None else "")
-                     + f" added (the lossy history its transfer syntax held)")
+                     + " added (the lossy history its transfer syntax held)")
     header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode("ascii"), 0, length + len(pad))
     top.append(Edit(px.start, e, header, pixels=True, why="pixel data"))
     top.sort(key=lambda x: (x.start, x.end))
@@ -462,6 +467,8 @@ def pack(files: list[KeptFile]) -> tuple[dict[str, Any], bytes]:
             entry["group_lengths"] = True
         if kf.high_bits:
             entry["high_bits"] = True
+        if kf.value_bits:
+            entry["value_bits"] = True
         if kf.native_changes:
             entry["native_changes"] = kf.native_changes
         entries.append(entry)
