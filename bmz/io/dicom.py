@@ -922,7 +922,7 @@ def _write_file(target: Path, data: bytes) -> None:
 
 
 def summarise_notes(notes: list[tuple[str, str]]) -> list[str]:
-    """One line per distinct ``(file name, what)`` note of :func:`derived_datasets`, the same
+    """One line per distinct ``(file name, what)`` note (of :func:`series_files`...), the same
     note of several files on one line naming the first (``a.dcm and 199 other files: …``)."""
     files: dict[str, list[str]] = {}
     for name, what in notes:

@@ -6,7 +6,7 @@ one (when it is written through pydicom at all: a file of an old ``.bmz``) the o
 :func:`set_series_range` updates the series-wide Smallest/Largest Pixel Value in Series once the
 whole series is known; :func:`file_meta` is the new file meta; :func:`to_little_endian` turns a
 big-endian dataset's binary words around. The rules are listed in
-:func:`bmz.io.dicom.derived_datasets`; :class:`LossyCoding` says how the volume was coded.
+:func:`bmz.io.dicom.series_files`; :class:`LossyCoding` says how the volume was coded.
 """
 
 from __future__ import annotations
