@@ -1113,8 +1113,9 @@ class SeriesFiles:
                                   "at encode time (SHA-256 differs); the .bmz is damaged")
             return data
         if self.store is not None:
-            ds = pydicom.dcmread(io.BytesIO(self.store.restore(fi, values, lossless=False)))
-            out_ts = str(ds.file_meta.TransferSyntaxUID)
+            ds = pydicom.dcmread(io.BytesIO(self.store.restore(fi, values, lossless=False)),
+                                 force=True)
+            out_ts = _written_ts(ds)
         else:
             from . import dicom_legacy
 
@@ -1150,6 +1151,19 @@ class SeriesFiles:
         fi = self.names.index(name)
         set_series_range(ds, *self.series_range, self.plans[fi]["signed"], name, self.notes)
         return _dataset_bytes(ds, name)
+
+
+def _written_ts(ds: "Dataset") -> str:
+    """The transfer syntax ``ds`` was read in: its file meta's, or (a file without one) the
+    native syntax of its encoding."""
+    fm = getattr(ds, "file_meta", None)
+    ts = fm.get("TransferSyntaxUID") if fm is not None else None
+    if ts:
+        return str(ts)
+    implicit, little = ds.original_encoding
+    if implicit:
+        return str(ImplicitVRLittleEndian)
+    return str(ExplicitVRLittleEndian) if little is not False else "1.2.840.10008.1.2.2"
 
 
 def _dataset_bytes(ds: "Dataset", name: str) -> bytes:
