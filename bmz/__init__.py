@@ -9,10 +9,11 @@ __version__ = "0.3.0"
 
 from . import errors  # noqa: E402
 from .api import (compress, compress_dataset, decode_file, decompress,  # noqa: E402
-                  decompress_to_datasets, encode_file, info)
+                  decompress_to_datasets, decompress_to_files, encode_file, info)
 
-__all__ = ["compress", "decompress", "compress_dataset", "decompress_to_datasets", "encode_file",
-           "decode_file", "info", "errors", "__version__", "interpolate", "interpolation"]
+__all__ = ["compress", "decompress", "compress_dataset", "decompress_to_datasets",
+           "decompress_to_files", "encode_file", "decode_file", "info", "errors", "__version__",
+           "interpolate", "interpolation"]
 
 
 def __getattr__(name):

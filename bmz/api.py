@@ -82,6 +82,27 @@ def _check_array(array, name: str = "array"):
     return a, (vmin, vmax)
 
 
+def check_fidelity_options(quality, max_error, lossless: bool, base_quality,
+                           keep_encapsulated: bool = False) -> None:
+    """Refuse option combinations that mean nothing (the CLI and the API refuse the same):
+    ``quality`` sets the lossy quality, ``base_quality`` (``None`` or ``"auto"``: unset) the base
+    layer of a bounded-error file (``max_error`` / ``lossless``), ``keep_encapsulated`` keeps
+    compressed DICOM originals byte for byte in a lossless file."""
+    bounded = max_error is not None or lossless
+    if bounded and quality is not None:
+        raise InputError("quality (--quality) sets the lossy quality; with max_error / lossless "
+                         "(--max-error / --lossless) the learned base layer's quality is "
+                         "base_quality (--base-quality: auto, 0 or one of the model's levels)")
+    if base_quality not in (None, "auto") and not bounded:
+        raise InputError("base_quality (--base-quality) needs max_error or lossless "
+                         "(--max-error D or --lossless)")
+    lossless_only = lossless or (max_error is not None and not isinstance(max_error, bool)
+                                 and max_error == 0)
+    if keep_encapsulated and not lossless_only:
+        raise InputError("keep_encapsulated (--keep-encapsulated) keeps compressed DICOM pixel "
+                         "bytes for a lossless decode; it needs lossless (--lossless)")
+
+
 def _quality_index(model, quality: int) -> int:
     if not isinstance(quality, (int, np.integer)) or not 1 <= quality <= model.n_qualities:
         raise InputError(f"quality must be an integer from 1 to {model.n_qualities}, got {quality!r}")
@@ -103,10 +124,23 @@ def _group_size(model, model_name: str, group: int | None) -> int:
     return int(group)
 
 
+def _dicom_notes(source: str, source_meta: dict | None, lossless: bool) -> tuple[dict | None, list[str]]:
+    """A DICOM series' ``source_meta`` with the notes of what a decode of this file (lossless or
+    not) cannot give back as it was, and those notes (``[]`` for other sources)."""
+    part = (source_meta or {}).get("dicom") if source == "dicom" else None
+    if not isinstance(part, dict) or "kept" not in part:
+        return source_meta, []
+    from .io.dicom import kept_notes
+
+    notes = kept_notes(part["kept"], part.get("files", []), lossless=lossless)
+    return {**source_meta, "dicom": {**part, "notes": notes}}, notes
+
+
 def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
                source: str, source_meta: dict | None, progress: bool, force: bool,
                name: str, max_error: int | None = None, base_quality="auto",
-               group: int | None = None) -> CodingReport:
+               group: int | None = None, attachment: bytes | None = None) -> CodingReport:
+    source_meta, notes = _dicom_notes(source, source_meta, max_error == 0)
     a, (vmin, vmax) = _check_array(array, name)
     vol = a if a.ndim == 3 else a[None]
     mapping = pipeline.mapping_for_range(vmin, vmax)
@@ -130,17 +164,21 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
             _group_size(model, model_name, group)  # refuses a group > 1
             enc = chunks.LOSSY.encoder(model, mapping, qi)
     codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality), **enc.codec_fields()}
-    return _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress, force,
-                         enc.encode_slice)
+    rep_ = _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress, force,
+                         enc.encode_slice, attachment)
+    rep_.notes = notes
+    return rep_
 
 
 def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
-                  source_meta: dict | None, progress: bool, force: bool, encode_slice) -> CodingReport:
+                  source_meta: dict | None, progress: bool, force: bool, encode_slice,
+                  attachment: bytes | None = None) -> CodingReport:
     """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``."""
     meta = {"bmz_version": __version__, "shape": list(a.shape), "dtype": a.dtype.str,
             "source": source, "source_meta": source_meta or {}, "intensity": mapping, "codec": codec}
     sizes = []
-    with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force) as w:
+    with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force,
+                                             attachment=attachment) as w:
         slices: Iterable[int] = range(vol.shape[0])
         if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
@@ -170,6 +208,7 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
     groups of G consecutive slices, each with the previous one as context; decoding one slice
     then reads at most G − 1 others. Default: the model's (its card's ``default_group``)."""
 
+    check_fidelity_options(quality, max_error, lossless, base_quality)
     delta = chunks.BOUNDED.check_max_error(max_error, lossless)
     buf = io.BytesIO()
     _encode_to(buf, array, quality, model, source, source_meta, progress=False, force=True,
@@ -212,22 +251,31 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
                 model: str | None = None, series: str | None = None, force: bool = True,
                 progress: bool = False, verify: bool = False, *, max_error: int | None = None,
                 lossless: bool = False, base_quality: int | str = "auto",
-                group: int | None = None) -> CodingReport:
+                group: int | None = None, keep_encapsulated: bool = False) -> CodingReport:
     """Read a NIfTI / DICOM / ``.npy`` image and write its ``.bmz`` file (atomically).
 
     With ``verify``, the written file is decoded and compared with the input: the report's
     ``psnr`` (peak = volume max − min) and ``max_error`` are filled in. ``max_error``,
     ``lossless``, ``base_quality``: guaranteed fidelity, ``group``: slice groups, as in
-    :func:`compress`."""
+    :func:`compress`.
+
+    A DICOM series keeps every file's bytes but its pixel data (the file's attachment,
+    :mod:`bmz.io.dicom_kept`): a ``lossless`` file decodes to the original files (byte-identical
+    for native transfer syntaxes; for compressed ones every element identical with native pixel
+    data, or byte-identical with ``keep_encapsulated``, which also keeps their compressed pixel
+    bytes). The report's ``notes`` say what a decode of this file cannot give back as it was."""
     from . import io as bio
 
+    check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     delta = chunks.BOUNDED.check_max_error(max_error, lossless)
     check_output_path(dst, force=force)  # fail before the work, not after
-    vol = bio.read(src, series=series, lazy=True)  # NIfTI and .npy stream slice by slice
+    # NIfTI and .npy stream slice by slice
+    vol = bio.read(src, series=series, lazy=True, keep_encapsulated=keep_encapsulated)
     try:
         # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
         rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force,
-                         str(src), max_error=delta, base_quality=base_quality, group=group)
+                         str(src), max_error=delta, base_quality=base_quality, group=group,
+                         attachment=vol.attachment)
         rep.path = str(dst)
         rep.n_bytes = os.path.getsize(dst)
         if verify:
@@ -264,8 +312,10 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
     """Decode a ``.bmz`` file to ``dst`` (.nii, .nii.gz, .npy by suffix) → (report, damaged slices).
 
     A NIfTI original is restored with its header, affine and dtype. A DICOM original can also be
-    decoded to a folder (``dst`` an existing folder, ending in ``/`` or without suffix): a
-    derived, lossy-marked DICOM series (:func:`bmz.io.dicom.write_dicom`; all slices only)."""
+    decoded to a folder (``dst`` an existing folder, ending in ``/`` or without suffix): from a
+    lossless file the original files, otherwise a derived, lossy-marked DICOM series
+    (:func:`bmz.io.dicom.write_dicom`; all slices only). The report's ``notes`` say what the
+    output could not give back as it was."""
     from . import io as bio
 
     if bio.is_folder_output(dst):  # a DICOM series: checked before the work too
@@ -276,10 +326,14 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
         # streamed: the writer pulls one decoded slice at a time (the volume is never held);
         # a damaged slice aborts the write and removes the partial output (or is skipped)
         stack, damaged, bar = _decoded_stack(f, slices, progress, skip_damaged)
-        vol = bio.Volume(data=stack, source=f.source, meta=f.source_meta, path=str(src))
+        folder = bio.is_folder_output(dst)
+        vol = bio.Volume(data=stack, source=f.source, meta=f.source_meta, path=str(src),
+                         attachment=f.attachment() if folder else None)
         try:
             with pipeline.single_thread():
                 notes = bio.write(vol, dst, force=force, lossy=_lossy_coding(f.meta, f.file_size))
+                if folder:  # what the encoder said a decode cannot give back
+                    notes = list(_stored_notes(f.meta)) + notes
         finally:
             bar.close()
     rep = CodingReport(str(dst), stack.shape, stack.dtype.str, os.path.getsize(src), stack.nbytes)
@@ -290,9 +344,12 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
 def verify(src: str | os.PathLike | bytes) -> dict:
     """Check every checksum of a ``.bmz`` file without decoding: header, metadata, index (raise
     :class:`FormatError` when damaged — nothing can be trusted then) and each slice's chunk
-    (reported in ``damaged``). Also says whether the weights the file names are installed here."""
+    (reported in ``damaged``, with ``affected``: the intact slices coded with a damaged one as
+    context) and the attachment's (``attachment_ok``: ``False`` when damaged, ``True`` when intact
+    or absent). Also says whether the weights the file names are installed here."""
     with BmzFile(src, check=False) as f:
         damaged = f.verify()
+        attachment_ok = f.verify_attachment()
         meta = f.meta
         n = f.n_index_slices
         codec = meta.get("codec") or {}
@@ -306,7 +363,8 @@ def verify(src: str | os.PathLike | bytes) -> dict:
                 model_note = f"decodes with archived weights {path}"
         except ModelError as e:
             model_ok, model_note = False, str(e)
-    return {"n_slices": n, "damaged": damaged, "affected": affected, "ok": not damaged,
+    return {"n_slices": n, "damaged": damaged, "affected": affected,
+            "ok": not damaged and attachment_ok, "attachment_ok": attachment_ok,
             "model": codec.get("model"), "model_available": model_ok, "model_note": model_note}
 
 
@@ -337,6 +395,7 @@ def info(src: str | os.PathLike | bytes) -> dict:
         sizes = f.chunk_sizes()
         size = f.file_size
         version = f.version
+        attachment = (meta.get("attachment") or {}).get("length") if f.has_attachment else None
     shape = meta.get("shape", [])
     n_vox = int(np.prod(shape)) if shape else 0
     raw = n_vox * np.dtype(meta.get("dtype", "u1")).itemsize
@@ -352,7 +411,40 @@ def info(src: str | os.PathLike | bytes) -> dict:
         "max_error": meta.get("codec", {}).get("max_error"),
         # slice groups of inter-slice coding (chunk format 5); None: every slice on its own
         "group": meta.get("codec", {}).get("group"),
+        "attachment_bytes": attachment,
+        # a DICOM series: its files, how they come back, what a decode cannot give back
+        "dicom": _dicom_info(meta, attachment),
     }
+
+
+def _dicom_info(meta: dict, attachment: int | None) -> dict | None:
+    """What ``bmz info`` says of a DICOM-origin file: files, how a decode gives them back (by
+    restore kind: ``identical`` byte for byte, ``elements`` every element with native pixels),
+    the kept bytes, the notes."""
+    part = (meta.get("source_meta") or {}).get("dicom") if meta.get("source") == "dicom" else None
+    if not isinstance(part, dict):
+        return None
+    files = part.get("files") or []
+    out: dict = {"files": len(files), "layout": part.get("layout", 1), "notes": _stored_notes(meta)}
+    kept = part.get("kept")
+    if isinstance(kept, dict):
+        entries = kept.get("files") or []
+        out["kept_bytes"] = attachment
+        out["kept_unpacked_bytes"] = kept.get("unpacked")
+        out["kept_encapsulated_bytes"] = kept.get("verbatim")
+        restore: dict[str, int] = {}
+        for f in entries:
+            restore[str(f.get("restore"))] = restore.get(str(f.get("restore")), 0) + 1
+        out["restore"] = restore
+        out["transfer_syntaxes"] = sorted({str(f.get("ts")) for f in entries})
+    return out
+
+
+def _stored_notes(meta: dict) -> list[str]:
+    """The notes the encoder stored for a DICOM series (layout 2), else ``[]``."""
+    part = (meta.get("source_meta") or {}).get("dicom")
+    notes = part.get("notes") if isinstance(part, dict) and "kept" in part else None
+    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,38 +477,41 @@ def _check_dicom_output(src, dst, slices, force: bool) -> None:
 
 def compress_dataset(datasets, quality: int | None = None, model: str | None = None, *,
                      max_error: int | None = None, lossless: bool = False,
-                     base_quality="auto") -> bytes:
+                     base_quality="auto", keep_encapsulated: bool = False,
+                     group: int | None = None) -> bytes:
     """Encode a DICOM series held in memory → a complete ``.bmz`` file as bytes.
 
     ``max_error`` / ``lossless`` / ``base_quality``: guaranteed fidelity, as for :func:`compress`
-    (a lossless file decodes to the original instances, UIDs included).
+    (the same option combinations are refused). A lossless file decodes to the original files
+    (:func:`decompress_to_files`): byte-identical for native transfer syntaxes; for compressed
+    ones every element identical with native pixel data, or byte-identical with
+    ``keep_encapsulated`` (which also keeps their compressed pixel bytes).
 
     ``datasets``: a pydicom ``Dataset``, a binary file object or ``bytes`` holding a DICOM file,
     or a list of them, all of one series (classic single-frame files, or multi-frame ones).
-    Nothing is read from or written to disk. The ``.bmz`` keeps every file's elements, so
-    :func:`decompress_to_datasets` (or ``bmz decode FILE -o folder/``) gives the series back.
+    Nothing is read from or written to disk. The ``.bmz`` keeps every file's bytes but its pixel
+    data (bytes and file objects as given; a ``Dataset`` as ``pydicom.dcmwrite`` writes it), so
+    :func:`decompress_to_datasets` / :func:`decompress_to_files` (or ``bmz decode FILE -o
+    folder/``) give the series back.
 
     Raises :class:`InputError` naming the dataset (``dataset 2``...): not DICOM, no pixel data,
-    no transfer syntax, colour, several series, slices of different sizes."""
+    no transfer syntax, colour, 1-bit, several series, slices of different sizes; or an option
+    combination that means nothing (``quality`` with ``lossless``...)."""
     from .io import dicom
 
-    vol = dicom.read_datasets(datasets)
-    return compress(vol.data, quality, model, source="dicom", source_meta=vol.meta,
-                    max_error=max_error, lossless=lossless, base_quality=base_quality)
+    check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
+    delta = chunks.BOUNDED.check_max_error(max_error, lossless)
+    vol = dicom.read_datasets(datasets, keep_encapsulated=keep_encapsulated)
+    buf = io.BytesIO()
+    _encode_to(buf, vol.data, quality, model, "dicom", vol.meta, progress=False, force=True,
+               name="datasets", max_error=delta, base_quality=base_quality, group=group,
+               attachment=vol.attachment)
+    return buf.getvalue()
 
 
-def decompress_to_datasets(data) -> list:
-    """Decode the ``.bmz`` of a DICOM series (``bytes`` or a binary file object) → its files as
-    pydicom ``FileDataset`` objects, in memory, in slice order (each file at its first slice).
-
-    Each is the original file's dataset with the decoded pixels, marked lossy-compressed by bmz
-    and derived, with new SOP Instance UIDs and a new Series Instance UID (the rules:
-    :func:`bmz.io.dicom.derived_datasets`; a lossless file gives the original instances back); ``ds.filename`` is the original file's relative name
-    and ``ds.save_as(path_or_buffer, enforce_file_format=True)`` writes it. Elements the ``.bmz``
-    did not keep (binary elements over 64 KiB) are omitted, each with a ``UserWarning``.
-
-    Raises :class:`InputError` for a ``.bmz`` that does not hold a DICOM series, and the errors of
-    :func:`decompress` for damaged files."""
+def _series_files(data) -> list[tuple[str, bytes]]:
+    """The files of the ``.bmz`` of a DICOM series, in slice order (each at its first slice),
+    with the notes of what they could not keep as ``UserWarning``s."""
     from .io import Volume, dicom
 
     name = "<bytes>" if isinstance(data, (bytes, bytearray, memoryview)) else None
@@ -428,13 +523,54 @@ def decompress_to_datasets(data) -> list:
         arr = f.read(slice(None))
         lossy = _lossy_coding(f.meta, f.file_size)
         where = str(f.name)
-    vol = Volume(data=arr, source="dicom", meta=f.source_meta)
+        attachment = f.attachment()
+        meta = f.meta
+    vol = Volume(data=arr, source="dicom", meta=meta.get("source_meta", {}), attachment=attachment)
     notes: list[tuple[str, str]] = []
-    files = sorted(dicom.derived_datasets(vol, lossy, notes, where=where), key=lambda f: f[0])
-    for note in dicom.summarise_notes(notes):
-        warnings.warn(note, UserWarning, stacklevel=2)
-    return [ds for _, _, ds in files]
+    out = dicom.series_files(vol, lossy, notes, where=where)
+    files = sorted(out, key=lambda f: f[0])
+    files = [(fi, n, out.finish(n, d) if n in out.unfinished else d) for fi, n, d in files]
+    for note in _stored_notes(meta) + dicom.summarise_notes(notes):
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return [(n, d) for _, n, d in files]
+
+
+def decompress_to_files(data) -> list[tuple[str, bytes]]:
+    """Decode the ``.bmz`` of a DICOM series (``bytes`` or a binary file object) → its files as
+    ``(relative name, file bytes)``, in memory, in slice order (each file at its first slice).
+
+    From a lossless file, the original files: byte-identical for native transfer syntaxes (and
+    compressed ones kept with ``keep_encapsulated``), every element identical with native pixel
+    data for compressed ones; each checked against the SHA-256 recorded at encode time. From a
+    lossy or bounded-error file, a derived, lossy-marked series (the rules:
+    :func:`bmz.io.dicom.series_files`). What the files cannot give back as it was is warned
+    (``UserWarning``, one per note; ``bmz info`` lists the same).
+
+    Raises :class:`InputError` for a ``.bmz`` that does not hold a DICOM series, and the errors of
+    :func:`decompress` for damaged files."""
+    return _series_files(data)
+
+
+def decompress_to_datasets(data) -> list:
+    """Decode the ``.bmz`` of a DICOM series (``bytes`` or a binary file object) → its files as
+    pydicom ``FileDataset`` objects, in memory, in slice order (each file at its first slice):
+    :func:`decompress_to_files` read by pydicom, ``ds.filename`` the original file's relative
+    name. ``ds.save_as(path_or_buffer, enforce_file_format=True)`` writes one — but pydicom
+    drops group length elements and re-orders elements when it writes, so for the files
+    themselves (byte-identical from a lossless ``.bmz``) use :func:`decompress_to_files`.
+
+    Raises :class:`InputError` for a ``.bmz`` that does not hold a DICOM series, and the errors of
+    :func:`decompress` for damaged files."""
+    import pydicom
+
+    out = []
+    for name, raw in _series_files(data):
+        ds = pydicom.dcmread(io.BytesIO(raw))
+        ds.filename = name
+        out.append(ds)
+    return out
 
 
 __all__ = ["compress", "decompress", "encode_file", "decode_file", "info", "verify", "CodingReport",
-           "BmzError", "compress_dataset", "decompress_to_datasets"]
+           "BmzError", "compress_dataset", "decompress_to_datasets", "decompress_to_files",
+           "check_fidelity_options"]

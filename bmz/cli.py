@@ -62,14 +62,13 @@ def main() -> None:
     """bmz: learned compression for MRI (NIfTI, DICOM, NumPy ↔ .bmz)."""
 
 
-def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
-    """--quality is for lossy files, --base-quality for bounded ones (--max-error / --lossless)."""
-    bounded = max_error is not None or lossless
-    if bounded and quality is not None:
-        raise InputError("--quality sets the lossy quality; with --max-error / --lossless the "
-                         "learned base layer's quality is --base-quality (auto, 0 or one of the model's levels)")
-    if base_quality is not None and not bounded:
-        raise InputError("--base-quality needs --max-error D or --lossless")
+def _check_fidelity_options(quality, max_error, lossless, base_quality,
+                            keep_encapsulated=False) -> None:
+    """--quality is for lossy files, --base-quality for bounded ones (--max-error / --lossless),
+    --keep-encapsulated for lossless ones: :func:`bmz.api.check_fidelity_options`."""
+    from .api import check_fidelity_options
+
+    check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
 
 
 @main.command()
@@ -77,7 +76,7 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
 @click.option("-o", "--output", "dst", required=True, type=click.Path(), help="output .bmz file")
 @click.option("-q", "--quality", default=None, type=int, help="quality level, 1 (smallest) .. the model's number of levels (`bmz models`); default: the model's default")
 @click.option("-m", "--model", default=None, help="model name (default: the flagship)")
-@click.option("--series", default=None, help="DICOM folder with several series: the one to encode (UID or number)")
+@click.option("--series", default=None, help="DICOM folder with several series: the one to encode (a whole UID, a series number, or an unambiguous UID prefix)")
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
 @click.option("--verify", is_flag=True, help="decode the written file and report PSNR and max error")
 @click.option("--max-error", "max_error", default=None, type=int, metavar="D",
@@ -86,19 +85,26 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality) -> None:
 @click.option("--base-quality", default=None, metavar="auto|0|Q",
               help="with --max-error/--lossless: quality of the learned base layer (0: none; "
                    "default auto: whichever codes smaller)")
+@click.option("--keep-encapsulated", is_flag=True,
+              help="with --lossless, DICOM: also keep the compressed pixel bytes of originals in a "
+                   "compressed transfer syntax, so that they decode byte-identical (otherwise: "
+                   "every element identical, pixel data native)")
 @click.option("--group", default=None, type=int, metavar="G",
               help="inter-slice models: code slices in groups of G, each slice with the previous one "
                    "as context (decoding a slice touches at most G-1 others; 1 = every slice on its "
                    "own); default: the model's (`bmz models`)")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 def encode(src, dst, quality, model, series, force, verify, max_error, lossless, base_quality,
-           group, quiet) -> None:
+           keep_encapsulated, group, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
-    _check_fidelity_options(quality, max_error, lossless, base_quality)
+    _check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     rep = api.encode_file(src, dst, quality=quality, model=model,
                           series=series, force=force, progress=not quiet, verify=verify,
                           max_error=max_error, lossless=lossless,
-                          base_quality=base_quality or "auto", group=group)
+                          base_quality=base_quality or "auto",
+                          keep_encapsulated=keep_encapsulated, group=group)
+    for note in rep.notes:  # what a decode of this file cannot give back as it was
+        click.echo(f"bmz: warning: {note}", err=True)
     if not quiet:
         click.echo(f"{dst}: {rep.n_bytes} bytes from {rep.raw_bytes} raw, shape {list(rep.shape)} "
                    f"{rep.dtype}, {rep.bpp:.3f} bpp, ratio {rep.ratio:.1f}:1")
@@ -106,16 +112,38 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
             d = 0 if max_error is None else max_error
             click.echo("guaranteed: lossless (every bit), checked at encode time" if d == 0 else
                        f"guaranteed: max abs error <= {d} on every voxel, checked at encode time")
+        dicom = api.info(dst).get("dicom")
+        if dicom and dicom.get("restore"):
+            click.echo(_dicom_summary(dicom, lossless or max_error == 0))
         if verify:
             click.echo(f"verified: PSNR {rep.psnr:.2f} dB (peak = volume max - min), "
                        f"max abs error {rep.max_error}")
+
+
+def _dicom_summary(d: dict, lossless: bool) -> str:
+    """One line: a DICOM series' files, how a decode gives them back, the kept bytes."""
+    n, restore = d["files"], d.get("restore") or {}
+    kept = d.get("kept_bytes") or 0
+    if lossless:
+        parts = []
+        if restore.get("identical"):
+            parts.append(f"{restore['identical']} byte-identical")
+        if restore.get("elements"):
+            parts.append(f"{restore['elements']} with every element identical and native pixel "
+                         "data")
+        how = ", ".join(parts)
+    else:
+        how = "a derived (lossy-marked) series, every other element kept as it was"
+    return (f"DICOM     {n} file{'s' if n != 1 else ''} decode to: {how}; kept non-pixel bytes "
+            f"{kept} ({d.get('kept_unpacked_bytes') or 0} before compression)")
 
 
 @main.command()
 @click.argument("src", type=click.Path())
 @click.option("-o", "--output", "dst", required=True, type=click.Path(),
               help="output file: .nii, .nii.gz or .npy; or a folder (outdir/) for a DICOM original: "
-                   "a derived, lossy-marked DICOM series")
+                   "its files (a lossless .bmz gives the originals back), else a derived, "
+                   "lossy-marked DICOM series")
 @click.option("--slices", default=None, help="decode only these slices: A:B (end exclusive), K or K,L,M")
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
 @click.option("--skip-damaged", is_flag=True, help="decode what is intact; damaged slices are reported and filled with the minimum")
@@ -152,6 +180,10 @@ def verify(files) -> None:
             continue
         if r["ok"]:
             line = f"{f}: OK ({r['n_slices']} slices, every checksum valid)"
+        elif not r["damaged"]:
+            line = (f"{f}: DAMAGED: the attachment (the DICOM files' kept bytes) fails its "
+                    "checksum; the slices are intact (decode to .nii/.npy still works)")
+            worst = max(worst, 3)
         else:
             d = r["damaged"]
             line = (f"{f}: DAMAGED: {len(d)} of {r['n_slices']} slices fail their checksum: "
@@ -159,7 +191,8 @@ def verify(files) -> None:
                     + (f"; {len(r['affected'])} more depend on them (inter-slice context): "
                        + ", ".join(map(str, r["affected"][:20])) + (" …" if len(r["affected"]) > 20 else "")
                        if r.get("affected") else "")
-                    + "; `bmz decode --skip-damaged` recovers the others")
+                    + "; `bmz decode --skip-damaged` recovers the others"
+                    + ("" if r.get("attachment_ok", True) else "; the attachment is damaged too"))
             worst = max(worst, 3)
         if not r["model_available"]:
             line += f"; cannot be decoded here: {r['model_note']}"
@@ -198,6 +231,16 @@ def info(src, as_json) -> None:
     if sizes:
         click.echo(f"slices    {len(sizes)}: min {min(sizes)} / mean {sum(sizes) / len(sizes):.0f} / "
                    f"max {max(sizes)} bytes")
+    dicom = d.get("dicom")
+    if dicom:
+        if dicom.get("restore"):
+            click.echo(_dicom_summary(dicom, d.get("max_error") == 0))
+            click.echo(f"          transfer syntaxes: {', '.join(dicom['transfer_syntaxes'])}")
+        else:
+            click.echo(f"DICOM     {dicom['files']} files (written by an older bmz: DICOM-JSON "
+                       "meta, binary elements over 64 KiB not kept)")
+        for note in dicom.get("notes") or []:
+            click.echo(f"note      {note}")
 
 
 @main.command()

@@ -193,6 +193,19 @@ class BmzFile:
         """The raw bytes of slice ``k``'s chunk, after its checksum (ChecksumError when damaged)."""
         return self._reader.chunk(k)
 
+    @property
+    def has_attachment(self) -> bool:
+        """Whether the file holds an attachment (container 1.2: a DICOM series' kept bytes)."""
+        return self._reader.has_attachment
+
+    def attachment(self) -> bytes | None:
+        """The attachment's bytes after its checksum (None when the file holds none)."""
+        return self._reader.attachment()
+
+    def verify_attachment(self) -> bool:
+        """Whether the attachment's checksum holds (True when there is none)."""
+        return self._reader.verify_attachment()
+
     def verify(self) -> list[int]:
         """Check every chunk's checksum (nothing is decoded) → the damaged slices."""
         return self._reader.verify()

@@ -112,8 +112,10 @@ class Bmz(Codec):
                              "or pass the array itself)")
         if a.ndim > 3:
             a = a.reshape(-1, *a.shape[-2:])
+        bounded = self.settings.get("max_error") is not None or self.settings.get("lossless")
+        quality = None if bounded else self.quality  # bounded chunks have a base_quality instead
         with _LOCK:
-            return api.compress(np.ascontiguousarray(a), self.quality, self.model, **self.settings)
+            return api.compress(np.ascontiguousarray(a), quality, self.model, **self.settings)
 
     def decode(self, buf, out=None):
         with _LOCK, BmzFile(ensure_bytes(buf), name="<bytes>") as f:

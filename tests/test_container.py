@@ -746,3 +746,43 @@ def test_packed_index_with_trailing_bytes_and_ancillary_flags():
     data = craft(minor=1, flags=0x00010001, chunks=[b"xy", b"z"], tail=b"ignored")
     with BmzReader(data) as r:
         assert [r.chunk(0), r.chunk(1)] == [b"xy", b"z"] and r.flags == 0x00010001
+
+
+# --- version 1.2: the attachment after the last chunk -------------------------------------------
+
+
+def test_attachment_round_trip_and_version(tmp_path):
+    chunks = [b"ab", b"", b"cde"]
+    plain = pack(META, chunks)
+    with_att = pack(META, chunks, attachment=b"kept bytes")
+    assert with_att.endswith(b"cde" + b"kept bytes")
+    with BmzReader(with_att) as r:
+        assert r.version == C.ATTACHMENT_VERSION == (1, 2) and r.has_attachment
+        assert r.attachment() == b"kept bytes" and r.verify_attachment()
+        assert [r.chunk(k) for k in range(3)] == chunks
+        assert r.meta["attachment"] == {"length": 10, "crc32": crc(b"kept bytes")}
+    with BmzReader(plain) as r:  # without one: version 1.1, the same bytes as ever
+        assert r.version == (1, 1) and not r.has_attachment and r.attachment() is None
+    assert pack(META, []) == pack(META, [], attachment=None)
+    # a path (atomic) and an empty attachment
+    with BmzWriter(tmp_path / "a.bmz", META, 1, attachment=b"") as w:
+        w.add(b"x")
+    with BmzReader(tmp_path / "a.bmz") as r:
+        assert r.attachment() == b"" and r.version == (1, 2)
+
+
+def test_attachment_damage_is_named():
+    data = bytearray(pack(META, CHUNKS, attachment=b"0123456789"))
+    with pytest.raises(TruncatedError, match="attachment"):
+        BmzReader(bytes(data[:-1]))
+    data[-1] ^= 0xFF
+    with BmzReader(bytes(data)) as r:  # the slices stay readable
+        assert r.chunk(2) == CHUNKS[2] and r.verify() == [] and not r.verify_attachment()
+        with pytest.raises(ChecksumError, match="attachment"):
+            r.attachment()
+    with pytest.raises(ValueError, match="reserved"):
+        pack({**META, "attachment": 1}, [])
+    forged = pack({"x": 1}, [])  # a malformed "attachment" key is a FormatError
+    with pytest.raises(FormatError, match="attachment"):
+        BmzReader(craft(meta_blob=xz(json.dumps({"attachment": {"length": -1}}).encode())))
+    assert BmzReader(forged).attachment() is None

@@ -16,12 +16,10 @@ import pydicom.pixels as pydicom_pixels
 import pytest
 
 import bmz.io as bio
-from bmz.bitstream import container as bmz_container
 from bmz.bitstream import BmzReader, pack
 from bmz.errors import InputError, MissingDependencyError, OutputError
 from bmz.io import Volume
-from bmz.io import dicom as bdicom
-from bmz.io.dicom import dicom_datasets, dicom_file_meta
+from bmz.io import dicom_kept, dicom_legacy
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -351,16 +349,11 @@ def test_dicom_series(shared_data, csv_rows, folder, shape, dtype):
     assert vol.source == "dicom"
     assert vol.data.shape == shape and vol.data.dtype == dtype
     meta = vol.meta["dicom"]
-    assert not meta["multiframe"]
-    assert len(meta["datasets"]) == len(meta["file_meta"]) == shape[0]
-    datasets, file_meta = dicom_datasets(vol.meta), dicom_file_meta(vol.meta)
-    assert len(datasets) == len(file_meta) == shape[0]
-    assert all("7FE00010" not in d for d in datasets)  # no pixel data in meta
-    assert file_meta[0]["00020010"]["Value"][0]  # transfer syntax kept
-    # de-duplicated: what every slice shares is stored once
-    assert "0020000E" in meta["common"] and "0020000E" not in meta["datasets"][0]  # series UID
-    assert "00080018" in meta["datasets"][0] and "00080018" not in meta["common"]  # SOP instance
-    assert "00020010" in meta["file_meta_common"]
+    assert not meta["multiframe"] and meta["layout"] == 2
+    kept = meta["kept"]["files"]
+    assert len(kept) == len(meta["files"]) == shape[0]
+    assert all(f["restore"] == "identical" and f["ts"] for f in kept)  # native: byte for byte
+    assert vol.attachment and len(vol.attachment) == meta["kept"]["packed"]
     assert vol.meta["photometric"] == "MONOCHROME2"
     json.dumps(vol.meta, allow_nan=False)
     assert_sorted_along_normal(vol)
@@ -368,104 +361,63 @@ def test_dicom_series(shared_data, csv_rows, folder, shape, dtype):
     check_against_csv(vol, path, shared_data, csv_rows)
 
 
-def _full_dicts(folder: Path, files: list[str]) -> tuple[list[dict], list[dict]]:
-    """Each file's whole dataset and file meta as DICOM-JSON dicts, the way bmz.io makes them
-    (all elements but pixel data; binary ones over 64 KiB dropped), without de-duplication."""
-    datasets, file_meta = [], []
-    for name in files:
-        ds = pydicom.dcmread(folder / name, defer_size=bdicom._BULK_LIMIT)
-        datasets.append(bdicom._dataset_json(ds, name, []))
-        file_meta.append(bdicom._file_meta_json(ds, name, []))
-    return datasets, file_meta
+def _frames_of(vol: Volume, i: int) -> np.ndarray:
+    """File ``i``'s frames, in frame order, from the volume's slices."""
+    frames = vol.meta["dicom"]["frames"]
+    ks = sorted((fr, k) for k, (fi, fr) in enumerate(frames) if fi == i)
+    return np.stack([vol.data[k] for _, k in ks])
 
 
-def _exact(value) -> str:
-    """JSON text that tells 1 from 1.0 and True (unlike ==)."""
-    return json.dumps(value, sort_keys=True)
-
-
-# compressed sizes (container metadata block) measured with liblzma 5.4: 8420, 2120, 16568 and
-# 6080 bytes; the bounds leave room for another liblzma version
-@pytest.mark.parametrize("folder, n_files, max_meta", [
-    ("val/dcm_qa_decubitus/HFS_t1_fl2d_sag", 35, 10_000),  # Siemens Prisma, CSA headers
+# the attachment (the kept non-pixel bytes, xz) measured with liblzma 5.4: 22096 bytes of 4.69 MB,
+# 1780 of 31 KB, 15672 of 4.08 MB, 16080 of 290 KB (everything, the elements over 64 KiB the
+# DICOM-JSON meta of older files dropped included); the bounds leave room for another liblzma
+@pytest.mark.parametrize("folder, n_files, max_kept", [
+    ("val/dcm_qa_decubitus/HFS_t1_fl2d_sag", 35, 30_000),  # Siemens Prisma, CSA headers
     ("val/datalad_example_dicom_structural", 20, 3_000),  # studyforrest
-    ("train/nichart_dicom_trio_b17/t1_MPRAGE", 64, 20_000),  # Siemens Trio, CSA headers
-    ("train/dcm_qa_xa30", 1, 8_000),  # one enhanced multi-frame file (96 frames)
+    ("train/nichart_dicom_trio_b17/t1_MPRAGE", 64, 22_000),  # Siemens Trio, CSA headers
+    ("train/dcm_qa_xa30", 1, 22_000),  # one enhanced multi-frame file (96 frames)
 ])
-def test_dicom_datasets_rebuilt_exactly(shared_data, folder, n_files, max_meta):
+def test_dicom_kept_bytes_restore_every_file(shared_data, folder, n_files, max_kept):
     path = shared_data / folder
     vol = bio.read(path)
     meta = vol.meta["dicom"]
-    assert len(meta["files"]) == len(meta["datasets"]) == len(meta["file_meta"]) == n_files
-    full, full_fm = _full_dicts(path, meta["files"])
-    rebuilt = dicom_datasets(vol.meta)
-    assert rebuilt == full and _exact(rebuilt) == _exact(full)
-    rebuilt_fm = dicom_file_meta(vol.meta)
-    assert rebuilt_fm == full_fm and _exact(rebuilt_fm) == _exact(full_fm)
-    assert dicom_datasets(meta) == full  # the "dicom" part alone works too
-    for name, d in zip(meta["files"], rebuilt):  # against pydicom itself
-        ds = pydicom.dcmread(path / name, stop_before_pixels=True)
-        assert d["00080018"]["Value"] == [ds.SOPInstanceUID]
-        assert set(d) == {f"{int(t):08X}" for t in ds.keys()}
-    # stored de-duplicated: few elements per file besides the common ones
-    per_file = sum(len(e) for e in meta["datasets"])
-    assert per_file < sum(len(d) for d in full) / 4 and (n_files > 1 or per_file == 0)
-    # and the whole meta survives the .bmz container, in few bytes
-    assert len(bmz_container._encode_meta(vol.meta)) < max_meta
-    with BmzReader(pack(vol.meta, [])) as r:
-        assert r.meta == vol.meta
-        assert _exact(dicom_datasets(r.meta)) == _exact(full)
+    assert len(meta["files"]) == len(meta["kept"]["files"]) == n_files
+    store = dicom_kept.KeptStore(meta["kept"], vol.attachment)
+    for i, name in enumerate(meta["files"]):  # every file, byte for byte, from slices + kept
+        original = (path / name).read_bytes()
+        assert store.restore(i, _frames_of(vol, i), lossless=True) == original
+    # the non-pixel bytes of a series compress to little: the CSA headers repeat
+    assert len(vol.attachment) < max_kept
+    assert meta["kept"]["unpacked"] > 10 * len(vol.attachment) or n_files == 1
+    # meta and attachment survive the .bmz container
+    with BmzReader(pack(vol.meta, [], attachment=vol.attachment)) as r:
+        assert {k: v for k, v in r.meta.items() if k != "attachment"} == vol.meta
+        assert r.attachment() == vol.attachment
+    json.dumps(vol.meta, allow_nan=False)
 
 
-def test_dicom_common_and_absent():
-    # majority rule, "absent" markers, exact types, binary stored as hex
-    b64 = "AAECAwQ="  # bytes 00 01 02 03 04
-    sp = {"vr": "DS", "Value": [0.5, 0.5]}
-    dicts = [
-        {"00100010": {"vr": "PN"}, "00200013": {"vr": "IS", "Value": [1]}, "00280030": sp,
-         "00291010": {"vr": "OB", "InlineBinary": b64}},
-        {"00100010": {"vr": "PN"}, "00200013": {"vr": "IS", "Value": [2]}, "00280030": sp,
-         "00291010": {"vr": "OB", "InlineBinary": b64}},
-        {"00200013": {"vr": "IS", "Value": [1.0]}, "00280030": {"vr": "DS", "Value": [0.5, 0.7]},
-         "00291010": {"vr": "OB", "InlineBinary": b64}},
-    ]
-    common, entries = bdicom._store(dicts)
-    assert common == {  # the most frequent value of each tag held by more than half the files
-        "00100010": {"vr": "PN"},
-        "00280030": sp,
-        "00291010": {"vr": "OB", "bmz:hex": "0001020304"},
-    }  # 00200013: 1, 2 and 1.0 are three different values (1 == 1.0 in Python, not here)
-    assert entries == [
-        {"00200013": {"vr": "IS", "Value": [1]}},
-        {"00200013": {"vr": "IS", "Value": [2]}},
-        {"00200013": {"vr": "IS", "Value": [1.0]}, "00280030": {"vr": "DS", "Value": [0.5, 0.7]},
-         "absent": ["00100010"]},
-    ]
-    rebuilt = bdicom._rebuild(common, entries)
-    assert _exact(rebuilt) == _exact(dicts)
+def test_dicom_legacy_meta_is_rebuilt():
+    # layout 1 (files of older bmz): majority "common", "absent" markers, binary as hex
+    common = {"00100010": {"vr": "PN"}, "00280030": {"vr": "DS", "Value": [0.5, 0.5]},
+              "00291010": {"vr": "OB", "bmz:hex": "0001020304"}}
+    entries = [{"00200013": {"vr": "IS", "Value": [1]}},
+               {"00200013": {"vr": "IS", "Value": [2]}},
+               {"00200013": {"vr": "IS", "Value": [1.0]},
+                "00280030": {"vr": "DS", "Value": [0.5, 0.7]}, "absent": ["00100010"]}]
+    rebuilt = dicom_legacy.dicom_datasets({"dicom": {"common": common, "datasets": entries}})
+    assert rebuilt[0]["00291010"] == {"vr": "OB", "InlineBinary": "AAECAwQ="}
+    assert rebuilt[1]["00200013"] == {"vr": "IS", "Value": [2]} and "00100010" in rebuilt[1]
+    assert "00100010" not in rebuilt[2] and rebuilt[2]["00280030"]["Value"] == [0.5, 0.7]
     rebuilt[0]["00100010"]["vr"] = "changed"  # rebuilt dicts share nothing with the stored form
     assert common["00100010"] == {"vr": "PN"}
-    assert bdicom._rebuild(common, entries)[1]["00100010"] == {"vr": "PN"}
-
-    # one file: everything is common; none: nothing
-    assert bdicom._store(dicts[:1])[1] == [{}]
-    assert bdicom._store([]) == ({}, [])
-    # nested binary (inside a sequence item) and non-canonical base64 (kept as it is)
-    odd = {"00081140": {"vr": "SQ", "Value": [{"00291010": {"vr": "OB", "InlineBinary": b64}}]},
-           "00291020": {"vr": "OB", "InlineBinary": "AAECAwQ"}}  # no padding
-    stored = bdicom._binary_to_hex(odd)
-    assert stored["00081140"]["Value"][0]["00291010"] == {"vr": "OB", "bmz:hex": "0001020304"}
-    assert stored["00291020"] == odd["00291020"]
-    assert bdicom._hex_to_binary(stored) == odd
-
     # full dicts without "common" (no de-duplication) are read as they are
-    assert dicom_datasets({"dicom": {"datasets": dicts}}) == dicts
+    assert dicom_legacy.dicom_datasets({"dicom": {"datasets": entries[:2]}}) == entries[:2]
     # malformed stored forms raise ValueError
     for bad in [{"datasets": {}}, {"datasets": [1]}, {"datasets": [{"absent": "x"}]},
                 {"datasets": [{}], "common": {"1": {"bmz:hex": "xyz"}}},
                 {"datasets": [{}], "common": {"1": {"bmz:hex": 5}}}, {"files": []}]:
         with pytest.raises(ValueError):
-            dicom_datasets({"dicom": bad})
+            dicom_legacy.dicom_datasets({"dicom": bad})
 
 
 def test_dicom_bits_stored_and_slice_values(shared_data):
@@ -482,7 +434,7 @@ def test_dicom_enhanced_multiframe(shared_data):
     assert vol.data.shape == (96, 128, 128) and vol.data.dtype == np.uint16
     assert vol.data.max() == 2927  # files.csv
     meta = vol.meta["dicom"]
-    assert meta["multiframe"] and len(meta["datasets"]) == 1
+    assert meta["multiframe"] and len(meta["files"]) == 1
     assert len(meta["frames"]) == 96
     assert_sorted_along_normal(vol)
     json.dumps(vol.meta, allow_nan=False)
@@ -495,7 +447,7 @@ def test_dicom_transfer_syntaxes_decode_identically(shared_data):
     seen = set()
     for i in range(2, 10):
         vol = bio.read(ts_dir / f"{i}.dcm")
-        seen.add(dicom_file_meta(vol.meta)[0]["00020010"]["Value"][0])
+        seen.add(vol.meta["dicom"]["kept"]["files"][0]["ts"])
         np.testing.assert_array_equal(vol.data, ref)
     assert bio.read(ts_dir / "3.dcm").data.dtype.str == ">u2"  # explicit big endian kept
     assert {

@@ -9,6 +9,9 @@ temporary folder, only the DICOMweb plugin loaded. It uploads a real MR series f
 functions on it (WADO-RS retrieve -> ``bmz.compress_dataset`` -> ``bmz.decompress_to_datasets``
 -> STOW-RS) and checks, through Orthanc, that the DERIVED series is stored with every instance,
 that its pixel data equal ``bmz.decompress`` slice for slice and that the original is untouched.
+A ``--lossless`` case (issue 17) takes the stored files from Orthanc, round-trips them through
+``bmz.compress_dataset(..., lossless=True)`` / ``bmz.decompress_to_files``, stores the result in
+place of the originals and checks through Orthanc that the instances are byte-identical.
 
 Skipped, with the reason, where Orthanc, its DICOMweb plugin, ``dicomweb-client`` or the shared
 data are missing, or Orthanc cannot start. Every HTTP request has a timeout.
@@ -230,8 +233,6 @@ def uploaded(orthanc, series_files):
     return blobs, first
 
 
-# bmz keeps no element over 64 KiB (here a Siemens private one) and says so: expected
-@pytest.mark.filterwarnings("ignore:.*not kept in the .bmz:UserWarning")
 def test_orthanc_round_trip(orthanc, series_files, uploaded, tmp_path):
     op = _example()
     url = orthanc
@@ -308,7 +309,6 @@ def test_orthanc_round_trip(orthanc, series_files, uploaded, tmp_path):
     assert digests == sorted(hashlib.sha256(b).hexdigest() for b in blobs)
 
 
-@pytest.mark.filterwarnings("ignore:.*not kept in the .bmz:UserWarning")
 def test_example_cli(orthanc, series_files, uploaded, capsys):
     """The example as a user runs it: prints the new series' UID; Orthanc holds it."""
     op = _example()
@@ -335,3 +335,31 @@ def test_example_cli_errors(orthanc, capsys):
     assert "cannot connect" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         op.main(["--url", orthanc, "--series", "1.2.3", "--quality", "12"])
+
+
+def test_orthanc_lossless_round_trip_is_byte_identical(orthanc, uploaded):
+    """A PACS round trip of a --lossless .bmz: the files bmz gives back are the stored instances,
+    byte for byte; stored again in their place, Orthanc holds the very same instances."""
+    url = orthanc
+    blobs, first = uploaded
+    series_uid = str(first.SeriesInstanceUID)
+    series = _orthanc_series(url, series_uid)
+    stored = _instance_files(url, series)  # the instances as Orthanc stores them
+    digests = sorted(hashlib.sha256(b).hexdigest() for b in stored)
+    assert digests == sorted(hashlib.sha256(b).hexdigest() for b in blobs)
+
+    data = bmz.compress_dataset(stored, lossless=True)
+    info = bmz.info(data)
+    assert info["max_error"] == 0 and info["dicom"]["restore"] == {"identical": len(stored)}
+    back = [raw for _, raw in bmz.decompress_to_files(data)]
+    assert sorted(hashlib.sha256(b).hexdigest() for b in back) == digests
+
+    # replace the originals in Orthanc by bmz's decode: the same instances, byte for byte
+    r = requests.delete(f"{url}/series/{series['ID']}", timeout=TIMEOUT)
+    r.raise_for_status()
+    for raw in back:
+        r = requests.post(f"{url}/instances", data=raw, timeout=TIMEOUT)
+        assert r.ok and r.json()["Status"] == "Success", r.text[:200]
+    again = _orthanc_series(url, series_uid)
+    assert len(again["Instances"]) == len(stored)
+    assert sorted(hashlib.sha256(b).hexdigest() for b in _instance_files(url, again)) == digests

@@ -105,7 +105,8 @@ def _output_ok(path: str, expect: dict) -> str | None:
         except BmzError as e:
             return f"bmz verify: {e}"
         if not v["ok"]:
-            return f"bmz verify: damaged slices {v['damaged'][:10]}"
+            return (f"bmz verify: damaged slices {v['damaged'][:10]}" if v["damaged"] else
+                    "bmz verify: the attachment (DICOM kept bytes) is damaged")
         if not v["model_available"]:
             return f"bmz verify: {v['model_note']}"
     return None
@@ -201,10 +202,12 @@ def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> d
         v = api.verify(job.src)
         res.update(n_slices=v["n_slices"], bytes=os.path.getsize(job.src), model=v["model"])
         problems = []
-        if not v["ok"]:
+        if v["damaged"]:
             res["damaged"] = v["damaged"]
             problems.append(f"{len(v['damaged'])} of {v['n_slices']} slices fail their checksum: "
                             + ", ".join(map(str, v["damaged"][:20])))
+        if not v.get("attachment_ok", True):
+            problems.append("the attachment (the DICOM files' kept bytes) fails its checksum")
         if not v["model_available"]:
             problems.append(f"cannot be decoded here: {v['model_note']}")
         status = "damaged" if problems else "ok"

@@ -25,6 +25,12 @@ Version 1.0 files (flags 0) have a 16-byte index entry (u64 offset, u32 length, 
 offsets counted from the first byte of the signature; this module reads both. Slices are
 numbered from 0.
 
+Version 1.2 adds an optional *attachment*: one block of bytes right after the last chunk, whose
+length and CRC-32 the metadata key ``"attachment"`` records (``{"length": n, "crc32": c}``). It
+holds what a source needs besides the slices (bmz keeps the non-pixel bytes of DICOM files there:
+:mod:`bmz.io.dicom_kept`). A file with an attachment is written as version 1.2, one without as
+1.1 (the same bytes as before); 1.1 readers ignore the attachment (bytes after the last chunk).
+
 Public API: :data:`MAGIC`, :data:`FORMAT_VERSION`, :func:`pack`, :class:`BmzWriter`,
 :class:`BmzReader`, :func:`is_bmz`.
 """
@@ -55,8 +61,13 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "pack", "BmzWriter", "BmzReader", "is_bmz"
 #: The 8-byte signature every ``.bmz`` file starts with (PNG-style).
 MAGIC: bytes = b"\x89BMZ\r\n\x1a\n"
 
-#: The format version this module writes: (major, minor). It reads every ``1.x``.
+#: The format version this module writes for a file without an attachment: (major, minor). It
+#: reads every ``1.x``.
 FORMAT_VERSION: tuple[int, int] = (1, 1)
+#: The version of a file with an attachment (the block after the last chunk, since 1.2).
+ATTACHMENT_VERSION: tuple[int, int] = (1, 2)
+#: The metadata key, reserved by the container, that records the attachment's length and CRC-32.
+ATTACHMENT_KEY = "attachment"
 
 # --- layout constants -------------------------------------------------------------------------
 
@@ -204,8 +215,9 @@ def _decode_meta(blob: bytes, where: str) -> dict:
 # --- writing ----------------------------------------------------------------------------------
 
 
-def _header_bytes(meta_len: int, n_slices: int, flags: int = 0) -> bytes:
-    major, minor = FORMAT_VERSION
+def _header_bytes(meta_len: int, n_slices: int, flags: int = 0,
+                  version: tuple[int, int] = FORMAT_VERSION) -> bytes:
+    major, minor = version
     fields = _HEADER_FIELDS.pack(major, minor, flags, meta_len, n_slices)
     return MAGIC + fields + _U32.pack(_crc32(fields))
 
@@ -234,16 +246,32 @@ class BmzWriter(AbstractContextManager):
       caller owns the file object: it is not closed, and on :meth:`abort` whatever was already
       written stays in it.
 
+    ``attachment`` (bytes, optional) is written after the last chunk, its length and CRC-32 in
+    the metadata key :data:`ATTACHMENT_KEY` (added here; ``meta`` must not hold it); the file is
+    then version 1.2 (:data:`ATTACHMENT_VERSION`), else 1.1.
+
     Misuse (wrong chunk count, adding after close, a non-bytes chunk, a chunk of 4 GiB or more,
     metadata that is not a JSON object) raises ``ValueError`` or ``TypeError``.
     """
 
     def __init__(self, dst: str | os.PathLike | BinaryIO, meta: dict, n_slices: int,
-                 force: bool = True):
+                 force: bool = True, attachment: bytes | None = None):
         if isinstance(n_slices, bool) or not isinstance(n_slices, int):
             raise TypeError(f"n_slices must be an int, got {type(n_slices).__name__}")
         if not 0 <= n_slices <= _MAX_U32:
             raise ValueError(f"n_slices must be between 0 and {_MAX_U32}, got {n_slices}")
+        version = FORMAT_VERSION
+        if isinstance(meta, dict) and ATTACHMENT_KEY in meta:
+            raise ValueError(f"metadata key {ATTACHMENT_KEY!r} is reserved for the container "
+                             "(pass attachment= instead)")
+        if attachment is not None:
+            if not isinstance(attachment, (bytes, bytearray, memoryview)):
+                raise TypeError(f"attachment must be bytes, got {type(attachment).__name__}")
+            attachment = bytes(attachment)
+            meta = {**meta, ATTACHMENT_KEY: {"length": len(attachment),
+                                             "crc32": _crc32(attachment)}}
+            version = ATTACHMENT_VERSION
+        self._attachment = attachment
         meta_blob = _encode_meta(meta)  # validate before creating any file
 
         self.n_slices = n_slices
@@ -270,7 +298,7 @@ class BmzWriter(AbstractContextManager):
             self._seekable = _seekable(dst)
             self._base = dst.tell() if self._seekable else 0
 
-        head = (_header_bytes(len(meta_blob), n_slices, FLAG_PACKED_INDEX) + meta_blob
+        head = (_header_bytes(len(meta_blob), n_slices, FLAG_PACKED_INDEX, version) + meta_blob
                 + _U32.pack(_crc32(meta_blob)))
         self._index_pos = len(head)  # relative to the container start
         self._data_start = self._index_pos + PACKED_INDEX_ENTRY_SIZE * n_slices + CRC_SIZE
@@ -345,7 +373,11 @@ class BmzWriter(AbstractContextManager):
                 for data in self._pending:
                     self._f.write(data)
                 self._pending = None
+                if self._attachment is not None:
+                    self._f.write(self._attachment)
             else:
+                if self._attachment is not None:  # right after the last chunk
+                    self._f.write(self._attachment)
                 end = self._f.tell()
                 self._f.seek(self._base + self._index_pos)
                 self._f.write(index)
@@ -409,10 +441,11 @@ def _seekable(f: Any) -> bool:
         return False
 
 
-def pack(meta: dict, chunks: Sequence[bytes]) -> bytes:
-    """Return a whole ``.bmz`` file holding ``meta`` and one chunk per slice, in order."""
+def pack(meta: dict, chunks: Sequence[bytes], attachment: bytes | None = None) -> bytes:
+    """Return a whole ``.bmz`` file holding ``meta``, one chunk per slice, in order, and the
+    optional ``attachment`` (see :class:`BmzWriter`)."""
     buf = io.BytesIO()
-    w = BmzWriter(buf, meta, len(chunks))
+    w = BmzWriter(buf, meta, len(chunks), attachment=attachment)
     for c in chunks:
         w.add(c)
     w.close()
@@ -475,6 +508,9 @@ class BmzReader(AbstractContextManager):
     :class:`~bmz.errors.FormatError` naming the file and the block. A path is opened here and
     closed by :meth:`close` (or at the end of a ``with`` block); a caller's file object is left
     open.
+
+    A version 1.2 file may hold an *attachment* after the last chunk (its extent is checked on
+    opening, its CRC-32 when :meth:`attachment` reads it).
 
     Attributes: ``meta`` (the metadata dict), ``n_slices``, ``version`` ((major, minor) as stored
     in the file), ``flags``, ``file_size`` (bytes in the container, from the signature to the end
@@ -645,6 +681,7 @@ class BmzReader(AbstractContextManager):
         self.flags = flags
         self.data_start = data_start
         self._entries = entries
+        self._attachment = self._check_attachment(meta, entries, data_start, size)
 
     def _check_entries(self, entries: list[tuple[int, int, int]], data_start: int, size: int,
                        n: int) -> None:
@@ -698,6 +735,52 @@ class BmzReader(AbstractContextManager):
                 slice_index=k,
             )
         return data
+
+    def _check_attachment(self, meta: dict, entries: list[tuple[int, int, int]],
+                          data_start: int, size: int) -> tuple[int, int, int] | None:
+        """(offset, length, CRC-32) of the attachment the metadata declares, checked to lie in
+        the file right after the last chunk; ``None`` when there is none."""
+        if ATTACHMENT_KEY not in meta:
+            return None
+        info = meta[ATTACHMENT_KEY]
+        length = info.get("length") if isinstance(info, dict) else None
+        crc = info.get("crc32") if isinstance(info, dict) else None
+        if not (isinstance(length, int) and not isinstance(length, bool) and length >= 0
+                and isinstance(crc, int) and not isinstance(crc, bool) and 0 <= crc <= _MAX_U32):
+            raise FormatError(f"{self._where('metadata')}: key {ATTACHMENT_KEY!r} must be "
+                              f'{{"length": n, "crc32": c}}, not {info!r:.80}')
+        offset = max([data_start] + [off + n for off, n, _ in entries])
+        if offset + length > size:
+            raise TruncatedError(
+                f"{self._where('attachment')}: needs bytes {offset}..{offset + length - 1} but "
+                f"the file has only {size} bytes (file truncated?)")
+        return offset, length, crc
+
+    @property
+    def has_attachment(self) -> bool:
+        """Whether the file declares an attachment (version 1.2)."""
+        return self._attachment is not None
+
+    def attachment(self) -> bytes | None:
+        """The attachment's bytes after checking its CRC-32 (:class:`~bmz.errors.ChecksumError`
+        when damaged), or ``None`` when the file has none."""
+        if self._attachment is None:
+            return None
+        off, length, stored = self._attachment
+        data = self._read_exact(off, length, "attachment")
+        if _crc32(data) != stored:
+            raise ChecksumError(
+                f"{self._where('attachment')}: checksum mismatch (stored 0x{stored:08x}, "
+                f"computed 0x{_crc32(data):08x}); the attachment is damaged")
+        return data
+
+    def verify_attachment(self) -> bool:
+        """Whether the attachment (if any) is intact: ``True`` when there is none."""
+        try:
+            self.attachment()
+        except ChecksumError:
+            return False
+        return True
 
     def chunk_sizes(self) -> list[int]:
         """Length in bytes of every chunk, from the index (no chunk is read)."""

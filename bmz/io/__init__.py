@@ -16,10 +16,10 @@ Layout of ``meta`` by source (each source's module documents its part in detail)
 
 * NIfTI: ``{"nifti": {...}}`` -- on-disk header bytes, bytes up to ``vox_offset`` (extensions),
   version, original shape and dtype (see :mod:`bmz.io.nifti`).
-* DICOM: ``{"dicom": {...}, "bits_stored": int, "photometric": str}`` -- the DICOM-JSON of every
-  slice without the pixel data, de-duplicated (elements shared by most slices stored once in
-  ``common``; rebuild the per-slice dicts with :func:`bmz.io.dicom.dicom_datasets`), file meta,
-  slice order and geometry (see :mod:`bmz.io.dicom`).
+* DICOM: ``{"dicom": {...}, "bits_stored": int, "photometric": str}`` -- the files, slice order,
+  geometry and how each file's kept bytes restore it (see :mod:`bmz.io.dicom`); the kept bytes
+  themselves (every file but its pixel data, so that a lossless ``.bmz`` decodes to the
+  original files) are the Volume's ``attachment`` (:mod:`bmz.io.dicom_kept`).
 * NumPy: ``{"npy": {"dtype": str, "ndim": 2|3, "fortran_order": bool}}`` (see
   :mod:`bmz.io.numpy`).
 
@@ -65,7 +65,8 @@ SUPPORTED_OUTPUTS = ".nii, .nii.gz or .npy"
 # --------------------------------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False) -> Volume:
+def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False,
+         keep_encapsulated: bool = False) -> Volume:
     """Read an image file or DICOM folder into a :class:`Volume`.
 
     With ``lazy``, a NIfTI or ``.npy`` volume's ``data`` is a :class:`SliceStack` that reads one
@@ -75,8 +76,12 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False)
     Args:
         path: a ``.nii``/``.nii.gz`` file (NIfTI-1 or -2), a ``.npy`` file, a DICOM file, or a
             folder holding DICOM files (searched recursively).
-        series: for a DICOM folder with several series, which one: a SeriesInstanceUID, a unique
-            prefix of one, or a SeriesNumber. Only valid for DICOM input.
+        series: for a DICOM folder with several series, which one: a whole SeriesInstanceUID,
+            a SeriesNumber (digits only: always a series number), or a prefix of exactly one
+            series' UID. Only valid for DICOM input.
+        keep_encapsulated: DICOM only: also keep the encapsulated (compressed) pixel bytes of
+            compressed originals, so that a lossless decode gives them back byte-identical
+            (otherwise their pixels come back native, every other element identical).
 
     Raises:
         InputError: the path does not exist, is not a supported format, or holds an image bmz
@@ -87,7 +92,7 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
-        return _dicom.read_dicom(p, series=series)
+        return _dicom.read_dicom(p, series=series, keep_encapsulated=keep_encapsulated)
     kind = discover.sniff(p)
     if kind == "unknown" and discover.suffix(p) == "":
         # a DICOM file without the 128-byte preamble and without a suffix (e.g. "IM0001")
@@ -103,11 +108,14 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False)
         raise InputError(f"{p}: unknown or unsupported file format; bmz reads {SUPPORTED_INPUTS}")
     if series is not None and kind != "dicom":
         raise InputError(f"{p}: series= (--series) applies to DICOM input only")
+    if keep_encapsulated and kind != "dicom":
+        raise InputError(f"{p}: keep_encapsulated (--keep-encapsulated) applies to DICOM input "
+                         "only")
     if kind == "nifti":
         return _nifti.read_nifti(p, lazy=lazy)
     if kind == "numpy":
         return _numpy.read_npy(p, lazy=lazy)
-    return _dicom.read_dicom(p, series=series)
+    return _dicom.read_dicom(p, series=series, keep_encapsulated=keep_encapsulated)
 
 
 def write(volume: Volume, path: str | os.PathLike, force: bool = True,
@@ -116,7 +124,7 @@ def write(volume: Volume, path: str | os.PathLike, force: bool = True,
     ``.npy``; a folder (see :func:`is_folder_output`) gets a DICOM series, for a DICOM-origin
     volume decoded from a ``.bmz`` (``lossy`` says how it was compressed; see
     :func:`bmz.io.dicom.write_dicom`). The output appears atomically (complete or not at all).
-    Returns notes on what the output could not keep (DICOM elements the ``.bmz`` did not hold).
+    Returns notes on what the output could not keep as it was (DICOM).
 
     A NIfTI-origin volume written to NIfTI gets back its original header bytes (same affine,
     scaling, dtype and byte order); any other volume gets a new header (see

@@ -2,20 +2,23 @@
 files, and the same held in memory.
 
 * :func:`read_dicom` (a path) and :func:`read_datasets` (pydicom Datasets, file objects or bytes,
-  nothing touches the disk) give a :class:`Volume` whose ``meta`` keeps every file's elements;
-* :func:`write_dicom` (a folder, atomically) and :func:`derived_datasets` (in memory) turn a
-  decoded DICOM-origin volume back into its series, as derived, lossy-marked files (the rules:
-  :func:`derived_datasets`; the method string :data:`LOSSY_METHOD`).
+  nothing touches the disk) give a :class:`Volume` whose ``attachment`` keeps every file's bytes
+  but its pixel data (:mod:`bmz.io.dicom_kept`) and whose ``meta`` describes the series;
+* :func:`write_dicom` (a folder, atomically) and :func:`series_files` (in memory) turn a
+  decoded DICOM-origin volume back into its series: the original files for a lossless ``.bmz``,
+  derived, lossy-marked files otherwise (the rules: :func:`series_files`; what changes:
+  :mod:`bmz.io.dicom_derive`; the method string :data:`LOSSY_METHOD`).
 
 What :func:`read_dicom` accepts:
 
 * a single DICOM file: its frame(s) become the slices (a classic file gives ``(1, H, W)``, an
   enhanced multi-frame file ``(n_frames, H, W)``);
 * a folder (searched recursively; hidden files ignored) holding ONE image series, or several
-  series with ``series=`` choosing one (a SeriesInstanceUID, a unique prefix of one, or a
-  SeriesNumber). Several series and no choice -> :class:`InputError` listing them. Files that are
-  not DICOM, or DICOM without PixelData (DICOMDIR, SR, presentation states...) are skipped. A
-  series may hold several multi-frame files; their frames are all stacked.
+  series with ``series=`` choosing one: a whole SeriesInstanceUID, a SeriesNumber (a key of
+  digits only is always a series number), or a prefix of exactly one series' UID. Several
+  series and no choice -> :class:`InputError` listing them. Files that are not DICOM, or DICOM
+  without PixelData (DICOMDIR, SR, presentation states...) are skipped. A series may hold
+  several multi-frame files; their frames are all stacked.
 
 Slice order: when every slice has ImagePositionPatient and the same ImageOrientationPatient
 (per-frame functional groups for enhanced files) and their positions along the slice normal
@@ -27,21 +30,18 @@ series) by InstanceNumber, then file name and frame number; the rule used is rec
 Pixel values are the STORED values (``ds.pixel_array``: no modality/VOI rescale), dtype from
 BitsAllocated/PixelRepresentation as pydicom gives it (uint8/int8/uint16/int16, ``'>u2'``/``'>i2'``
 for big-endian files; 32-bit only if values fit 16 bits). pydicom masks bits above BitsStored;
-when such bits are set in uncompressed data a note is recorded. Compressed transfer syntaxes are
+the kept bytes keep them (a lossless decode restores them). Compressed transfer syntaxes are
 decoded by pydicom's plugins (pylibjpeg + pylibjpeg-libjpeg / -openjpeg, Pillow; RLE natively);
 a missing decoder raises :class:`MissingDependencyError` naming the pip package. Colour
-(SamplesPerPixel > 1 or PhotometricInterpretation other than MONOCHROME1/2) is refused, as are
-slices of different sizes or dtypes in one series.
+(SamplesPerPixel > 1 or PhotometricInterpretation other than MONOCHROME1/2), 1-bit pixel data
+(segmentations), slices of different sizes or dtypes in one series, and files whose bytes would
+not come back exactly from what bmz keeps are refused.
 
-``meta`` layout::
+``meta`` layout (DICOM meta layout 2; layout 1, of older files, is :mod:`bmz.io.dicom_legacy`)::
 
     {"dicom": {
+        "layout": 2,
         "multiframe": bool,            # an enhanced / multi-frame file is involved
-        "common": {tag: value},        # elements shared by the files' datasets (see below)
-        "datasets": [...],             # per file: its dataset's elements that differ from
-                                       # "common", plus "absent": [tag, ...] when needed
-        "file_meta_common": {...},     # the same for the file meta information
-        "file_meta": [...],
         "files": [...],                # per file: name relative to the folder read (or basename)
         "order": [...],                # per slice (data[k]): the file name it came from
         "frames": [[file, frame], ...] # per slice: index into "files" and frame in that file
@@ -50,62 +50,50 @@ slices of different sizes or dtypes in one series.
                      "pixel_spacing": [row, col] | None, "slice_thickness": float | None,
                      "spacing_between_slices": float | None, "sorted_by": str,
                      "rescale": [[slope, intercept] per slice] | None},
-        "notes": [str, ...]},
+        "kept": {...},                 # per file: how its kept bytes restore it
+                                       # (bmz.io.dicom_kept.pack; the bytes: the attachment)
+        "notes": [str, ...]},          # what a decode cannot give back as it was, per file
      "bits_stored": int, "photometric": str}
 
-Files in "datasets" are in order of first appearance in the slices, so for a classic series
-``datasets[k]`` is the file of slice ``k``.
-
-Each file's dataset is ``ds.to_json_dict()`` (the DICOM JSON model: ``"GGGGEEEE"`` tag ->
-``{"vr": ..., "Value": [...]}``) without PixelData; binary elements > 64 KiB are replaced by a
-``"BulkDataURI": "bmz:dropped:<n bytes>"`` and noted. These are stored DE-DUPLICATED, since a
-series repeats most elements in every file (Siemens' private CSA headers alone are ~50 KB per
-file): ``common`` holds, for every tag whose most frequent value (compared as canonical JSON)
-occurs in more than half of the files, that value; ``datasets[k]`` holds the elements of file
-``k`` that are not in ``common`` or have another value there, and ``"absent": [tags]`` (sorted)
-for the tags of ``common`` that file ``k`` lacks (the key is omitted when there are none; no
-DICOM tag is spelled "absent"). File ``k``'s full dict is ``common`` minus its absent tags,
-updated with ``datasets[k]``. In ``common`` and ``datasets`` (at any depth) a binary element's
-base64 ``"InlineBinary"`` is stored as ``"bmz:hex"``, the same bytes in lowercase hex: unlike
-base64, hex keeps equal bytes equal text whatever their offset, so the container's xz finds the
-repeats between files (Siemens CSA image headers differ by a few bytes from file to file; this
-roughly halves their compressed size). :func:`dicom_datasets` rebuilds the list of full dicts
-exactly (:func:`dicom_file_meta` for the file meta, ``file_meta_common`` / ``file_meta``, stored
-the same way). Always read the datasets through these functions.
+Files in "files" are in order of first appearance in the slices, so for a classic series
+``files[k]`` is the file of slice ``k``.
 
 :func:`nifti_geometry` turns that geometry into a NIfTI (RAS+) affine for DICOM -> NIfTI writing.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import io
-import json
 import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import BmzError, FormatError, InputError, MissingDependencyError, OutputError
-from . import Volume, as_integer_array
+from . import Volume, as_integer_array, dicom_kept
+from .dicom_derive import (LOSSY_METHOD, LossyCoding, derive, file_meta, set_series_range,
+                           to_little_endian)
+
+#: the DICOM meta layout bmz writes (``meta["dicom"]["layout"]``; 1: :mod:`bmz.io.dicom_legacy`)
+LAYOUT = 2
+
+__all__ = ["read_dicom", "read_datasets", "list_series", "write_dicom", "series_files",
+           "SeriesFiles", "LossyCoding", "LOSSY_METHOD", "nifti_geometry", "dicom_datasets",
+           "dicom_file_meta", "check_output_folder", "check_dicom_source", "summarise_notes"]
 
 try:
     import pydicom
     from pydicom.dataset import Dataset, FileDataset
-    from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 except ImportError:  # pragma: no cover - pydicom is a hard dependency
     pydicom = None  # type: ignore[assignment]
 
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData, DoubleFloat...
+# values larger than this are read only when needed (scanning a folder reads headers)
 _BULK_LIMIT = 64 * 1024
-# pydicom's to_json_dict hands an element to the bulk handler when len > (threshold // 4) * 3
-_JSON_THRESHOLD = (_BULK_LIMIT // 3 + 1) * 4
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 
 # pip packages that provide pydicom decoders, by transfer syntax family
@@ -247,16 +235,25 @@ def _select(groups: dict[str, list], series: str | None, where: Path) -> str:
             f"--series UID, UID prefix or series number): {_describe(infos)}"
         )
     key = str(series).strip()
-    if key in groups:
+    if key in groups:  # a whole SeriesInstanceUID
         return key
+    if key.isdigit():  # a series number (never a UID prefix: every UID starts with digits)
+        matches = [d for d in infos if d["series_number"] == int(key)]
+        if len(matches) == 1:
+            return matches[0]["uid"]
+        if not matches:
+            raise InputError(f"{where}: no DICOM series has number {key} (give a series number, a "
+                             f"whole SeriesInstanceUID or an unambiguous prefix of one with a "
+                             f"'.'); series are: {_describe(infos)}")
+        raise InputError(f"{where}: several DICOM series have number {key}; choose one by its "
+                         f"SeriesInstanceUID: {_describe(matches)}")
     matches = [d for d in infos if d["uid"].startswith(key)] if key else []
-    if not matches and _int(key) is not None:
-        matches = [d for d in infos if d["series_number"] == _int(key)]
     if len(matches) == 1:
         return matches[0]["uid"]
     if not matches:
         raise InputError(f"{where}: no DICOM series matches '{key}'; series are: {_describe(infos)}")
-    raise InputError(f"{where}: '{key}' matches several DICOM series: {_describe(matches)}")
+    raise InputError(f"{where}: '{key}' is a prefix of several DICOM series' UIDs; give more of "
+                     f"the UID: {_describe(matches)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,9 +277,19 @@ def _check_monochrome(ds: "Dataset", where: str) -> None:
         )
 
 
-def _decode(ds: "Dataset", where: str, name: str, notes: list[str]) -> np.ndarray:
-    """The stored pixel values of ``ds`` as ``(n_frames, rows, cols)``; errors name ``where``,
-    notes ``name`` (the file's stored name)."""
+def _check_bits(ds: "Dataset", where: str) -> None:
+    """Refuse what bmz cannot keep exactly: 1-bit pixels, an allocation other than 8/16/32."""
+    alloc = _int(ds.get("BitsAllocated"))
+    if alloc == 1:
+        raise InputError(f"{where}: 1-bit pixel data (BitsAllocated 1, e.g. a segmentation or a "
+                         "binary mask); bmz encodes images of 8 to 16 bits allocated")
+    if alloc not in (8, 16, 32):
+        raise InputError(f"{where}: BitsAllocated {alloc}; bmz encodes 8, 16 or 32 bits "
+                         "allocated")
+
+
+def _decode(ds: "Dataset", where: str) -> np.ndarray:
+    """The stored pixel values of ``ds`` as ``(n_frames, rows, cols)``; errors name ``where``."""
     from pydicom.pixels import get_decoder
 
     ts = _transfer_syntax(ds)
@@ -304,27 +311,7 @@ def _decode(ds: "Dataset", where: str, name: str, notes: list[str]) -> np.ndarra
     except Exception as exc:
         raise InputError(f"{where}: cannot decode the {ts.name} pixel data ({exc})") from None
     rows, cols = int(ds.Rows), int(ds.Columns)
-    arr = np.asarray(arr).reshape(-1, rows, cols)
-    _note_high_bits(ds, ts, name, notes)
-    return arr
-
-
-def _note_high_bits(ds: "Dataset", ts: "UID", name: str, notes: list[str]) -> None:
-    """Record when uncompressed pixel words carry bits above BitsStored (pydicom drops them)."""
-    try:
-        alloc, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-        if ts.is_compressed or alloc not in (16, 32) or stored >= alloc:
-            return
-        raw = ds.PixelData
-        dt = np.dtype(f"u{alloc // 8}").newbyteorder(">" if not ts.is_little_endian else "<")
-        words = np.frombuffer(raw, dtype=dt, count=len(raw) // dt.itemsize)
-        if np.any(words >> stored):
-            notes.append(
-                f"{name}: pixel words have bits set above BitsStored={stored}; bmz keeps "
-                f"the {stored}-bit stored values"
-            )
-    except Exception:
-        return
+    return np.asarray(arr).reshape(-1, rows, cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,12 +465,14 @@ def nifti_geometry(meta: dict, n_slices: int) -> tuple[np.ndarray | None, tuple[
 
 
 # --------------------------------------------------------------------------------------------
-# JSON
+# meta
 # --------------------------------------------------------------------------------------------
 
 
 def _jsonable(value: Any) -> Any:
     """Make ``value`` JSON-serialisable: bytes -> base64, numbers -> int/float, NaN/inf -> str."""
+    import base64
+
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -500,187 +489,30 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _dataset_json(ds: "Dataset", name: str, notes: list[str]) -> dict[str, Any]:
-    """``ds`` as a DICOM-JSON dict without pixel data; binary elements > 64 KiB are dropped."""
-
-    def bulk(elem) -> str:
-        try:
-            n = len(elem.value)
-        except Exception:
-            n = -1
-        notes.append(f"{name}: dropped {elem.tag} {elem.keyword or 'private'} ({n} bytes > 64 KiB)")
-        return f"bmz:dropped:{n}"
-
-    out: dict[str, Any] = {}
-    for tag in list(ds.keys()):
-        if int(tag) in _PIXEL_TAGS:
-            continue
-        key = f"{int(tag):08X}"
-        try:
-            out[key] = ds[tag].to_json_dict(bulk, _JSON_THRESHOLD)
-        except Exception as exc:
-            notes.append(f"{name}: element {key} could not be converted to JSON and was dropped ({exc})")
-    return _jsonable(out)
-
-
-def _file_meta_json(ds: "Dataset", name: str, notes: list[str]) -> dict[str, Any]:
-    fm = getattr(ds, "file_meta", None)
-    if fm is None or len(fm) == 0:
-        return {}
-    return _dataset_json(fm, name, notes)
-
-
-# --------------------------------------------------------------------------------------------
-# de-duplicated per-file datasets
-# --------------------------------------------------------------------------------------------
-
-_ABSENT = "absent"  # key, in a per-file entry, of the tags of "common" that file lacks
-
-
-def _canonical(value: Any) -> str:
-    """A JSON value as a string that is equal exactly when the values are (``1`` and ``1.0``,
-    ``True`` and ``1`` stay different, unlike Python's ``==``)."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def _split_common(dicts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """De-duplicate per-file element dicts (tag -> JSON value): ``(common, entries)``.
-
-    ``common[tag]`` is the most frequent value of ``tag`` (the first seen wins a tie) when it
-    occurs in more than half of the dicts; ``entries[k]`` holds the elements of ``dicts[k]``
-    missing from ``common`` or different from it, plus ``"absent": [tags]`` (sorted) for the tags
-    of ``common`` that ``dicts[k]`` lacks. :func:`_merge_common` undoes it. A single dict goes
-    entirely into ``common``. The values are the input's objects, not copies."""
-    n = len(dicts)
-    canon = [{tag: _canonical(v) for tag, v in d.items()} for d in dicts]
-    counts: dict[str, dict[str, int]] = {}
-    first: dict[str, dict[str, Any]] = {}
-    for d, c in zip(dicts, canon):
-        for tag, v in d.items():
-            seen = counts.setdefault(tag, {})
-            if c[tag] not in seen:
-                first.setdefault(tag, {})[c[tag]] = v
-            seen[c[tag]] = seen.get(c[tag], 0) + 1
-    common: dict[str, Any] = {}
-    common_canon: dict[str, str] = {}
-    for tag in sorted(counts):
-        key, count = max(counts[tag].items(), key=lambda kv: kv[1])  # first seen wins ties
-        if 2 * count > n:
-            common[tag] = first[tag][key]
-            common_canon[tag] = key
-    entries: list[dict[str, Any]] = []
-    for d, c in zip(dicts, canon):
-        entry = {tag: v for tag, v in d.items() if common_canon.get(tag) != c[tag]}
-        absent = sorted(tag for tag in common if tag not in d)
-        if absent:
-            entry[_ABSENT] = absent
-        entries.append(entry)
-    return common, entries
-
-
-def _merge_common(common: Any, entries: Any) -> list[dict[str, Any]]:
-    """The full per-file dicts (keys sorted) from :func:`_split_common`'s output; new objects,
-    so changing them leaves ``common`` and ``entries`` as they are. A malformed input (it may
-    come from a damaged or foreign ``.bmz`` file) raises ``ValueError``."""
-    if not isinstance(common, dict) or not isinstance(entries, list):
-        raise ValueError("DICOM meta: the common elements must be an object and the per-file "
-                         "entries a list")
-    out = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise ValueError(f"DICOM meta: a per-file entry must be an object, not {entry!r:.60}")
-        absent = entry.get(_ABSENT, [])
-        if not isinstance(absent, list) or not all(isinstance(t, str) for t in absent):
-            raise ValueError(f"DICOM meta: '{_ABSENT}' must be a list of tags, not {absent!r:.60}")
-        gone = set(absent)
-        full = {tag: v for tag, v in common.items() if tag not in gone}
-        full.update((tag, v) for tag, v in entry.items() if tag != _ABSENT)
-        out.append(copy.deepcopy({tag: full[tag] for tag in sorted(full)}))
-    return out
-
-
-_HEX = "bmz:hex"  # key replacing "InlineBinary" (base64) in the stored elements: the bytes in hex
-
-
-def _binary_to_hex(value: Any) -> Any:
-    """``value`` (DICOM-JSON, any depth) with each element's canonical base64 ``InlineBinary``
-    replaced by ``"bmz:hex"``: the same bytes in lowercase hex. Unlike base64, hex keeps equal
-    bytes equal text whatever their offset, so xz finds the long repeats between the files'
-    binary elements (Siemens CSA headers differ by a few bytes from file to file). Base64 that
-    would not come back identical (padding, line breaks...) is left as it is."""
-    if isinstance(value, dict):
-        b64 = value.get("InlineBinary")
-        if isinstance(b64, str) and _HEX not in value:
-            try:
-                raw = base64.b64decode(b64, validate=True)
-            except ValueError:  # binascii.Error
-                raw = None
-            if raw is not None and base64.b64encode(raw).decode("ascii") == b64:
-                out = {k: v for k, v in value.items() if k != "InlineBinary"}
-                out[_HEX] = raw.hex()
-                return out
-        return {k: _binary_to_hex(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_binary_to_hex(v) for v in value]
-    return value
-
-
-def _hex_to_binary(value: Any) -> Any:
-    """Undo :func:`_binary_to_hex` (new objects throughout); bad hex raises ``ValueError``."""
-    if isinstance(value, dict):
-        if _HEX in value:
-            text = value[_HEX]
-            if not isinstance(text, str):
-                raise ValueError(f"DICOM meta: '{_HEX}' must be a string, not {text!r:.60}")
-            try:
-                raw = bytes.fromhex(text)
-            except ValueError:
-                raise ValueError(f"DICOM meta: '{_HEX}' is not hexadecimal: {text!r:.60}") from None
-            out = {k: v for k, v in value.items() if k != _HEX}
-            out["InlineBinary"] = base64.b64encode(raw).decode("ascii")
-            return out
-        return {k: _hex_to_binary(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_hex_to_binary(v) for v in value]
-    return value
-
-
-def _store(dicts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The stored (de-duplicated, binary in hex) form of per-file DICOM-JSON dicts."""
-    common, entries = _split_common(dicts)
-    return _binary_to_hex(common), [_binary_to_hex(e) for e in entries]
-
-
-def _rebuild(common: Any, entries: Any) -> list[dict[str, Any]]:
-    """The per-file DICOM-JSON dicts from their stored form (see :func:`_store`)."""
-    try:
-        return _merge_common(_hex_to_binary(common), _hex_to_binary(entries))
-    except RecursionError:
-        raise ValueError("DICOM meta: nested too deeply") from None
-
-
 def _dicom_part(meta: dict) -> dict:
-    """``meta["dicom"]`` of a Volume's meta (or ``meta`` itself when it is that part)."""
+    """``meta["dicom"]`` of a Volume's meta (or ``meta`` itself when it is that part), of
+    either layout."""
     part = meta.get("dicom", meta) if isinstance(meta, dict) else None
-    if not isinstance(part, dict) or "datasets" not in part:
-        raise ValueError("not the meta of a DICOM volume (no 'dicom' part with 'datasets')")
+    if not isinstance(part, dict) or not ("kept" in part or "datasets" in part):
+        raise ValueError("not the meta of a DICOM volume (no 'dicom' part with 'kept' or "
+                         "'datasets')")
     return part
 
 
 def dicom_datasets(meta: dict) -> list[dict[str, Any]]:
-    """Each file's full dataset as a DICOM-JSON dict (tag -> element, without PixelData), in the
-    order of ``meta["dicom"]["files"]``, rebuilt from the de-duplicated ``common`` and
-    ``datasets`` of a DICOM volume's ``meta`` (``Volume.meta``, or its ``"dicom"`` part). A meta
-    without ``common`` (full dicts) is returned as it is, copied."""
-    part = _dicom_part(meta)
-    return _rebuild(part.get("common") or {}, part["datasets"])
+    """Layout 1 (older files) only: each file's dataset as DICOM-JSON
+    (:func:`bmz.io.dicom_legacy.dicom_datasets`)."""
+    from . import dicom_legacy
+
+    return dicom_legacy.dicom_datasets(meta)
 
 
 def dicom_file_meta(meta: dict) -> list[dict[str, Any]]:
-    """Each file's full file meta information (DICOM-JSON dict, group 0002), like
-    :func:`dicom_datasets`, from ``file_meta_common`` and ``file_meta``."""
-    part = _dicom_part(meta)
-    return _rebuild(part.get("file_meta_common") or {}, part.get("file_meta") or [])
+    """Layout 1 (older files) only: each file's file meta as DICOM-JSON
+    (:func:`bmz.io.dicom_legacy.dicom_file_meta`)."""
+    from . import dicom_legacy
+
+    return dicom_legacy.dicom_file_meta(meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,8 +520,10 @@ def dicom_file_meta(meta: dict) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_dicom(path: Path, series: str | None = None) -> Volume:
-    """Read a DICOM file, or the (chosen) series of a DICOM folder, into a :class:`Volume`."""
+def read_dicom(path: Path, series: str | None = None, keep_encapsulated: bool = False) -> Volume:
+    """Read a DICOM file, or the (chosen) series of a DICOM folder, into a :class:`Volume`
+    whose ``attachment`` holds the files' kept bytes (:mod:`bmz.io.dicom_kept`; with
+    ``keep_encapsulated`` the encapsulated pixel bytes of compressed originals too)."""
     _require_pydicom()
     path = Path(path)
     if path.is_dir():
@@ -717,10 +551,11 @@ def read_dicom(path: Path, series: str | None = None) -> Volume:
         except ValueError:
             return p.name
 
-    return _build([(str(p), rel(p), ds) for p, ds in members], path=str(path))
+    return _build([(str(p), rel(p), ds, p) for p, ds in members], path=str(path),
+                  keep_encapsulated=keep_encapsulated)
 
 
-def read_datasets(items: Any) -> Volume:
+def read_datasets(items: Any, keep_encapsulated: bool = False) -> Volume:
     """The :class:`Volume` of already-open DICOM data, all in memory (nothing is read from or
     written to disk): ``items`` is a pydicom ``Dataset``, a binary file object or ``bytes``
     holding a DICOM file, or a list of them, all of ONE series (several classic files, one or
@@ -731,6 +566,10 @@ def read_datasets(items: Any) -> Volume:
     :func:`write_dicom` gives the files it writes). Errors name the item (``dataset 3`` = the
     third, counting from 1) and what is wrong: not a dataset, not DICOM, no pixel data, no
     transfer syntax, colour, several series, sizes that differ.
+
+    The bytes kept of each file (:mod:`bmz.io.dicom_kept`) are those given: bytes and file
+    objects as they are, a ``Dataset`` as pydicom writes it (``dcmwrite`` without enforcing the
+    file format: its preamble and file meta as they are).
     """
     _require_pydicom()
     if isinstance(items, (Dataset, bytes, bytearray, memoryview)) or hasattr(items, "read"):
@@ -746,9 +585,10 @@ def read_datasets(items: Any) -> Volume:
     if not items:
         raise InputError("no DICOM datasets given")
     labelled: list[tuple[str, "Dataset"]] = []
+    raws: list[tuple[bytes, Any]] = []
     for i, item in enumerate(items, 1):
         label = f"dataset {i}"
-        ds = _dataset_of(item, label)
+        ds, raw = _dataset_of(item, label)
         fname = getattr(ds, "filename", None)
         if isinstance(fname, str) and fname:
             label = f"{label} ({fname})"
@@ -761,6 +601,7 @@ def read_datasets(items: Any) -> Volume:
             raise InputError(f"{label}: no Transfer Syntax UID in ds.file_meta; set it (e.g. "
                              "pydicom.uid.ExplicitVRLittleEndian for uncompressed pixel data)")
         labelled.append((label, ds))
+        raws.append((raw, ds.original_encoding) if raw is not None else _serialised(ds, label))
     groups: dict[str, list[tuple[str, Dataset]]] = {}
     for label, ds in labelled:
         groups.setdefault(_str(ds, "SeriesInstanceUID"), []).append((label, ds))
@@ -772,40 +613,65 @@ def read_datasets(items: Any) -> Volume:
     names = [_stored_name(ds, i) for i, (_, ds) in enumerate(labelled)]
     if len(set(names)) < len(names):  # two files of the same base name: number them all
         names = [f"IM{i + 1:05d}.dcm" for i in range(len(labelled))]
-    return _build([(label, name, ds) for (label, ds), name in zip(labelled, names)],
-                  path=None)
+    return _build([(label, name, ds, raw) for (label, ds), name, raw in zip(labelled, names, raws)],
+                  path=None, keep_encapsulated=keep_encapsulated)
 
 
-def _dataset_of(item: Any, label: str) -> "Dataset":
-    """``item`` as a pydicom Dataset: itself, or parsed from a file object / bytes in memory."""
+def _dataset_of(item: Any, label: str) -> tuple["Dataset", bytes | None]:
+    """``item`` as a pydicom Dataset (itself, or parsed from a file object / bytes in memory)
+    and the file's bytes (``None`` for a Dataset)."""
     if isinstance(item, Dataset):
-        return item
+        return item, None
     if isinstance(item, (bytes, bytearray, memoryview)):
-        item = io.BytesIO(bytes(item))
-    if not hasattr(item, "read"):
+        raw = bytes(item)
+    elif hasattr(item, "read"):
+        try:
+            raw = item.read()
+        except Exception as exc:
+            raise InputError(f"{label}: cannot be read ({exc})") from None
+        if not isinstance(raw, (bytes, bytearray)):
+            raise InputError(f"{label}: expected a binary file object (it read "
+                             f"{type(raw).__name__})")
+        raw = bytes(raw)
+    else:
         raise InputError(f"{label}: expected a pydicom Dataset, a binary file object or bytes, "
                          f"got {type(item).__name__}")
     try:
-        start = item.tell()
-    except (AttributeError, OSError):
-        start = None
-    try:
-        return pydicom.dcmread(item)
+        return pydicom.dcmread(io.BytesIO(raw)), raw
     except MemoryError:
         raise
-    except Exception as exc:  # no preamble: try once more as a bare dataset
-        if start is None:
-            raise InputError(f"{label}: not a readable DICOM file ({exc})") from None
+    except Exception:  # no preamble: try once more as a bare dataset
+        pass
     try:
-        item.seek(start)
-        ds = pydicom.dcmread(item, force=True)
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
     except MemoryError:
         raise
     except Exception as exc:
         raise InputError(f"{label}: not a readable DICOM file ({exc})") from None
     if "PixelData" not in ds:  # parsed without a DICOM preamble: likely not DICOM at all
         raise InputError(f"{label}: not a DICOM image (no DICOM preamble, no pixel data)")
-    return ds
+    return ds, raw
+
+
+def _serialised(ds: "Dataset", label: str) -> tuple[bytes, Any]:
+    """The bytes of a Dataset as pydicom writes it (its preamble and file meta, if any, as they
+    are): what bmz keeps of a dataset given in memory; and their encoding, as pydicom reads
+    them back."""
+    buf = io.BytesIO()
+    try:
+        pydicom.dcmwrite(buf, ds, enforce_file_format=False)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{label}: pydicom cannot write this dataset ({exc}); bmz keeps a "
+                         "dataset's bytes as pydicom writes them") from None
+    raw = buf.getvalue()
+    try:
+        encoding = pydicom.dcmread(io.BytesIO(raw), force=True, stop_before_pixels=True,
+                                   defer_size=_BULK_LIMIT).original_encoding
+    except Exception:
+        encoding = (None, None)
+    return raw, encoding
 
 
 def _stored_name(ds: "Dataset", i: int) -> str:
@@ -817,20 +683,23 @@ def _stored_name(ds: "Dataset", i: int) -> str:
     return f"IM{i + 1:05d}.dcm"
 
 
-def _build(members: list[tuple[str, str, "Dataset"]], path: str | None) -> Volume:
-    """The Volume of ``members`` (``(label for messages, stored name, dataset)`` per file) read
-    from ``path`` (``None``: in memory)."""
-    notes: list[str] = []
+def _build(members: list[tuple[str, str, "Dataset", Any]], path: str | None,
+           keep_encapsulated: bool = False) -> Volume:
+    """The Volume of ``members`` (``(label for messages, stored name, dataset, the file's path or
+    (bytes, their (implicit VR, little endian) encoding))`` per file) read from ``path``
+    (``None``: in memory), with the files' kept bytes as its ``attachment``."""
     arrays: list[np.ndarray] = []
+    kept: list[dicom_kept.KeptFile] = []
     slices: list[dict[str, Any]] = []  # one per frame, in file order
     first_shape: tuple[int, int] | None = None
     first_dtype: np.dtype | None = None
     first_label: str | None = None
     multiframe = False
     bits_stored = 0
-    for fi, (label, name, ds) in enumerate(members):
+    for fi, (label, name, ds, src) in enumerate(members):
         _check_monochrome(ds, label)
-        arr = _decode(ds, label, name, notes)
+        _check_bits(ds, label)
+        arr = _decode(ds, label)
         arr, _ = as_integer_array(arr, label)
         if first_shape is None:
             first_shape, first_dtype, first_label = arr.shape[1:], arr.dtype, label
@@ -846,6 +715,7 @@ def _build(members: list[tuple[str, str, "Dataset"]], path: str | None) -> Volum
                 raise InputError(
                     f"{label}: pixel dtype {arr.dtype} differs from {first_dtype} of {first_label}"
                 )
+        kept.append(_keep(ds, src, label, arr, keep_encapsulated))
         n_frames = arr.shape[0]
         if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             multiframe = True
@@ -868,12 +738,7 @@ def _build(members: list[tuple[str, str, "Dataset"]], path: str | None) -> Volum
     files_sorted = sorted(file_rank, key=file_rank.get)
 
     names = [members[fi][1] for fi in files_sorted]
-    common, datasets = _store(
-        [_dataset_json(members[fi][2], names[r], notes) for r, fi in enumerate(files_sorted)]
-    )
-    file_meta_common, file_meta = _store(
-        [_file_meta_json(members[fi][2], names[r], notes) for r, fi in enumerate(files_sorted)]
-    )
+    descriptor, attachment = dicom_kept.pack([kept[fi] for fi in files_sorted])
 
     rescale = [[s["slope"], s["intercept"]] for s in ordered]
     if all(r == [None, None] for r in rescale):
@@ -890,83 +755,82 @@ def _build(members: list[tuple[str, str, "Dataset"]], path: str | None) -> Volum
     }
     meta = {
         "dicom": {
+            "layout": LAYOUT,
             "multiframe": multiframe,
-            "common": common,
-            "datasets": datasets,
-            "file_meta_common": file_meta_common,
-            "file_meta": file_meta,
             "files": names,
             "order": [names[file_rank[s["file"]]] for s in ordered],
             "frames": [[file_rank[s["file"]], s["frame"]] for s in ordered],
             "series_uid": _str(first, "SeriesInstanceUID") or None,
             "geometry": geometry,
-            "notes": notes,
+            "kept": descriptor,
+            "notes": kept_notes(descriptor, names, lossless=True),
         },
         "bits_stored": bits_stored or int(data.dtype.itemsize * 8),
         "photometric": _str(first, "PhotometricInterpretation", "MONOCHROME2").strip(),
     }
-    return Volume(data=data, source="dicom", meta=_jsonable(meta), path=path)
+    return Volume(data=data, source="dicom", meta=_jsonable(meta), path=path,
+                  attachment=attachment)
+
+
+def kept_notes(descriptor: dict, names: list[str], lossless: bool) -> list[str]:
+    """What a decode of a ``.bmz`` with this kept-bytes ``descriptor`` cannot give back as it
+    was, one line per distinct note (the files that share it named once): ``lossless``, for a
+    lossless file decoded to its original files; otherwise for a derived series."""
+    from pydicom.uid import UID as _UID
+
+    notes: list[tuple[str, str]] = []
+    for name, f in zip(names, descriptor.get("files", [])):
+        ts = str(f.get("ts") or "")
+        ts_name = _UID(ts).name if ts else "no transfer syntax"
+        if lossless:
+            if f.get("restore") == "elements":
+                notes.append((name, f"comes back with every element identical but its pixel data "
+                                    f"native, in Explicit VR Little Endian (the original's were "
+                                    f"encapsulated, {ts_name}; --keep-encapsulated keeps them "
+                                    "byte for byte)"))
+                notes += [(name, f"native version: {c}") for c in f.get("native_changes", [])]
+            continue
+        p = f.get("pixels", {})
+        if f.get("high_bits"):
+            notes.append((name, f"bits above Bits Stored ({p.get('stored')} of {p.get('alloc')}) "
+                                "of its pixel words are not its values' (set, or not "
+                                "sign-extended); the derived file has the values alone"))
+        if f.get("value_bits"):
+            notes.append((name, f"its pixel words' low {p.get('stored')} bits are not the values "
+                                "pydicom decodes from them; the derived file has those values"))
+        if f.get("group_lengths"):
+            notes.append((name, "group length elements (gggg,0000) are not written in the "
+                                "derived file (retired; pydicom writes none)"))
+        notes += [(name, f"derived file: {c}") for c in f.get("native_changes", [])
+                  if "Lossy Image Compression" not in c]
+    return summarise_notes(notes)
+
+
+def _keep(ds: "Dataset", src: Any, label: str, arr: np.ndarray,
+          keep_encapsulated: bool) -> "dicom_kept.KeptFile":
+    """The file's kept bytes (:func:`bmz.io.dicom_kept.keep_file`)."""
+    if isinstance(src, Path):
+        try:
+            raw = src.read_bytes()
+        except OSError as e:
+            raise InputError(f"{label}: cannot be read ({e.strerror or e})") from None
+        encoding = ds.original_encoding
+    else:
+        raw, encoding = src
+    if encoding is None or None in encoding:
+        encoding = None
+    attrs = {"alloc": _int(ds.get("BitsAllocated")), "stored": _int(ds.get("BitsStored")) or 0,
+             "signed": _int(ds.get("PixelRepresentation")) == 1}
+    try:
+        kf = dicom_kept.keep_file(raw, label, arr, attrs, encoding, keep_encapsulated)
+    except dicom_kept.KeepError as e:
+        raise InputError(str(e)) from None
+    return kf
 
 
 # --------------------------------------------------------------------------------------------
-# writing: a decoded volume as a derived, lossy-compressed DICOM series
+# writing: a decoded volume as its DICOM series
 # --------------------------------------------------------------------------------------------
-
-#: Lossy Image Compression Method (0028,2114) of bmz output (CS; the model and quality are in
-#: Derivation Description)
-LOSSY_METHOD = "BMZ"
-
-# the (0028,2114) method of a lossy transfer syntax, for an original that records its lossy
-# ratio but not its method (the values of the two attributes must pair up)
-_LOSSY_TS_METHOD = {
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
-    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000
-    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # HTJ2K
-    "1.2.840.10008.1.2.4.112": "ISO_18181_1",  # JPEG XL
-}
-_SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}  # binary VRs with multi-byte words
-_DROPPED = "bmz:dropped:"
-
-
-@dataclass(frozen=True)
-class LossyCoding:
-    """How a volume's pixels were compressed; :func:`write_dicom` records it in every file.
-
-    ``ratio`` is the original's uncompressed pixel bytes over the compressed (``.bmz``) bytes;
-    ``model`` and ``quality`` are the codec's; ``max_error`` the guaranteed bound of a bounded
-    (``--max-error``) file, ``None`` for plain lossy coding. ``max_error == 0`` (``--lossless``)
-    is no lossy compression at all: the files are the originals, with their UIDs, bit for bit in
-    the pixels (:attr:`lossless`)."""
-
-    ratio: float
-    model: str
-    quality: int
-    max_error: int | None = None
-
-    @property
-    def lossless(self) -> bool:
-        return self.max_error == 0
-
-    def ratio_text(self) -> str:
-        """The ratio as a DICOM decimal string (at most 16 characters)."""
-        r = float(self.ratio)
-        if not (math.isfinite(r) and r > 0):
-            raise ValueError(f"lossy compression ratio must be a positive number, got {r!r}")
-        text = f"{r:.2f}"
-        return text if len(text) <= 16 else f"{r:.6e}"
-
-    def description(self) -> str:
-        from .. import __version__
-
-        if self.max_error is not None:
-            base = (f"learned base layer {self.model} quality {self.quality}" if self.quality
-                    else "no base layer")
-            return (f"Near-lossless compression by bmz {__version__} (maximum error "
-                    f"{self.max_error}, {base}), compression ratio {self.ratio_text()}:1")
-        return (f"Lossy compression by bmz {__version__} (learned codec, model {self.model}, "
-                f"quality {self.quality}), compression ratio {self.ratio_text()}:1")
 
 
 def check_output_folder(folder: str | os.PathLike, force: bool = False) -> Path:
@@ -1007,40 +871,37 @@ def check_dicom_source(volume_source: str | None, where: str) -> None:
 
 def write_dicom(volume: Volume, folder: str | os.PathLike, lossy: LossyCoding,
                 force: bool = False) -> list[str]:
-    """Write a DICOM-origin ``volume`` (its decoded pixels) as a derived DICOM series: one file
-    per original file (multi-frame files stay multi-frame), under the original's relative names,
-    into ``folder``. Returns notes on what could not be kept (elements the ``.bmz`` did not hold).
+    """Write a DICOM-origin ``volume`` (its decoded pixels) as its DICOM series: one file per
+    original file (multi-frame files stay multi-frame), under the original's relative names, into
+    ``folder`` — the original files for a lossless ``.bmz``, a derived series otherwise (see
+    :func:`series_files`). Returns notes on what could not be kept.
 
     Atomic: the files are written into a temporary folder beside ``folder``, which then takes its
     place; on any error nothing is left. ``folder`` may be new or empty; a non-empty folder is
     replaced only with ``force`` and only when it holds nothing but DICOM files (a previous
-    output), so that ``--force`` never deletes other data. What each file holds is described by
-    :func:`derived_datasets`.
+    output), so that ``--force`` never deletes other data.
 
     Raises:
         OutputError: not a DICOM-origin volume, not every slice, folder not writable or not
             empty (without ``force``), or values that do not fit the original's BitsStored.
-        FormatError: DICOM meta that does not describe the volume (a damaged or forged file).
+        FormatError: DICOM meta that does not describe the volume, or kept bytes that do not
+            restore a file's SHA-256 (a damaged or forged file).
     """
     dest = check_output_folder(folder, force)
     shown = os.fspath(folder)
     notes: list[tuple[str, str]] = []
-    files = derived_datasets(volume, lossy, notes, where=shown)  # checks everything first
+    files = series_files(volume, lossy, notes, where=shown)  # checks everything first
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     except OSError as e:
         raise OutputError(f"{shown}: cannot create a folder in {dest.parent}: "
                           f"{e.strerror or e}") from None
     try:
-        for _, name, ds in files:
+        for _, name, data in files:
+            _write_file(tmp / name, data)
+        for name in files.unfinished:  # the series-wide values, once the series is known
             target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            ds.save_as(buf, enforce_file_format=True)
-            with open(target, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
+            _write_file(target, files.finish(name, target.read_bytes()))
         os.chmod(tmp, 0o755)
         _put_in_place(tmp, dest)
     except BaseException as e:
@@ -1052,8 +913,16 @@ def write_dicom(volume: Volume, folder: str | os.PathLike, lossy: LossyCoding,
     return summarise_notes(notes)
 
 
+def _write_file(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def summarise_notes(notes: list[tuple[str, str]]) -> list[str]:
-    """One line per distinct ``(file name, what)`` note of :func:`derived_datasets`, the same
+    """One line per distinct ``(file name, what)`` note (of :func:`series_files`...), the same
     note of several files on one line naming the first (``a.dcm and 199 other files: …``)."""
     files: dict[str, list[str]] = {}
     for name, what in notes:
@@ -1078,25 +947,32 @@ def _put_in_place(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def derived_datasets(volume: Volume, lossy: LossyCoding, notes: list[tuple[str, str]],
-                     where: str = "DICOM output") -> Iterator[tuple[int, str, "FileDataset"]]:
-    """The DICOM files of a DICOM-origin ``volume``, as ``(index in meta["dicom"]["files"],
-    relative name, FileDataset)`` in the order they complete (a file once all its slices have
-    been seen), in memory.
+def series_files(volume: Volume, lossy: LossyCoding, notes: list[tuple[str, str]],
+                 where: str = "DICOM output") -> "SeriesFiles":
+    """The DICOM files of a DICOM-origin ``volume`` (decoded from a ``.bmz``), in memory: an
+    iterable of ``(index in meta["dicom"]["files"], relative name, file bytes)`` in the order
+    the files complete (a file once all its slices have been seen).
 
-    Everything is checked before this returns (the iterator then only builds files); slices
-    are read once each, in order (``volume.data[k]``), and a file's frames are held only until
-    it is complete. Each file is its original dataset (rebuilt from the ``.bmz`` meta) with:
+    Everything is checked before this returns (iterating then only builds files); slices are
+    read once each, in order (``volume.data[k]``), and a file's frames are held only until it
+    is complete. Notes on what a file could not keep go to ``notes`` as ``(file name, what)``
+    (:func:`summarise_notes` makes lines of them).
 
-    * the decoded pixels, native (uncompressed), in the original BitsAllocated, BitsStored,
-      HighBit and PixelRepresentation, written Explicit VR Little Endian; elements that only
-      make sense for encapsulated pixel data (7FE0 group) are gone, and so is an icon image of
-      an encapsulated original; Smallest/Largest Image Pixel Value, when present, hold the new
-      values and the series-wide Smallest/Largest Pixel Value in Series are removed (the series
-      is written file by file);
+    **Lossless** (``lossy.lossless``; a ``--lossless`` ``.bmz``): the original files, restored
+    from the kept bytes (:mod:`bmz.io.dicom_kept`) — byte-identical for a native original (or
+    one whose encapsulated pixels were kept), every element identical with native pixels in
+    Explicit VR Little Endian for an encapsulated one; each file's SHA-256 is checked against
+    the one recorded at encode time (:class:`FormatError` when it differs).
+
+    **Lossy or bounded error**: a derived series. Each file is the original (its kept bytes,
+    every element as it was, in its own native transfer syntax — an encapsulated original's in
+    Explicit VR Little Endian, a big-endian one's in little endian) with the decoded pixels in the
+    original's BitsAllocated, BitsStored, HighBit and PixelRepresentation, and:
+
     * Lossy Image Compression (0028,2110) "01", Lossy Image Compression Ratio (0028,2112) and
       Method (0028,2114) :data:`LOSSY_METHOD`; when the original was already lossy and records
-      its ratios and methods, ours are appended to them (the history DICOM asks for);
+      its ratios and methods (a lossy transfer syntax records them in the kept bytes' native
+      version), ours are appended to them (the history DICOM asks for);
     * a new SOP Instance UID per file (also Media Storage SOP Instance UID) and a new Series
       Instance UID for the series (``pydicom.uid.generate_uid``);
     * Image Type value 1 DERIVED (added as DERIVED\\PRIMARY when missing), and Frame Type value 1
@@ -1106,77 +982,199 @@ def derived_datasets(volume: Volume, lossy: LossyCoding, notes: list[tuple[str, 
       item referencing the original SOP instance (DCM 121320 "Uncompressed predecessor", or
       121330 "Lossy compressed predecessor") -- at the top level of a classic image, in a
       Derivation Image Sequence of the functional groups of an enhanced one;
-    * a new file meta (this file's UIDs and transfer syntax, pydicom's implementation UID).
+    * Smallest/Largest Image Pixel Value, when present, the file's decoded range, and Smallest/
+      Largest Pixel Value in Series the series' (:meth:`SeriesFiles.finish`, once every file is
+      built), each with its original VR;
+    * a new file meta (this file's UIDs and transfer syntax, pydicom's implementation UID);
+      group length elements are not written (pydicom writes none: they are retired).
 
-    Everything else is the original's. Binary elements the encoder dropped (over 64 KiB,
-    ``BulkDataURI`` ``bmz:dropped:…``) are omitted -- with the rest of their group for overlay
-    or curve data, which is incomplete without them -- and each omission is added to
-    ``notes`` as ``(file name, what)`` (:func:`summarise_notes` makes lines of them). Big-endian
-    binary words (OW, OL, OF, OD, OV) are swapped to little endian.
+    A ``.bmz`` written before the kept bytes (DICOM meta layout 1, :mod:`bmz.io.dicom_legacy`)
+    gives its files as it always did: rebuilt from the DICOM-JSON it holds, without the binary
+    elements over 64 KiB its encoder dropped (each omission noted).
     """
-    check_dicom_source(volume.source, where)
-    meta = volume.meta
-    try:
-        part = _dicom_part(meta)
-        dicts = dicom_datasets(meta)
-        file_metas = dicom_file_meta(meta)
-    except ValueError as e:
-        raise FormatError(f"{where}: {e}") from None
-    files, frames = part.get("files"), part.get("frames")
-    n = int(volume.data.shape[0])
-    if not isinstance(files, list) or len(files) != len(dicts) or not isinstance(frames, list):
-        raise FormatError(f"{where}: DICOM meta: 'files' and 'datasets' do not match")
-    if len(frames) != n:
-        raise OutputError(f"{where}: DICOM output needs every slice of the series (the volume "
-                          f"holds {n} of {len(frames)}); decode it whole, without --slices")
-    if file_metas and len(file_metas) != len(dicts):
-        raise FormatError(f"{where}: DICOM meta: 'file_meta' and 'datasets' do not match")
-    names = [_safe_name(f, where) for f in files]
-    if len(set(names)) != len(names):
-        raise FormatError(f"{where}: DICOM meta: two files share a name")
-    counts = [0] * len(files)
-    seen: set[tuple[int, int]] = set()
-    for k, fr in enumerate(frames):
-        if not (isinstance(fr, list) and len(fr) == 2 and all(isinstance(v, int) for v in fr)
-                and 0 <= fr[0] < len(files) and fr[1] >= 0 and tuple(fr) not in seen):
-            raise FormatError(f"{where}: DICOM meta: slice {k}: bad [file, frame] {fr!r:.60}")
-        seen.add(tuple(fr))
-        counts[fr[0]] += 1
-    hw = tuple(int(v) for v in volume.data.shape[1:])
-    plans = [_plan(d, names[i], counts[i], hw, where)
-             for i, d in enumerate(dicts)]
-    for (fi, fr) in frames:
-        if fr >= counts[fi]:
-            raise FormatError(f"{where}: DICOM meta: {names[fi]} has {counts[fi]} frames, a "
-                              f"slice claims frame {fr + 1}")
-    series_uid = generate_uid()
-    original_ts = [str((fm.get("00020010") or {}).get("Value", [""])[0]) if fm else ""
-                   for fm in (file_metas or [{}] * len(dicts))]
+    return SeriesFiles(volume, lossy, notes, where)
 
-    def build() -> Iterator[tuple[int, str, FileDataset]]:
-        pending: dict[int, list[bytes | None]] = {}
+
+class SeriesFiles:
+    """The files :func:`series_files` makes. After iterating, :attr:`unfinished` names the
+    files whose series-wide values :meth:`finish` must still set (lossy output only)."""
+
+    def __init__(self, volume: Volume, lossy: LossyCoding, notes: list[tuple[str, str]],
+                 where: str):
+        check_dicom_source(volume.source, where)
+        self.volume, self.lossy, self.notes, self.where = volume, lossy, notes, where
+        try:
+            part = _dicom_part(volume.meta)
+        except ValueError as e:
+            raise FormatError(f"{where}: {e}") from None
+        files, frames = part.get("files"), part.get("frames")
+        n = int(volume.data.shape[0])
+        if not isinstance(files, list) or not isinstance(frames, list):
+            raise FormatError(f"{where}: DICOM meta: no 'files' and 'frames'")
+        if len(frames) != n:
+            raise OutputError(f"{where}: DICOM output needs every slice of the series (the volume "
+                              f"holds {n} of {len(frames)}); decode it whole, without --slices")
+        self.names = [_safe_name(f, where) for f in files]
+        if len(set(self.names)) != len(self.names):
+            raise FormatError(f"{where}: DICOM meta: two files share a name")
+        counts = [0] * len(files)
+        seen: set[tuple[int, int]] = set()
+        for k, fr in enumerate(frames):
+            if not (isinstance(fr, list) and len(fr) == 2 and all(isinstance(v, int) for v in fr)
+                    and 0 <= fr[0] < len(files) and fr[1] >= 0 and tuple(fr) not in seen):
+                raise FormatError(f"{where}: DICOM meta: slice {k}: bad [file, frame] {fr!r:.60}")
+            seen.add(tuple(fr))
+            counts[fr[0]] += 1
+        for (fi, fr) in frames:
+            if fr >= counts[fi]:
+                raise FormatError(f"{where}: DICOM meta: {self.names[fi]} has {counts[fi]} "
+                                  f"frames, a slice claims frame {fr + 1}")
+        self.frames, self.counts = frames, counts
+        hw = tuple(int(v) for v in volume.data.shape[1:])
+        self.store: dicom_kept.KeptStore | None = None
+        self.legacy: list[dict] | None = None
+        if "kept" in part:
+            self.store = self._open_store(part, len(files))
+            self.plans = [self._kept_plan(i, counts[i], hw) for i in range(len(files))]
+        else:
+            from . import dicom_legacy
+
+            try:
+                self.legacy = dicom_legacy.dicom_datasets(volume.meta)
+                file_metas = dicom_legacy.dicom_file_meta(volume.meta)
+            except ValueError as e:
+                raise FormatError(f"{where}: {e}") from None
+            if len(self.legacy) != len(files) or (file_metas and len(file_metas) != len(files)):
+                raise FormatError(f"{where}: DICOM meta: 'files' and 'datasets' do not match")
+            self.plans = [dicom_legacy.plan(d, self.names[i], counts[i], hw, where)
+                          for i, d in enumerate(self.legacy)]
+            for plan, fm in zip(self.plans, file_metas or [{}] * len(files)):
+                plan["ts"] = str((fm.get("00020010") or {}).get("Value", [""])[0]) if fm else ""
+        self.series_uid = generate_uid()
+        self.series_range: list[int] | None = None
+        self.unfinished: list[str] = []
+
+    def _open_store(self, part: dict, n_files: int) -> "dicom_kept.KeptStore":
+        attachment = self.volume.attachment
+        if attachment is None:
+            raise FormatError(f"{self.where}: the .bmz holds no DICOM kept bytes (its attachment "
+                              "is missing)")
+        try:
+            store = dicom_kept.KeptStore(part["kept"], attachment)
+        except ValueError as e:
+            raise FormatError(f"{self.where}: {e}") from None
+        if len(store) != n_files:
+            raise FormatError(f"{self.where}: DICOM meta: {n_files} files, kept bytes of "
+                              f"{len(store)}")
+        return store
+
+    def _kept_plan(self, i: int, n_frames: int, hw: tuple) -> dict[str, Any]:
+        """What writing file ``i`` needs, checked against the volume."""
+        assert self.store is not None
+        pix, name = self.store.pixels(i), self.names[i]
+        if (pix["rows"], pix["cols"]) != hw or pix["frames"] != n_frames:
+            raise FormatError(f"{self.where}: {name}: {pix['frames']} frame(s) of "
+                              f"{pix['rows']}x{pix['cols']} pixels, but the volume holds "
+                              f"{n_frames} of {hw[0]}x{hw[1]}")
+        stored, signed = int(pix["stored"]), bool(pix["signed"])
+        return {"bits_stored": stored, "signed": signed, "alloc": int(pix["alloc"]),
+                "min": -(1 << (stored - 1)) if signed else 0,
+                "max": (1 << (stored - 1)) - 1 if signed else (1 << stored) - 1,
+                "ts": self.store.files[i].get("ts", "")}
+
+    def __iter__(self) -> Iterator[tuple[int, str, bytes]]:
+        pending: dict[int, list[np.ndarray | None]] = {}
         ranges: dict[int, list[int]] = {}
-        for k, (fi, fr) in enumerate(frames):
-            plan = plans[fi]
-            s = volume.data[k]
+        for k, (fi, fr) in enumerate(self.frames):
+            plan, name = self.plans[fi], self.names[fi]
+            s = np.asarray(self.volume.data[k])
             lo, hi = int(s.min()), int(s.max())
-            if lo < plan["min"] or hi > plan["max"]:
+            if not self.lossy.lossless and (lo < plan["min"] or hi > plan["max"]):
                 raise OutputError(
-                    f"{where}: slice {k} ({names[fi]}, frame {fr + 1}): values {lo}..{hi} do not "
+                    f"{self.where}: slice {k} ({name}, frame {fr + 1}): values {lo}..{hi} do not "
                     f"fit BitsStored={plan['bits_stored']} "
-                    f"({'signed' if plan['signed'] else 'unsigned'}) of the original"
-                )
-            buf = pending.setdefault(fi, [None] * counts[fi])
-            buf[fr] = np.ascontiguousarray(s).astype(plan["dtype"], copy=False).tobytes()
+                    f"({'signed' if plan['signed'] else 'unsigned'}) of the original")
+            buf = pending.setdefault(fi, [None] * self.counts[fi])
+            buf[fr] = s
             r = ranges.setdefault(fi, [lo, hi])
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
+            sr = self.series_range
+            self.series_range = [lo, hi] if sr is None else [min(sr[0], lo), max(sr[1], hi)]
             if all(b is not None for b in buf):
-                pixels = b"".join(pending.pop(fi))  # type: ignore[arg-type]
-                yield fi, names[fi], _derived_file(
-                    dicts[fi], names[fi], original_ts[fi], pixels, ranges.pop(fi), plan,
-                    series_uid, lossy, notes, where)
+                values = np.stack(pending.pop(fi))  # type: ignore[arg-type]
+                yield fi, name, self._file(fi, values, ranges.pop(fi))
 
-    return build()
+    def _file(self, fi: int, values: np.ndarray, value_range: list[int]) -> bytes:
+        name, plan = self.names[fi], self.plans[fi]
+        if self.store is not None and self.lossy.lossless:
+            data = self.store.restore(fi, values, lossless=True)
+            if dicom_kept.sha256(data) != self.store.expected_sha256(fi):
+                raise FormatError(f"{self.where}: {name}: the restored file is not the one kept "
+                                  "at encode time (SHA-256 differs); the .bmz is damaged")
+            return data
+        if self.store is not None:
+            ds = pydicom.dcmread(io.BytesIO(self.store.restore(fi, values, lossless=False)),
+                                 force=True)
+            out_ts = _written_ts(ds)
+        else:
+            from . import dicom_legacy
+
+            ds = dicom_legacy.legacy_dataset(self.legacy[fi], name, plan["ts"], self.notes,
+                                             self.where)
+            out_ts = ExplicitVRLittleEndian
+        if not str(ds.get("SOPClassUID", "")).strip():
+            raise OutputError(f"{self.where}: {name}: the original has no SOP Class UID; cannot "
+                              "write a valid DICOM file")
+        enhanced = ("SharedFunctionalGroupsSequence" in ds
+                    or "PerFrameFunctionalGroupsSequence" in ds)
+        derive(ds, plan["ts"], self.lossy, self.series_uid, enhanced, value_range,
+               plan["signed"], name, self.notes)
+        if self.store is None or not UID(out_ts).is_little_endian:
+            if self.store is not None:  # a big-endian original: written little endian
+                to_little_endian(ds)
+                out_ts = ExplicitVRLittleEndian
+            dt = np.dtype(f"<{'i' if plan['signed'] else 'u'}{plan['alloc'] // 8}")
+            pixels = np.ascontiguousarray(values.astype(dt)).tobytes()
+            ds.PixelData = pixels + (b"\x00" if len(pixels) % 2 else b"")
+            ds["PixelData"].VR = "OB" if plan["alloc"] == 8 else "OW"
+        ds.file_meta = file_meta(ds, out_ts)
+        if not self.lossy.lossless and ("SmallestPixelValueInSeries" in ds
+                                        or "LargestPixelValueInSeries" in ds):
+            self.unfinished.append(name)
+        return _dataset_bytes(ds, name)
+
+    def finish(self, name: str, data: bytes) -> bytes:
+        """File ``name`` (bytes this iterable gave) with Smallest/Largest Pixel Value in Series
+        set to the whole series' decoded range (call it once every file has been made)."""
+        assert self.series_range is not None
+        ds = pydicom.dcmread(io.BytesIO(data))
+        fi = self.names.index(name)
+        set_series_range(ds, *self.series_range, self.plans[fi]["signed"], name, self.notes)
+        return _dataset_bytes(ds, name)
+
+
+def _written_ts(ds: "Dataset") -> str:
+    """The transfer syntax ``ds`` was read in: its file meta's, or (a file without one) the
+    native syntax of its encoding."""
+    fm = getattr(ds, "file_meta", None)
+    ts = fm.get("TransferSyntaxUID") if fm is not None else None
+    if ts:
+        return str(ts)
+    implicit, little = ds.original_encoding
+    if implicit:
+        return str(ImplicitVRLittleEndian)
+    return str(ExplicitVRLittleEndian) if little is not False else "1.2.840.10008.1.2.2"
+
+
+def _dataset_bytes(ds: "Dataset", name: str) -> bytes:
+    buf = io.BytesIO()
+    if not isinstance(ds, FileDataset):
+        ds = FileDataset(name, ds, preamble=b"\x00" * 128, file_meta=ds.file_meta)
+    if ds.preamble is None:
+        ds.preamble = b"\x00" * 128
+    # dcmwrite, not save_as: save_as refuses to write a big-endian original little endian
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def _safe_name(name: Any, where: str) -> str:
@@ -1191,263 +1189,3 @@ def _safe_name(name: Any, where: str) -> str:
     return p.as_posix()
 
 
-def _json_value(d: dict, tag: str) -> Any:
-    """The first value of element ``tag`` of a DICOM-JSON dict, or ``None``."""
-    elem = d.get(tag)
-    if isinstance(elem, dict) and isinstance(elem.get("Value"), list) and elem["Value"]:
-        return elem["Value"][0]
-    return None
-
-
-def _plan(d: dict, name: str, n_frames: int, hw: tuple, where: str) -> dict[str, Any]:
-    """What writing file ``name`` (DICOM-JSON ``d``) needs, checked against the volume."""
-    def num(tag: str, what: str) -> int:
-        v = _json_value(d, tag)
-        if isinstance(v, str):
-            v = _int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise FormatError(f"{where}: {name}: the stored dataset has no valid {what}")
-        return v
-
-    rows, cols = num("00280010", "Rows"), num("00280011", "Columns")
-    if (rows, cols) != hw:
-        raise FormatError(f"{where}: {name}: {rows}x{cols} pixels, but the volume's slices are "
-                          f"{hw[0]}x{hw[1]}")
-    declared = _int(_json_value(d, "00280008")) if "00280008" in d else None
-    if (declared or 1) != n_frames:
-        raise FormatError(f"{where}: {name}: Number of Frames is {declared or 1}, the volume "
-                          f"holds {n_frames} of its frames")
-    alloc, stored = num("00280100", "BitsAllocated"), num("00280101", "BitsStored")
-    signed = num("00280103", "PixelRepresentation") == 1
-    if alloc not in (8, 16, 32) or not 1 <= stored <= alloc:
-        raise OutputError(f"{where}: {name}: BitsAllocated {alloc} / BitsStored {stored} cannot be "
-                          "written (bmz writes 8, 16 or 32 bits allocated)")
-    return {
-        "dtype": np.dtype(f"<{'i' if signed else 'u'}{alloc // 8}"),
-        "bits_stored": stored, "signed": signed, "alloc": alloc,
-        "min": -(1 << (stored - 1)) if signed else 0,
-        "max": (1 << (stored - 1)) - 1 if signed else (1 << stored) - 1,
-        # functional groups: the derivation goes there (an enhanced file without any gets it
-        # at the top level, as a classic image)
-        "enhanced": "52009229" in d or "52009230" in d,
-    }
-
-
-def _prepared_json(d: dict, name: str, swap: bool, encapsulated: bool,
-                   notes: list[tuple[str, str]], at: str = "") -> dict:
-    """A DICOM-JSON dict made ready for ``Dataset.from_json`` and native little-endian output:
-    dropped bulk elements omitted (with their whole overlay/curve group), an encapsulated
-    original's icon omitted, big-endian binary words swapped; recursive through sequences."""
-    from pydicom.datadict import keyword_for_tag
-
-    def label(tag: str) -> str:
-        return f"{at}({tag[:4]},{tag[4:]}) {keyword_for_tag(int(tag, 16)) or 'private'}"
-
-    gone_groups: set[str] = set()
-    dropped: set[str] = set()
-    for tag, elem in d.items():
-        uri = elem.get("BulkDataURI") if isinstance(elem, dict) else None
-        if isinstance(uri, str) and uri.startswith(_DROPPED):
-            dropped.add(tag)
-            size = uri[len(_DROPPED):]
-            group = tag[:4].upper()
-            if group[:2] in ("50", "60") and int(group, 16) % 2 == 0:
-                gone_groups.add(group)
-                notes.append((name, f"omitted {label(tag)} ({size} bytes, over 64 KiB, not "
-                                    f"kept in the .bmz) and the rest of group {group}"))
-            else:
-                notes.append((name, f"omitted {label(tag)} ({size} bytes, over 64 KiB, not "
-                                    "kept in the .bmz)"))
-    out: dict[str, Any] = {}
-    for tag, elem in d.items():
-        if tag in dropped or tag[:4].upper() in gone_groups:
-            continue
-        if not at and tag[:4].upper() == "7FE0":  # pixel-data group: only for the old encoding
-            continue
-        if encapsulated and tag == "00880200":
-            notes.append((name, f"omitted {label(tag)} (its pixels are in the original's "
-                                "compressed transfer syntax)"))
-            continue
-        if isinstance(elem, dict):
-            vr = elem.get("vr")
-            if vr == "SQ" and isinstance(elem.get("Value"), list):
-                elem = dict(elem, Value=[
-                    _prepared_json(item, name, swap, encapsulated, notes, f"{label(tag)} > ")
-                    if isinstance(item, dict) else item for item in elem["Value"]])
-            elif swap and vr in _SWAP_WIDTH and isinstance(elem.get("InlineBinary"), str):
-                raw = base64.b64decode(elem["InlineBinary"])
-                width = _SWAP_WIDTH[vr]
-                if len(raw) % width == 0:
-                    raw = np.frombuffer(raw, f">u{width}").astype(f"<u{width}").tobytes()
-                    elem = dict(elem, InlineBinary=base64.b64encode(raw).decode("ascii"))
-        out[tag] = elem
-    return out
-
-
-def _code(value: str, meaning: str) -> "Dataset":
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = "DCM"
-    item.CodeMeaning = meaning
-    return item
-
-
-def _multi(ds: "Dataset", keyword: str) -> list:
-    v = ds.get(keyword)
-    if v is None or v == "":
-        return []
-    return list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
-
-
-def _set_lossy(ds: "Dataset", ts: str, lossy: LossyCoding, name: str,
-               notes: list[tuple[str, str]]) -> bool:
-    """Mark ``ds`` lossy-compressed by bmz, keeping a recorded history; returns whether the
-    original was already lossy."""
-    was_lossy = str(ds.get("LossyImageCompression", "")).strip() == "01"
-    ratios = _multi(ds, "LossyImageCompressionRatio")
-    methods = _multi(ds, "LossyImageCompressionMethod")
-    if was_lossy and ratios and not methods and len(ratios) == 1 and ts in _LOSSY_TS_METHOD:
-        methods = [_LOSSY_TS_METHOD[ts]]  # the method the transfer syntax implies
-    if was_lossy and ratios and len(ratios) == len(methods):
-        ratios, methods = ratios + [lossy.ratio_text()], methods + [LOSSY_METHOD]
-    else:
-        if was_lossy or ts in _LOSSY_TS_METHOD:
-            notes.append((name, "the original was lossy-compressed but does not record each "
-                                "step's ratio and method; only bmz's is recorded"))
-            was_lossy = True
-        ratios, methods = [lossy.ratio_text()], [LOSSY_METHOD]
-    ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionRatio = ratios if len(ratios) > 1 else ratios[0]
-    ds.LossyImageCompressionMethod = methods if len(methods) > 1 else methods[0]
-    return was_lossy
-
-
-def _derivation_item(description: str, source: "Dataset") -> "Dataset":
-    """A Derivation Image Sequence item (enhanced images)."""
-    item = Dataset()
-    item.DerivationDescription = description
-    item.DerivationCodeSequence = [_code("113040", "Lossy Compression")]
-    item.SourceImageSequence = [source]
-    return item
-
-
-def _add_evidence(ds: "Dataset", series_uid: str, original: tuple[str, str]) -> None:
-    """Reference the original in Source Image Evidence Sequence (hierarchical: study, series,
-    instance), which an enhanced image needs once a Source Image Sequence refers to it."""
-    study = str(ds.get("StudyInstanceUID", "")).strip()
-    evidence = list(ds.get("SourceImageEvidenceSequence") or [])
-    study_item = next((it for it in evidence if str(it.get("StudyInstanceUID", "")) == study), None)
-    if study_item is None:
-        study_item = Dataset()
-        study_item.StudyInstanceUID = study
-        study_item.ReferencedSeriesSequence = []
-        evidence.append(study_item)
-    series_items = list(study_item.get("ReferencedSeriesSequence") or [])
-    series_item = next((it for it in series_items
-                        if str(it.get("SeriesInstanceUID", "")) == series_uid), None)
-    if series_item is None:
-        series_item = Dataset()
-        series_item.SeriesInstanceUID = series_uid
-        series_item.ReferencedSOPSequence = []
-        series_items.append(series_item)
-    sop = Dataset()
-    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = original
-    series_item.ReferencedSOPSequence = [*(series_item.get("ReferencedSOPSequence") or []), sop]
-    study_item.ReferencedSeriesSequence = series_items
-    ds.SourceImageEvidenceSequence = evidence
-
-
-def _mark_derived(ds: "Dataset", lossy: LossyCoding, was_lossy: bool,
-                  original: tuple[str, str], enhanced: bool) -> None:
-    """Image Type / Frame Type DERIVED and the derivation (description, code, source); call it
-    before the SeriesInstanceUID changes (an enhanced image references the original series)."""
-    image_type = _multi(ds, "ImageType")
-    ds.ImageType = ["DERIVED", *image_type[1:]] if image_type else ["DERIVED", "PRIMARY"]
-    source = Dataset()
-    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original
-    source.PurposeOfReferenceCodeSequence = [
-        _code("121330", "Lossy compressed predecessor") if was_lossy
-        else _code("121320", "Uncompressed predecessor")]
-    description = lossy.description()
-    if not enhanced:
-        previous = str(ds.get("DerivationDescription", "")).strip()
-        ds.DerivationDescription = (f"{description}; {previous}" if previous else description)[:1024]
-        ds.DerivationCodeSequence = [*(ds.get("DerivationCodeSequence") or []),
-                                     _code("113040", "Lossy Compression")]
-        ds.SourceImageSequence = [*(ds.get("SourceImageSequence") or []), source]
-        return
-    _add_evidence(ds, str(ds.get("SeriesInstanceUID", "")).strip(), original)
-    shared = ds.get("SharedFunctionalGroupsSequence") or []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    for groups in [*shared, *per_frame]:
-        for elem in groups:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    types = _multi(item, "FrameType")
-                    if types:
-                        item.FrameType = ["DERIVED", *types[1:]]
-    if any("DerivationImageSequence" in g for g in per_frame):
-        for i, groups in enumerate(per_frame):
-            ref = copy.deepcopy(source)
-            ref.ReferencedFrameNumber = i + 1
-            groups.DerivationImageSequence = [*(groups.get("DerivationImageSequence") or []),
-                                              _derivation_item(description, ref)]
-        return
-    if not shared:
-        ds.SharedFunctionalGroupsSequence = [Dataset()]
-        shared = ds.SharedFunctionalGroupsSequence
-    shared[0].DerivationImageSequence = [*(shared[0].get("DerivationImageSequence") or []),
-                                         _derivation_item(description, source)]
-
-
-def _derived_file(d: dict, name: str, ts: str, pixels: bytes, value_range: list[int],
-                  plan: dict, series_uid: str, lossy: LossyCoding,
-                  notes: list[tuple[str, str]], where: str) -> "FileDataset":
-    """One output file: the original dataset ``d`` (DICOM JSON) turned into the derived one."""
-    from pydicom.dataelem import DataElement
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
-
-    from .. import __version__
-
-    uid = UID(ts) if ts else ImplicitVRLittleEndian
-    prepared = _prepared_json(d, name, swap=not uid.is_little_endian,
-                              encapsulated=uid.is_encapsulated, notes=notes)
-    try:
-        ds = Dataset.from_json(prepared)
-    except Exception as exc:  # a stored element pydicom cannot rebuild: damaged meta
-        raise FormatError(f"{where}: {name}: the stored DICOM elements cannot be rebuilt "
-                          f"({exc})") from None
-    sop_class = str(ds.get("SOPClassUID", "")).strip()
-    if not sop_class:
-        raise OutputError(f"{where}: {name}: the original has no SOP Class UID; cannot write a "
-                          "valid DICOM file")
-    original = (sop_class, str(ds.get("SOPInstanceUID", "")).strip() or "0")
-    if not lossy.lossless:  # lossless: the original instance itself, in a native transfer syntax
-        was_lossy = _set_lossy(ds, str(uid), lossy, name, notes)
-        _mark_derived(ds, lossy, was_lossy, original, plan["enhanced"])
-        ds.SOPInstanceUID = generate_uid()
-        ds.SeriesInstanceUID = series_uid
-    elif original[1] == "0":
-        ds.SOPInstanceUID = generate_uid()
-    vr = "SS" if plan["signed"] else "US"
-    for keyword, value in (("SmallestImagePixelValue", value_range[0]),
-                           ("LargestImagePixelValue", value_range[1])):
-        if keyword in ds:
-            tag = ds.data_element(keyword).tag
-            ds[tag] = DataElement(tag, vr, value)
-    for keyword in ("SmallestPixelValueInSeries", "LargestPixelValueInSeries"):
-        if keyword in ds:
-            del ds[keyword]
-    if len(pixels) % 2:
-        pixels += b"\x00"
-    ds.PixelData = pixels
-    ds["PixelData"].VR = "OB" if plan["alloc"] == 8 else "OW"
-
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = sop_class
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    fm.ImplementationVersionName = f"BMZ_{__version__}"[:16]
-    return FileDataset(name, ds, preamble=b"\x00" * 128, file_meta=fm)

@@ -105,12 +105,16 @@ class Volume:
         meta: JSON-serialisable dict (str/int/float/bool/list/dict/None; bytes as base64 str) with
             everything needed to rebuild the original file.
         path: the file or folder it was read from, if any.
+        attachment: bytes the source needs besides ``data`` and ``meta``, stored as the
+            ``.bmz`` attachment (docs/FORMAT.md §5.6): for DICOM, every file's bytes but its
+            pixel data (:mod:`bmz.io.dicom_kept`); ``None`` for other sources.
     """
 
     data: np.ndarray
     source: str
     meta: dict = field(default_factory=dict)
     path: str | None = None
+    attachment: bytes | None = None
 
     @property
     def n_slices(self) -> int:
