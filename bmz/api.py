@@ -233,18 +233,20 @@ class _Progress:
             self.bar.close()
 
 
-def _decoded_stack(f: BmzFile, slices=None, progress: bool = False, skip_damaged: bool = False):
+def _decoded_stack(f: BmzFile, slices=None, progress: bool = False, skip_damaged: bool = False,
+                   threads: int | None = 1):
     """:meth:`BmzFile.stack` with a progress bar → (stack, damaged, bar); close the bar after."""
     bar = _Progress(len(slice_indices(f.n_slices, slices)), progress)
-    stack, damaged = f.stack(slices, skip_damaged, on_decoded=bar.update)
+    stack, damaged = f.stack(slices, skip_damaged, on_decoded=bar.update, threads=threads)
     return stack, damaged, bar
 
 
-def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None) -> np.ndarray:
+def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None,
+               threads: int | None = None) -> np.ndarray:
     """Decode ``.bmz`` bytes → the array in its original dtype and shape (a 2-D original comes back
     2-D when all slices are decoded). ``slices`` selects slices (int, slice, or indices)."""
     with BmzFile(data, name="<bytes>") as f:
-        return f.read(slices)
+        return f.read(slices, threads=threads)
 
 
 def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | None = None,
@@ -308,8 +310,12 @@ def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
 
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
                 slices: int | slice | Sequence[int] | None = None, force: bool = True,
-                progress: bool = False, skip_damaged: bool = False) -> tuple[CodingReport, list[int]]:
+                progress: bool = False, skip_damaged: bool = False,
+                threads: int | None = None) -> tuple[CodingReport, list[int]]:
     """Decode a ``.bmz`` file to ``dst`` (.nii, .nii.gz, .npy by suffix) → (report, damaged slices).
+
+    ``threads``: slices decoded in parallel (default: every core; the output is identical for
+    any number), a bounded window of them ahead of the writer.
 
     A NIfTI original is restored with its header, affine and dtype. A DICOM original can also be
     decoded to a folder (``dst`` an existing folder, ending in ``/`` or without suffix): from a
@@ -325,7 +331,7 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
     with BmzFile(src) as f:
         # streamed: the writer pulls one decoded slice at a time (the volume is never held);
         # a damaged slice aborts the write and removes the partial output (or is skipped)
-        stack, damaged, bar = _decoded_stack(f, slices, progress, skip_damaged)
+        stack, damaged, bar = _decoded_stack(f, slices, progress, skip_damaged, threads)
         folder = bio.is_folder_output(dst)
         vol = bio.Volume(data=stack, source=f.source, meta=f.source_meta, path=str(src),
                          attachment=f.attachment() if folder else None)
@@ -335,10 +341,11 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
                 if folder:  # what the encoder said a decode cannot give back
                     notes = list(_stored_notes(f.meta)) + notes
         finally:
+            stack.close()
             bar.close()
     rep = CodingReport(str(dst), stack.shape, stack.dtype.str, os.path.getsize(src), stack.nbytes)
     rep.notes = notes
-    return rep, damaged
+    return rep, sorted(damaged)
 
 
 def verify(src: str | os.PathLike | bytes) -> dict:

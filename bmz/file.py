@@ -15,7 +15,9 @@ turns a file's metadata into what they need (nibabel's image with a lazy data pr
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -120,6 +122,14 @@ def slice_indices(n: int, slices) -> list[int]:
     return out
 
 
+def default_threads() -> int:
+    """The threads decoding uses unless told: every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class BmzFile:
     """An opened ``.bmz``: ``src`` a path, ``bytes`` or a binary file object (``name`` names it in
     messages). Use as a context manager, or ``close()``.
@@ -134,7 +144,8 @@ class BmzFile:
         self.name = self._reader.name
         self.meta = self._reader.meta
         self._model = None
-        self._latents_cache: OrderedDict[int, chunks.SliceLatents] = OrderedDict()
+        self._lock = threading.Lock()  # the reader's file position is shared by the threads
+        self._local = threading.local()  # each decoding thread keeps its own latents
         self._cache_size = max(0, int(cache))
         self.checked = False
         if check:
@@ -191,7 +202,15 @@ class BmzFile:
 
     def chunk(self, k: int) -> bytes:
         """The raw bytes of slice ``k``'s chunk, after its checksum (ChecksumError when damaged)."""
-        return self._reader.chunk(k)
+        with self._lock:
+            return self._reader.chunk(k)
+
+    @property
+    def _latents_cache(self) -> OrderedDict:
+        cache = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = OrderedDict()
+        return cache
 
     @property
     def has_attachment(self) -> bool:
@@ -245,7 +264,7 @@ class BmzFile:
     def slice(self, k: int) -> np.ndarray:
         """Slice ``k`` decoded, ``(H, W)`` in the file's dtype. A damaged chunk is a FormatError
         naming the file and slice (ChecksumError when its checksum fails)."""
-        chunk = self._reader.chunk(self._index(k))
+        chunk = self.chunk(self._index(k))
         if self._grouped and chunk[:1] != bytes([chunks.constant.KIND]):
             # slice groups: the latents are kept for the next slice of the group
             lat = self._latents(k, chunk)
@@ -265,7 +284,7 @@ class BmzFile:
         if hit is not None:
             self._latents_cache.move_to_end(k)
             return hit
-        return self._latents(k, self._reader.chunk(k))
+        return self._latents(k, self.chunk(k))
 
     def _latents(self, k: int, chunk: bytes) -> chunks.SliceLatents:
         hit = self._latents_cache.get(k)
@@ -285,49 +304,97 @@ class BmzFile:
         return lat
 
     def stack(self, slices=None, skip_damaged: bool = False,
-              on_decoded: Callable[[], None] | None = None):
+              on_decoded: Callable[[], None] | None = None, threads: int | None = 1):
         """The ``slices`` (as :func:`slice_indices`) as a :class:`~bmz.io.SliceStack` that decodes
-        each when asked for (nothing is held) → (stack, damaged).
+        each when asked for → (stack, damaged).
 
         ``damaged`` fills in as slices are decoded: with ``skip_damaged`` a slice whose chunk
         fails its checksum or cannot be decoded comes out filled with the volume's minimum and its
         index is appended; otherwise its FormatError is raised. ``on_decoded()`` is called after
-        each slice (a progress bar). Decode inside :func:`bmz.codec.pipeline.single_thread`."""
+        each slice (a progress bar). Decode inside :func:`bmz.codec.pipeline.single_thread`.
+
+        ``threads`` > 1 (None: :func:`default_threads`): slices are decoded ahead on that many
+        threads, at most ``2 × threads`` units of work in flight (a unit: one slice, or the run of
+        requested slices of one slice group, decoded in order by one thread), so memory stays
+        bounded. Decoding is integer-exact: the arrays are identical for any thread count."""
         from .io import SliceStack  # the readers and writers (pydicom, nibabel): heavy
 
         ks = slice_indices(self.n_slices, slices)
         damaged: list[int] = []
+        fill = np.full(self.slice_shape, self.mapping["min"], dtype=self.dtype)
 
-        def get(i: int) -> np.ndarray:
-            k = ks[i]
+        def one(k: int):
             try:
-                out = self.slice(k)
-            except FormatError:
+                return self.slice(k)
+            except FormatError as e:
                 if not skip_damaged:
-                    raise
-                if k not in damaged:
-                    damaged.append(k)
-                out = np.full(self.slice_shape, self.mapping["min"], dtype=self.dtype)
+                    return e
+                with self._lock:
+                    if k not in damaged:
+                        damaged.append(k)
+                return fill.copy()
+
+        def done(out):
+            if isinstance(out, FormatError):
+                raise out
             if on_decoded is not None:
                 on_decoded()
             return out
 
-        return SliceStack((len(ks), *self.slice_shape), self.dtype, get), damaged
+        threads = default_threads() if threads is None else max(1, int(threads))
+        if threads == 1 or len(ks) < 2:
+            return SliceStack((len(ks), *self.slice_shape), self.dtype,
+                              lambda i: done(one(ks[i]))), damaged
+        # units of work: a slice group's consecutive requested slices stay together (one thread
+        # decodes them in order, reusing each slice's latents for the next); other slices alone
+        g = int(self.codec.get("group") or 1) if self._grouped else 1
+        units: list[list[int]] = []
+        for i, k in enumerate(ks):
+            if units and g > 1 and k // g == ks[units[-1][-1]] // g and k > ks[units[-1][-1]]:
+                units[-1].append(i)
+            else:
+                units.append([i])
+        unit_of = {i: u for u, us in enumerate(units) for i in us}
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bmz-decode")
+        futures: dict[int, object] = {}
+        window = 2 * threads
 
-    def read(self, slices: int | slice | Sequence[int] | None = None) -> np.ndarray:
+        def run(u: int) -> dict:
+            return {i: one(ks[i]) for i in units[u]}
+
+        def get(i: int) -> np.ndarray:
+            u = unit_of[i]
+            for v in range(u, min(len(units), u + window)):
+                if v not in futures:
+                    futures[v] = pool.submit(run, v)
+            for v in [v for v in futures if v < u]:  # consumed: free their slices
+                del futures[v]
+            out = futures[u].result()[i]
+            if u == len(units) - 1 and i == units[u][-1]:
+                pool.shutdown(wait=False)
+            return done(out)
+
+        return SliceStack((len(ks), *self.slice_shape), self.dtype, get,
+                          close=lambda: pool.shutdown(wait=False, cancel_futures=True)), damaged
+
+    def read(self, slices: int | slice | Sequence[int] | None = None,
+             threads: int | None = None) -> np.ndarray:
         """Decode ``slices`` → ``(k, H, W)``; all of them (``None``) → the original shape (a 2-D
-        original comes back 2-D)."""
-        stack, _ = self.stack(slices)
-        # one thread per slice: decoding is integer-exact, so any thread count gives the identical
-        # array; one thread is simply faster for MRI-sized slices and never oversubscribes
+        original comes back 2-D). ``threads``: as :meth:`stack` (default: every core)."""
+        stack, _ = self.stack(slices, threads=threads)
+        # one torch thread per slice (the slices themselves run in parallel): decoding is
+        # integer-exact, so any thread count gives the identical array
         with pipeline.single_thread():
-            out = np.asarray(stack)
+            try:
+                out = np.asarray(stack)
+            finally:
+                stack.close()
         return out[0] if slices is None and len(self.shape) == 2 else out
 
     # ---- lifetime --------------------------------------------------------------------------
     def close(self) -> None:
         self._reader.close()
-        self._latents_cache.clear()
+        self._local = threading.local()
 
     def __enter__(self) -> "BmzFile":
         return self
