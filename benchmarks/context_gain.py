@@ -34,19 +34,10 @@ from bmz import io as bio  # noqa: E402
 from bmz import rdcurve  # noqa: E402
 from bmz.codec import pipeline, zoo  # noqa: E402
 from bmz.codec.chunks import learned_compact  # noqa: E402
-from bmz.codec.models import build_model  # noqa: E402
 from bmz.metrics import bd_rate  # noqa: E402
-from bmz.train import load_trained_state  # noqa: E402
+from bmz.train import frozen_from_checkpoint  # noqa: E402
 
 GROUPS = (1, 2, 4, 8)
-
-
-def ckpt_model(path: str):
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    m = build_model(st["model_name"], **st["model_config"])
-    load_trained_state(m, st["model"])
-    m.freeze()
-    return m.eval()
 
 
 @torch.no_grad()
@@ -90,7 +81,7 @@ def main() -> None:
     torch.set_num_threads(1)
     models = {"hyperprior": zoo.load_model("hyperprior")[0]}
     if Path(a.warm).exists():
-        models["native-warm"] = ckpt_model(a.warm)
+        models["native-warm"] = frozen_from_checkpoint(a.warm)
     models["hyperprior-ctx"] = zoo.load_model("hyperprior-ctx")[0]
     rows = []
     for item in rdcurve.discover([a.data]):

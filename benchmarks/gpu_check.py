@@ -16,21 +16,12 @@ import numpy as np
 import torch
 
 from bmz.codec import pipeline
-from bmz.codec.models import build_model
-from bmz.train import load_pack, load_trained_state
-
-
-def load(path: str):
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    m = build_model(st["model_name"], **st["model_config"])
-    load_trained_state(m, st["model"])
-    m.freeze()
-    return m.eval()
+from bmz.train import frozen_from_checkpoint, load_pack
 
 
 @torch.no_grad()
 def main() -> None:
-    m = load(sys.argv[1])
+    m = frozen_from_checkpoint(sys.argv[1])
     dev = os.environ.get("BMZ_CHECK_DEVICE", "cuda")
     g = copy.deepcopy(m).to(dev)
     vols = load_pack(sys.argv[2])

@@ -323,6 +323,15 @@ def load_trained_state(model, state_dict: dict) -> None:
         raise RuntimeError(f"checkpoint does not fit {model.model_name}: {', '.join(bad[:8])}")
 
 
+def frozen_from_checkpoint(path: str | os.PathLike):
+    """The model of a training checkpoint, frozen (CDF tables, integer networks) for coding."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(state["model_name"], **state["model_config"])
+    load_trained_state(model, state["model"])
+    model.freeze()
+    return model.eval()
+
+
 def _rel(path: str) -> str:
     """A data path relative to the repository root when it lies beside it (``../shared/...``)."""
     root = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from . import entropy, fixedpoint
-from .models import GainedScaleHyperprior, register_model
+from .models import GainedScaleHyperprior, payload_decoders, register_model
 
 #: fractional bits of the entropy-parameter network's activations and weights (as the integer
 #: hyper-synthesis)
@@ -264,15 +264,7 @@ class ContextHyperprior(GainedScaleHyperprior):
         H, W = shape
         zshape = (1, self.N, H // self.downsampling, W // self.downsampling)
         yshape = (1, self.M, H // 2**self.stages, W // 2**self.stages)
-        if single_stream:
-            z_dec = y_dec = entropy.stream_decoder(data)
-        else:
-            if len(data) < 4:
-                raise ValueError("slice payload shorter than its 4-byte header")
-            nz = int.from_bytes(data[:4], "little")
-            if nz > len(data) - 4:
-                raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
-            z_dec, y_dec = entropy.stream_decoder(data[4:4 + nz]), entropy.stream_decoder(data[4 + nz:])
+        z_dec, y_dec = payload_decoders(data, single_stream)
         if prev is not None and tuple(prev.shape) != yshape:
             raise ValueError(f"previous slice's latent has shape {tuple(prev.shape)}, not {yshape}")
         z_sym = z_coder.decode_from(z_dec, entropy.channel_indexes(zshape))

@@ -288,19 +288,25 @@ class GainedScaleHyperprior(BmzModel):
         z_coder, y_coder = self.coders
         H, W = shape
         zshape = (1, self.N, H // self.downsampling, W // self.downsampling)
-        if single_stream:
-            z_dec = y_dec = entropy.stream_decoder(data)
-        else:
-            if len(data) < 4:
-                raise ValueError("slice payload shorter than its 4-byte header")
-            nz = int.from_bytes(data[:4], "little")
-            if nz > len(data) - 4:
-                raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
-            z_dec, y_dec = entropy.stream_decoder(data[4:4 + nz]), entropy.stream_decoder(data[4 + nz:])
+        z_dec, y_dec = payload_decoders(data, single_stream)
         z_sym = z_coder.decode_from(z_dec, entropy.channel_indexes(zshape))
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
         y_sym = y_coder.decode_from(y_dec, self.int_hs.indexes(z_hat, q))
         return {"y": y_sym, "z": z_sym}
+
+
+def payload_decoders(data: bytes, single_stream: bool):
+    """Range decoders of a hyperprior payload's (z, y) streams: one shared stream, or
+    ``u32 len(z) | z | y`` (ValueError for a payload too short for what it declares)."""
+    if single_stream:
+        dec = entropy.stream_decoder(data)
+        return dec, dec
+    if len(data) < 4:
+        raise ValueError("slice payload shorter than its 4-byte header")
+    nz = int.from_bytes(data[:4], "little")
+    if nz > len(data) - 4:
+        raise ValueError(f"slice payload declares a {nz}-byte z stream but holds {len(data) - 4} bytes")
+    return entropy.stream_decoder(data[4:4 + nz]), entropy.stream_decoder(data[4 + nz:])
 
 
 def decoder_macs_per_pixel(model: BmzModel, size: int = 64) -> float:

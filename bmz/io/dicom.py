@@ -75,6 +75,7 @@ import numpy as np
 
 from ..errors import BmzError, FormatError, InputError, MissingDependencyError, OutputError
 from . import Volume, as_integer_array, dicom_kept
+from .discover import has_dicom_preamble
 from .dicom_derive import (LOSSY_METHOD, LossyCoding, derive, file_meta, set_series_range,
                            to_little_endian)
 
@@ -125,20 +126,11 @@ def _require_pydicom() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _has_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _open(path: Path, strict: bool) -> "Dataset | None":
     """Read a DICOM file's dataset (large values deferred). With ``strict`` (a file that claims to
     be DICOM, or the file the user named) errors raise :class:`InputError`; otherwise a file that
     does not parse as DICOM gives ``None``."""
-    preamble = _has_preamble(path)
+    preamble = has_dicom_preamble(path)
     if not preamble and not strict and path.suffix.lower() not in _DICOM_SUFFIXES:
         return None
     try:
@@ -853,7 +845,7 @@ def check_output_folder(folder: str | os.PathLike, force: bool = False) -> Path:
                               "it)")
         for root, _, files in os.walk(dest):
             for name in files:
-                if not _has_preamble(Path(root) / name):
+                if not has_dicom_preamble(Path(root) / name):
                     rel_name = (Path(root) / name).relative_to(dest)
                     raise OutputError(
                         f"{shown}: --force replaces the whole folder, but it holds {rel_name}, "
