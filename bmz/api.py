@@ -144,7 +144,8 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     a, (vmin, vmax) = _check_array(array, name)
     vol = a if a.ndim == 3 else a[None]
     mapping = pipeline.mapping_for_range(vmin, vmax)
-    model_name = model_name or zoo.DEFAULT_MODEL
+    if model_name is None:  # lossy: the native-precision model for > 8 bits; bounded: the flagship
+        model_name = zoo.DEFAULT_MODEL if max_error is not None else zoo.default_model(mapping["bits"])
     model, sha = zoo.load_model(model_name)
     if max_error is not None:  # guaranteed fidelity: a bounded-error file
         if group not in (None, 1):

@@ -255,7 +255,8 @@ def models(as_json) -> None:
         n_q, default = zoo.card_qualities(card)
         rd = {q["quality"]: q for q in card.get("rd_val") or [] if q.get("group") == "val/8-bit"}
         rows.append({"name": name, "qualities": n_q, "default_quality": default,
-                     "default": name == zoo.DEFAULT_MODEL, "status": card.get("status", ""),
+                     "default": name == zoo.DEFAULT_MODEL,
+                     "default_native": name == zoo.DEFAULT_MODEL_NATIVE, "status": card.get("status", ""),
                      "steps": (card.get("training") or {}).get("steps"),
                      "val_8bit": [{"quality": q, "bpp": rd[q]["bpp"], "psnr": rd[q]["psnr"]}
                                   for q in sorted(rd)],
@@ -269,7 +270,9 @@ def models(as_json) -> None:
                 if v else "not measured")
         d = next((x for x in v if x["quality"] == r["default_quality"]), None)
         dflt = f"default {r['default_quality']}" + (f" ({d['bpp']:.2f} bpp, {d['psnr']:.1f} dB)" if d else "")
-        click.echo(f"{r['name']}{' (default model)' if r['default'] else ''}: qualities 1..{r['qualities']}, "
+        role = (" (default model)" if r["default"] else
+                " (default model for lossy coding of volumes of more than 8 bits)" if r.get("default_native") else "")
+        click.echo(f"{r['name']}{role}: qualities 1..{r['qualities']}, "
                    f"{dflt}; {rate}; {r['steps']} training steps")
         if r["status"]:
             click.echo(f"    {r['status']}")

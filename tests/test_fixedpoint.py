@@ -215,17 +215,20 @@ def test_model_decoder_turns_forged_payloads_into_value_errors():
         assert torch.isfinite(x).all()
 
 
-def test_forged_files_with_valid_checksums_give_bmz_errors_only():
+@pytest.mark.parametrize("model", ["hyperprior", "hyperprior-ctx"])
+def test_forged_files_with_valid_checksums_give_bmz_errors_only(model):
     """A file whose CRCs are all valid but whose learned chunks are forged (random bytes, truncated,
     spliced from another slice or quality) decodes or raises bmz's FormatError — the decoder never
-    crashes the process, never raises anything else."""
+    crashes the process, never raises anything else. In slice groups (hyperprior-ctx) a forged
+    slice can also make the slices coded with it as context fail: the error names a slice of the
+    forged one's group, at or after it."""
     from bmz import api
     from bmz.bitstream import BmzReader, pack
     from bmz.errors import FormatError
 
     rng = np.random.default_rng(9)
     vol = (rng.random((4, 40, 44)) * 300).astype(np.uint16)
-    good = api.compress(vol, quality=3)
+    good = api.compress(vol, quality=3, model=model, group=2 if model == "hyperprior-ctx" else None)
     with BmzReader(good) as r:
         meta, chunks = r.meta, [r.chunk(k) for k in range(r.n_slices)]
     for trial in range(24):
@@ -250,7 +253,11 @@ def test_forged_files_with_valid_checksums_give_bmz_errors_only():
         try:
             out = api.decompress(blob)
         except FormatError as e:
-            assert f"slice {k}" in str(e)
+            named = [j for j in range(len(forged)) if f"slice {j} of" in str(e)]
+            if model == "hyperprior":
+                assert named == [k], str(e)
+            else:  # k or a later slice of its group of 2
+                assert named and named[0] in (k, k + 1 - k % 2) and named[0] // 2 == k // 2, str(e)
             continue
         assert out.shape == vol.shape and out.dtype == vol.dtype
         assert out.min() >= vol.min() and out.max() <= vol.max()

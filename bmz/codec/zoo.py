@@ -33,6 +33,9 @@ from .. import _fileutil
 from ..errors import ModelError, ModelMismatchError, UnknownModelError
 
 DEFAULT_MODEL = "hyperprior"
+#: the default for lossy coding of native-precision volumes (more than 8 bits): the context
+#: model, trained on them, which beats DEFAULT_MODEL there (benchmarks/results/native/)
+DEFAULT_MODEL_NATIVE = "hyperprior-ctx"
 #: λ of every model's default quality level (the rate and PSNR it gives: the model cards and
 #: benchmarks/results)
 DEFAULT_LAMBDA = 0.15625
@@ -45,6 +48,15 @@ def default_quality(lambdas) -> int:
     d = [abs(math.log(float(v) / DEFAULT_LAMBDA)) for v in lambdas]
     best = min(d)
     return max(i for i, v in enumerate(d) if v <= best + 1e-9) + 1
+
+
+def default_model(bits: int) -> str:
+    """The model lossy coding uses unless told, for a volume of ``bits`` bits:
+    :data:`DEFAULT_MODEL_NATIVE` above 8 bits (where its weights are installed), else
+    :data:`DEFAULT_MODEL`."""
+    if bits > 8 and DEFAULT_MODEL_NATIVE in available_models():
+        return DEFAULT_MODEL_NATIVE
+    return DEFAULT_MODEL
 
 
 def default_group(name: str) -> int:
