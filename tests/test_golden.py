@@ -103,7 +103,7 @@ def _current(rec: dict) -> bool:
         installed = zoo.sha256_file(zoo.find_weights(rec["model"]))
     except Exception:  # noqa: BLE001 - a model not installed here: nothing to compare
         return False
-    return rec["weights_sha256"] == installed and rec["format"] == bmz_file_format()
+    return rec["weights_sha256"] == installed and rec["format"] == bmz_file_format(rec["model"])
 
 
 def _golden_sources():

@@ -9,7 +9,8 @@
 Sources (all permissively licensed real MRI): the README sample (SCT T1w, MIT, 8-bit), a crop of
 the native 12-bit Siemens Prisma FLASH series (dcm_qa_decubitus, BSD-2-Clause) and a crop of a
 BOLD EPI volume stored as int32 with 14 significant bits (niivue demo images, BSD-2-Clause). Each is
-encoded with the flagship at its lowest and highest quality and with one factorized-prior model;
+encoded with the flagship at its lowest and highest quality, with one factorized-prior model and
+with the native-precision context model (slice groups) at its lowest and highest quality;
 ``golden.json`` records what each file must decode to (SHA-256 of the C-order array bytes) and the
 weights it names. Retraining a model does not retire its files: the superseded weights are
 archived (``models/archive``) and the old files must keep decoding with them, so the default mode
@@ -66,12 +67,16 @@ def main(argv=None) -> int:
         plans = [(flagship, 1), (flagship, model.n_qualities)]
         if family:
             plans.append((family, 2))
+        native = zoo.DEFAULT_MODEL_NATIVE  # the context model: slice groups (chunk format 5)
+        if native in zoo.available_models():
+            plans += [(native, 1), (native, zoo.load_model(native)[0].n_qualities)]
         for mdl, q in plans:
             sha = zoo.sha256_file(zoo.find_weights(mdl))
+            fmt = bmz_file_format(mdl)
             if (mdl, sha, fmt) in covered:
                 continue
             blob = api.compress(vol, quality=q, model=mdl)
-            tag = fmt.replace(".", "").replace("/", "f")  # 1.1/4 -> 11f4
+            tag = fmt.replace(".", "").replace("/", "f").replace(" ", "")  # 1.1/4 -> 11f4
             fname = next(f for f in (f"{name}_{mdl}_q{q}.bmz", f"{name}_{mdl}-{sha[:12]}_q{q}.bmz",
                                      f"{name}_{mdl}-{sha[:12]}-v{tag}_q{q}.bmz")
                          if not (HERE / f).exists())
@@ -93,7 +98,9 @@ def _format_of(path: Path) -> str:
     from bmz.bitstream import BmzReader
 
     with BmzReader(path) as r:
-        return f"{r.version[0]}.{r.version[1]}/{r.meta['codec']['chunk_format']}"
+        codec = r.meta["codec"]
+        group = f" G{codec['group']}" if "group" in codec else ""
+        return f"{r.version[0]}.{r.version[1]}/{codec['chunk_format']}{group}"
 
 
 def _weights_of(path: Path) -> str:
