@@ -121,21 +121,21 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     mapping = pipeline.mapping_for_range(vmin, vmax)
     model_name = model_name or zoo.DEFAULT_MODEL
     model, sha = zoo.load_model(model_name)
-    if max_error is not None:  # guaranteed fidelity: bmz.codec.bounded (chunk format 3)
+    if max_error is not None:  # guaranteed fidelity: bmz.codec.bounded (chunk format 6)
         from .codec import bounded
 
-        if group not in (None, 1):
-            raise InputError("--group applies to lossy coding; --max-error / --lossless code "
-                             "every slice on its own")
-        enc = bounded.BoundedEncoder(model, mapping, max_error,
-                                     bounded.check_base_quality(base_quality, model))
+        G = bounded.DEFAULT_GROUP if group is None else group
+        if not isinstance(G, (int, np.integer)) or isinstance(G, bool) or not 1 <= G <= MAX_GROUP:
+            raise InputError(f"group must be an integer from 1 to {MAX_GROUP}, got {group!r}")
+        enc = bounded.GroupEncoder(model, mapping, max_error,
+                                   bounded.check_base_quality(base_quality, model), int(G))
         with pipeline.single_thread():
             quality = enc.choose(vol)
         codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality),
-                 "chunk_format": bounded.CHUNK_FORMAT, "max_error": int(max_error),
-                 "residual": bounded.CODER}
+                 "chunk_format": bounded.CHUNK_FORMAT_GROUPED, "max_error": int(max_error),
+                 "residual": bounded.CODER_GROUPED, "group": int(G)}
         return _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress,
-                             force, enc.encode_slice)
+                             force, None, chunks=enc.chunks(vol))
     if quality is None:
         quality = zoo.default_quality(model.lambdas)
     qi = _quality_index(model, quality)
@@ -171,8 +171,10 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
 
 
 def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
-                  source_meta: dict | None, progress: bool, force: bool, encode_slice) -> CodingReport:
-    """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``."""
+                  source_meta: dict | None, progress: bool, force: bool, encode_slice,
+                  chunks=None) -> CodingReport:
+    """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``
+    (or the next of the iterator ``chunks``)."""
     from .codec import pipeline
 
     meta = {"bmz_version": __version__, "shape": list(a.shape), "dtype": a.dtype.str,
@@ -185,7 +187,7 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
 
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
         for k in slices:
-            chunk = encode_slice(vol[k])
+            chunk = encode_slice(vol[k]) if chunks is None else next(chunks)
             sizes.append(len(chunk))
             w.add(chunk)
     return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
@@ -287,7 +289,7 @@ def _checked_meta(name, meta: dict) -> tuple[tuple[int, ...], np.dtype, dict, di
     if not isinstance(codec, dict):
         raise bad(f"'codec' ({codec!r})")
     fmt = codec.get("chunk_format")
-    bounded = is_int(fmt) and fmt == 3  # bounded error (bmz.codec.bounded)
+    bounded = is_int(fmt) and fmt in (3, 6)  # bounded error (bmz.codec.bounded)
     if not (is_int(fmt) and fmt in LEARNED_KIND_OF_FORMAT) and not bounded:
         raise FormatError(f"{name}: slice chunk format {codec.get('chunk_format')!r} is not "
                           f"supported by bmz {__version__}")
@@ -350,6 +352,7 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
     G = codec["group"] if fmt == CHUNK_FORMAT_GROUPED else 1
     qi = int(codec["quality"]) - 1
     ctx: dict[int, object] = {}  # slice index → its group context (the latest one only)
+    bdec = None  # bounded-error files: bmz.codec.bounded.SliceDecoder
 
     def load_model(chunk: bytes) -> None:
         nonlocal model
@@ -395,16 +398,25 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
                                   f"of its group cannot be decoded: {e}") from None
         return prev
 
+    def model_for(chunk: bytes):
+        load_model(chunk)
+        return model
+
     def get(i: int) -> np.ndarray:
+        nonlocal bdec
         k = ks[i]
         try:
             chunk = reader.chunk(k)
             load_model(chunk)
             try:
-                if fmt == 3 or chunk[:1] == b"\x02":  # codec.bounded
+                if fmt in (3, 6) or chunk[:1] in (b"\x02", b"\x05"):  # codec.bounded
                     from .codec import bounded
 
-                    out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)
+                    if fmt in (3, 6):
+                        bdec = bdec or bounded.SliceDecoder(reader, hw, mapping, codec, model_for)
+                        out = bdec.decode(k, chunk).astype(dtype)
+                    else:
+                        out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)
                 else:
                     check_kind(k, chunk)
                     prev = context_before(k) if chunk[:1] == bytes([pipeline.CHUNK_LEARNED_INTER]) else None
@@ -553,7 +565,7 @@ def verify(src: str | os.PathLike | bytes) -> dict:
         affected = _dependents(r, damaged, codec) if damaged else []
     model_ok, model_note = True, ""
     # a bounded-error file without a base layer (quality 0) decodes without the model
-    if codec.get("model") and not (codec.get("chunk_format") == 3 and codec.get("quality") == 0):
+    if codec.get("model") and not (codec.get("chunk_format") in (3, 6) and codec.get("quality") == 0):
         from .codec import zoo
         from .errors import ModelError
 
@@ -572,14 +584,15 @@ def _dependents(reader: BmzReader, damaged: list[int], codec: dict) -> list[int]
     context (the inter-slice chunks after it in its group); empty for independent slices."""
     from .codec import pipeline
 
-    if codec.get("chunk_format") != CHUNK_FORMAT_GROUPED or not isinstance(codec.get("group"), int):
+    inter = {CHUNK_FORMAT_GROUPED: pipeline.CHUNK_LEARNED_INTER, 6: 5}.get(codec.get("chunk_format"))
+    if inter is None or not isinstance(codec.get("group"), int):
         return []
     G, n, bad, out = codec["group"], reader.n_slices, set(damaged), []
     for j in sorted(bad):
         k = j + 1
         while k < n and k % G and k not in bad:
             try:
-                if reader.chunk(k)[:1] != bytes([pipeline.CHUNK_LEARNED_INTER]):
+                if reader.chunk(k)[:1] != bytes([inter]):
                     break
             except FormatError:
                 break
@@ -625,7 +638,7 @@ def _lossy_coding(meta: dict, n_bytes: int):
 
     raw = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
     codec = meta["codec"]
-    bound = codec.get("max_error") if codec.get("chunk_format") == 3 else None
+    bound = codec.get("max_error") if codec.get("chunk_format") in (3, 6) else None
     return LossyCoding(ratio=raw / max(1, n_bytes), model=codec["model"], quality=codec["quality"],
                        max_error=bound)
 

@@ -21,13 +21,28 @@ import zlib
 
 import numpy as np
 
-from . import residual
+from . import residual, residual3d
 
 CHUNK_BOUNDED = 2
-#: chunk format of files with bounded chunks: format 2 plus chunk kind 0x02
+#: a bounded chunk coded with the previous slice of its group as context (chunk format 6)
+CHUNK_BOUNDED_INTER = 5
+#: chunk format of the first bounded files (every slice alone): format 2 plus chunk kind 0x02.
+#: bmz decodes them as ever and writes them only on request (tests, golden files)
 CHUNK_FORMAT = 3
-#: the residual coder's name and version, recorded in the metadata (``codec.residual``)
+#: chunk format of the bounded files bmz writes: slice groups (``codec.group``), kinds 0x02 and
+#: 0x05, the residual coder of :mod:`bmz.codec.residual3d`
+CHUNK_FORMAT_GROUPED = 6
+#: the bounded chunk formats bmz decodes
+FORMATS = (CHUNK_FORMAT, CHUNK_FORMAT_GROUPED)
+#: the residual coder's name and version per chunk format, recorded in the metadata
+#: (``codec.residual``)
 CODER = residual.CODER_ID
+CODER_GROUPED = residual3d.CODER_ID
+CODER_OF_FORMAT = {CHUNK_FORMAT: CODER, CHUNK_FORMAT_GROUPED: CODER_GROUPED}
+#: slice group size of bounded files when none is asked for (benchmarks/results/lossless.md)
+DEFAULT_GROUP = 8
+#: threads coding groups at once (None: every core); the bytes are the same for any count
+THREADS: int | None = None
 MAX_DELTA = 65535
 #: base qualities ``"auto"`` tries besides no base at all
 AUTO_QUALITIES = (1, 2)
@@ -107,14 +122,20 @@ class BoundedEncoder:
         cands = []
         if q > 0:
             payload, base = self._base(s, q)
-            res, rec = residual.encode(v, self.maxv, self.delta, base)
+            res, rec, ctx = self._residual(v, base)
             head = bytes([CHUNK_BOUNDED, q]) + recon_crc(rec).to_bytes(4, "little")
-            cands.append((head + len(payload).to_bytes(4, "little") + payload + res, rec, len(payload)))
+            cands.append((head + len(payload).to_bytes(4, "little") + payload + res, rec, len(payload), ctx))
         if q == 0 or fallback:
-            res, rec = residual.encode(v, self.maxv, self.delta, None)
+            res, rec, ctx = self._residual(v, None)
             head = bytes([CHUNK_BOUNDED, 0]) + recon_crc(rec).to_bytes(4, "little")
-            cands.append((head + res, rec, 0))
+            cands.append((head + res, rec, 0, ctx))
         return min(cands, key=lambda c: len(c[0]))
+
+    def _residual(self, v: np.ndarray, base) -> tuple[bytes, np.ndarray, object]:
+        """The residual stream of a slice (values − min) coded alone → (bytes, reconstruction,
+        context for the next slice; None in format 3)."""
+        res, rec = residual.encode(v, self.maxv, self.delta, base)
+        return res, rec, None
 
     def encode_slice(self, s: np.ndarray) -> bytes:
         """One stored-value slice → chunk bytes, verified: decoding them gives values within
@@ -132,7 +153,7 @@ class BoundedEncoder:
         bug = ("bounded chunk failed its encode-time check (decoded values differ from the "
                "encoder's or exceed the bound); this is a bmz bug, nothing was written")
         try:
-            chunk, rec, nbase = self._chunk(s, int(self.base_quality), self.fallback)
+            chunk, rec, nbase, _ = self._chunk(s, int(self.base_quality), self.fallback)
             # the guarantee: decode the chunk as any reader will, and compare with the original
             back = decode_chunk(chunk, s.shape, self.mapping, self.delta, lambda: self.model)
         except (RuntimeError, ValueError) as e:
@@ -144,6 +165,102 @@ class BoundedEncoder:
         return chunk
 
 
+class GroupEncoder(BoundedEncoder):
+    """Encodes the slices of one volume with max error ``delta`` in groups of ``group`` slices
+    (chunk format 6): the first slice of a group is coded alone (kind ``0x02``, with a learned
+    base layer when that is smaller), every other one with the previous decoded slice, its error
+    map and the coder's state after it as context (kind ``0x05``). Groups are independent and are
+    coded on :data:`THREADS` threads; the chunks are the same for any thread count."""
+
+    def __init__(self, model, mapping: dict, delta: int, base_quality="auto", group: int = DEFAULT_GROUP):
+        super().__init__(model, mapping, delta, base_quality)
+        self.group = int(group)
+
+    def _residual(self, v, base):
+        res, ctx = residual3d.encode(v, self.maxv, self.delta, base)
+        return res, ctx.rec, ctx
+
+    def encode_slice(self, s):  # pragma: no cover - a format-3 entry point
+        raise RuntimeError("GroupEncoder codes whole groups: use chunks()")
+
+    def _group(self, slices: list[np.ndarray]) -> list[tuple[bytes, tuple[int, int]]]:
+        """The chunks of one group, each verified by decoding it as a reader will → [(chunk,
+        (base bytes, residual bytes))]."""
+        from ..errors import BmzError
+
+        bug = ("bounded chunk failed its encode-time check (decoded values differ from the "
+               "encoder's or exceed the bound); this is a bmz bug, nothing was written")
+        out, prev, prev_back = [], None, None
+        for s in slices:
+            s = np.asarray(s)
+            lo, hi = int(s.min()), int(s.max())
+            if hi - lo <= 2 * self.delta:
+                c = lo + (hi - lo) // 2
+                out.append((_constant_chunk(c), (0, 9)))
+                prev = prev_back = constant_context(c - self.vmin, s.shape)
+                continue
+            try:
+                if prev is None:
+                    chunk, rec, nbase, ctx = self._chunk(s, int(self.base_quality), self.fallback)
+                else:
+                    res, ctx = residual3d.encode(s.astype(np.int64) - self.vmin, self.maxv,
+                                                 self.delta, prev=prev)
+                    rec, nbase = ctx.rec, 0
+                    chunk = bytes([CHUNK_BOUNDED_INTER]) + recon_crc(rec).to_bytes(4, "little") + res
+                # the guarantee: decode the chunk as any reader will, and compare with the original
+                back, back_ctx = decode_chunk6(chunk, s.shape, self.mapping, self.delta,
+                                               lambda: self.model, prev_back)
+            except (RuntimeError, ValueError) as e:
+                raise BmzError(f"{bug} ({e})") from e
+            if not np.array_equal(back, rec + self.vmin) or \
+                    int(np.abs(back - s.astype(np.int64)).max()) > self.delta:
+                raise BmzError(bug)
+            out.append((chunk, (nbase, len(chunk) - nbase)))
+            prev, prev_back = ctx, back_ctx
+        return out
+
+    def chunks(self, vol):
+        """The chunks of ``vol``'s slices, in order (a generator: slices are read in order on
+        the calling thread, groups coded on :data:`THREADS` threads, a few groups ahead)."""
+        import os
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.base_quality == "auto":
+            raise RuntimeError("GroupEncoder.choose() must resolve base_quality 'auto' first")
+        n, G = vol.shape[0], self.group
+        # the learned base layer runs torch: one thread then; the residual coder releases the GIL
+        threads = 1 if self.base_quality else max(1, int(THREADS or os.cpu_count() or 1))
+        if threads == 1:
+            for a in range(0, n, G):
+                for chunk, part in self._group([vol[k] for k in range(a, min(a + G, n))]):
+                    self.parts.append(part)
+                    yield chunk
+            return
+        with ThreadPoolExecutor(threads) as ex:
+            pending: deque = deque()
+            starts = iter(range(0, n, G))
+            while True:
+                while len(pending) < 2 * threads:
+                    a = next(starts, None)
+                    if a is None:
+                        break
+                    group = [np.asarray(vol[k]) for k in range(a, min(a + G, n))]
+                    pending.append(ex.submit(self._group, group))
+                if not pending:
+                    break
+                for chunk, part in pending.popleft().result():
+                    self.parts.append(part)
+                    yield chunk
+
+
+def constant_context(value: int, shape) -> "residual3d.Context":
+    """The context a constant chunk leaves to the next slice: its value everywhere (minus the
+    volume minimum), a zero error map, and the coder's initial state."""
+    return residual3d.Context(np.full(shape, int(value), np.int64), np.zeros(shape, np.int64),
+                              residual3d.fresh_state())
+
+
 def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int,
                  get_model) -> np.ndarray:
     """Bounded chunk → stored values (int64, ``(H, W)``). ``get_model()`` returns the volume's
@@ -151,8 +268,20 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
     a reconstruction whose CRC-32 differs from the one the encoder stored."""
     if len(chunk) < _HEADER or chunk[0] != CHUNK_BOUNDED:
         raise ValueError(f"bounded chunk of {len(chunk)} bytes is shorter than its header")
-    q = chunk[1]
     crc = int.from_bytes(chunk[2:6], "little")
+    vmin, maxv = int(mapping["min"]), int(mapping["scale"])
+    base, pos = _base_layer(chunk, shape, mapping, get_model)
+    rec = residual.decode(chunk[pos:], shape, maxv, delta, base)
+    if recon_crc(rec) != crc:
+        raise ValueError("reconstruction check failed: the decoded slice's CRC-32 differs from "
+                         "the one stored at encode time")
+    return rec + vmin
+
+
+def _base_layer(chunk: bytes, shape, mapping: dict, get_model) -> tuple[np.ndarray | None, int]:
+    """The learned base layer of a bounded chunk (kind 0x02), decoded (values − min; None when
+    the chunk has none) → (it, the offset of the residual stream)."""
+    q = chunk[1]
     vmin, maxv = int(mapping["min"]), int(mapping["scale"])
     if not 0 <= maxv <= residual.MAX_RANGE:
         raise ValueError(f"value range {maxv} of a bounded-error file is over 16 bits")
@@ -175,11 +304,34 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
         learned = bytes([pipeline.CHUNK_LEARNED]) + bytes(chunk[pos:pos + n])
         base = pipeline.decode_slice(model, learned, shape, mapping, q - 1, np.int64) - vmin
         pos += n
-    rec = residual.decode(chunk[pos:], shape, maxv, delta, base)
-    if recon_crc(rec) != crc:
+    return base, pos
+
+
+def decode_chunk6(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int, get_model,
+                  prev) -> tuple[np.ndarray, "residual3d.Context"]:
+    """A bounded chunk of chunk format 6 (kind 0x02, or 0x05 with ``prev``: the context the
+    previous slice of the group left) → (stored values, int64; this slice's context). ValueError
+    on a bad chunk, including a CRC-32 mismatch of the reconstruction."""
+    vmin, maxv = int(mapping["min"]), int(mapping["scale"])
+    if chunk[:1] == bytes([CHUNK_BOUNDED_INTER]):
+        if prev is None:
+            raise ValueError("inter-slice bounded chunk without a previous slice in its group")
+        if len(chunk) < 5:
+            raise ValueError(f"bounded chunk of {len(chunk)} bytes is shorter than its header")
+        if not 0 <= maxv <= residual.MAX_RANGE:
+            raise ValueError(f"value range {maxv} of a bounded-error file is over 16 bits")
+        crc, pos, base = int.from_bytes(chunk[1:5], "little"), 5, None
+    else:
+        if len(chunk) < _HEADER or chunk[0] != CHUNK_BOUNDED:
+            raise ValueError(f"bounded chunk of {len(chunk)} bytes is shorter than its header")
+        crc = int.from_bytes(chunk[2:6], "little")
+        base, pos = _base_layer(chunk, shape, mapping, get_model)
+        prev = None
+    ctx = residual3d.decode(chunk[pos:], shape, maxv, delta, base, prev)
+    if recon_crc(ctx.rec) != crc:
         raise ValueError("reconstruction check failed: the decoded slice's CRC-32 differs from "
                          "the one stored at encode time")
-    return rec + vmin
+    return ctx.rec + vmin, ctx
 
 
 def check_max_error(max_error, lossless: bool) -> int | None:
@@ -225,35 +377,120 @@ def check_base_quality(base_quality, model) -> "int | str":
 
 
 def check_bounded_meta(name, codec: dict) -> None:
-    """The ``codec`` keys of a bounded-error file (chunk format 3), checked → FormatError /
-    UnsupportedVersionError naming the field."""
+    """The ``codec`` keys of a bounded-error file (chunk format 3 or 6), checked → FormatError
+    naming the field."""
     from ..errors import FormatError
 
     d = codec.get("max_error")
     if not (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DELTA):
         raise FormatError(f"{name}: metadata field 'codec.max_error' ({d!r}) is invalid")
-    if codec.get("residual") != CODER:
+    fmt = codec.get("chunk_format")
+    if fmt == CHUNK_FORMAT_GROUPED:
+        g = codec.get("group")
+        if not (isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= MAX_GROUP):
+            raise FormatError(f"{name}: metadata field 'codec.group' ({g!r}) is invalid")
+    coder = CODER_OF_FORMAT.get(fmt)
+    if codec.get("residual") != coder:
         raise FormatError(f"{name}: residual coder {codec.get('residual')!r} is not the one of this "
-                          f"bmz ({CODER}); decode it with the bmz version that wrote it")
+                          f"bmz ({coder}); decode it with the bmz version that wrote it")
+
+
+#: the largest slice group (as for lossy files, bmz.api.MAX_GROUP)
+MAX_GROUP = 1024
+
+
+class SliceDecoder:
+    """Decodes slices of one bounded-error file (chunk format 3 or 6), in any order.
+
+    In format 6, a ``0x05`` chunk needs the context its predecessor left: the decoder holds the
+    latest slice's context, and otherwise decodes the group from its start (at most G − 1 other
+    slices). ``reader``: an open :class:`~bmz.bitstream.BmzReader`; ``model_for(chunk)``: the
+    volume's model, loaded if that chunk needs it."""
+
+    def __init__(self, reader, shape, mapping: dict, codec: dict, model_for):
+        self.reader, self.shape, self.mapping, self.codec = reader, tuple(shape), mapping, codec
+        self.model_for = model_for
+        self.fmt = codec.get("chunk_format")
+        self.group = int(codec.get("group", 1)) if self.fmt == CHUNK_FORMAT_GROUPED else 1
+        self.delta = int(codec.get("max_error", 0))
+        self.held: tuple[int, object] | None = None  # (slice index, its context)
+
+    def _one(self, k: int, chunk: bytes, prev) -> tuple[np.ndarray, object]:
+        from .pipeline import CHUNK_CONSTANT, decode_slice
+
+        if not chunk:
+            raise ValueError("empty chunk")
+        if chunk[0] == CHUNK_CONSTANT:
+            v = decode_slice(None, chunk, self.shape, self.mapping, 0, np.int64)
+            return v, constant_context(int(v[0, 0]) - int(self.mapping["min"]), self.shape)
+        if chunk[0] == CHUNK_BOUNDED_INTER and k % self.group == 0:
+            raise ValueError(f"inter-slice bounded chunk at the start of a group of {self.group}")
+        if chunk[0] not in (CHUNK_BOUNDED, CHUNK_BOUNDED_INTER):
+            raise ValueError(f"chunk kind {chunk[0]} in a bounded-error file of chunk format "
+                             f"{self.fmt} (only constant and bounded chunks keep the guarantee)")
+        return decode_chunk6(chunk, self.shape, self.mapping, self.delta,
+                             lambda: self.model_for(chunk), prev)
+
+    def _context_before(self, k: int):
+        """The context slice k − 1 left: held, or decoded from the group's start."""
+        from ..errors import FormatError
+
+        if self.held is not None and self.held[0] == k - 1:
+            return self.held[1]
+        G = self.group
+        start = k - k % G
+        j0, prev = start, None
+        if self.held is not None and start <= self.held[0] < k:
+            j0, prev = self.held[0] + 1, self.held[1]
+        last = min(start + G, self.reader.n_slices) - 1
+        for j in range(j0, k):
+            try:
+                chunk = self.reader.chunk(j)
+            except FormatError as e:
+                raise ValueError(f"it is coded with slice {j} of its group (slices {start}..{last}) "
+                                 f"as context, which is damaged: {e}") from None
+            try:
+                _, prev = self._one(j, chunk, prev)
+            except (ValueError, RuntimeError, IndexError, OverflowError) as e:
+                raise ValueError(f"slice {j} of its group (slices {start}..{last}), its context, "
+                                 f"cannot be decoded: {e}") from None
+            self.held = (j, prev)
+        return prev
+
+    def decode(self, k: int, chunk: bytes) -> np.ndarray:
+        """Chunk ``chunk`` of slice ``k`` → the slice's stored values (int64). ValueError on a bad
+        chunk, or when a slice it depends on is damaged (the message names it)."""
+        if self.fmt == CHUNK_FORMAT:
+            return decode_bounded_slice(None, chunk, self.shape, self.mapping, self.codec, np.int64,
+                                        self.model_for)
+        prev = self._context_before(k) if chunk[:1] == bytes([CHUNK_BOUNDED_INTER]) else None
+        v, ctx = self._one(k, chunk, prev)
+        if self.group > 1:
+            self.held = (k, ctx)
+        return v
 
 
 def decode_bounded_slice(model, chunk: bytes, shape: tuple[int, int], mapping: dict, codec: dict,
-                         dtype) -> np.ndarray:
-    """A chunk of a bounded-error file → the slice in ``dtype`` (ValueError on a bad chunk).
+                         dtype, model_for=None) -> np.ndarray:
+    """A chunk of a bounded-error file of chunk format 3 → the slice in ``dtype`` (ValueError on
+    a bad chunk).
 
     Such a file holds constant chunks (exact) and bounded chunks only: a learned (lossy) chunk
     would break the file's guarantee and is refused, as is a bounded chunk in a file of another
     chunk format (whose ``codec.max_error`` was never checked)."""
     from .pipeline import CHUNK_CONSTANT, decode_slice
 
-    if codec.get("chunk_format") != CHUNK_FORMAT or "max_error" not in codec:
+    if codec.get("chunk_format") not in FORMATS or "max_error" not in codec:
         raise ValueError(f"bounded-error chunk in a file of chunk format "
-                         f"{codec.get('chunk_format')!r} (bounded chunks need format {CHUNK_FORMAT})")
+                         f"{codec.get('chunk_format')!r} (bounded chunks need format "
+                         f"{CHUNK_FORMAT} or {CHUNK_FORMAT_GROUPED})")
     if not chunk:
         raise ValueError("empty chunk")
     if chunk[0] == CHUNK_CONSTANT:
         return decode_slice(None, chunk, shape, mapping, 0, dtype)
-    if chunk[0] != CHUNK_BOUNDED:
-        raise ValueError(f"chunk kind {chunk[0]} in a bounded-error file (only constant and "
-                         "bounded chunks keep the guarantee)")
-    return decode_chunk(chunk, shape, mapping, int(codec["max_error"]), lambda: model).astype(dtype)
+    if chunk[0] != CHUNK_BOUNDED or codec.get("chunk_format") != CHUNK_FORMAT:
+        raise ValueError(f"chunk kind {chunk[0]} in a bounded-error file of chunk format "
+                         f"{codec.get('chunk_format')} (only constant and bounded chunks keep the "
+                         "guarantee)")
+    get_model = (lambda: model) if model_for is None else (lambda: model_for(chunk))
+    return decode_chunk(chunk, shape, mapping, int(codec["max_error"]), get_model).astype(dtype)
