@@ -413,7 +413,7 @@ def _decoded_stack(reader: BmzReader, slices=None, progress: bool = False,
                     from .codec import bounded
 
                     if fmt in (3, 6):
-                        bdec = bdec or bounded.SliceDecoder(reader, hw, mapping, codec, model_for)
+                        bdec = bdec or bounded.SliceDecoder(reader, hw, mapping, codec, model_for, ks)
                         out = bdec.decode(k, chunk).astype(dtype)
                     else:
                         out = bounded.decode_bounded_slice(model, chunk, hw, mapping, codec, dtype)

@@ -190,7 +190,7 @@ def test_compiled_coder_equals_python_integer_semantics(delta, ref):
     r, kind, perr, state = residual3d._setup(x.shape, base, prev)
     buf = np.zeros(x.size * 4 + 1024, np.uint8)
     rec2, err2 = np.zeros_like(x), np.zeros_like(x)
-    args = (residual3d.E_THRESH, residual3d.STRETCH, residual3d._SQ_T, residual3d.LR,
+    args = (residual3d.E_TAB, residual3d.STRETCH, residual3d._SQ_T, residual3d.LR,
             residual3d._NO_STATS, residual3d._NO_ACC, residual3d._NO_ACC)
     n, status = residual3d._code_slice.py_func(0, x, rec2, r, kind, perr, err2, maxv, delta, buf,
                                                *state, *args)

@@ -405,15 +405,84 @@ class SliceDecoder:
     In format 6, a ``0x05`` chunk needs the context its predecessor left: the decoder holds the
     latest slice's context, and otherwise decodes the group from its start (at most G − 1 other
     slices). ``reader``: an open :class:`~bmz.bitstream.BmzReader`; ``model_for(chunk)``: the
-    volume's model, loaded if that chunk needs it."""
+    volume's model, loaded if that chunk needs it.
 
-    def __init__(self, reader, shape, mapping: dict, codec: dict, model_for):
+    ``order``: the slices that will be asked for, in that order. When they ascend (a whole volume,
+    a range) and the file has no base layer, the groups ahead are decoded on :data:`THREADS`
+    threads while the caller consumes the earlier ones (chunks read on the caller's thread); the
+    values are the same, and any chunk that fails there is decoded again in order, so errors
+    and their messages are those of a sequential decode."""
+
+    def __init__(self, reader, shape, mapping: dict, codec: dict, model_for, order=None):
+        import os
+
         self.reader, self.shape, self.mapping, self.codec = reader, tuple(shape), mapping, codec
         self.model_for = model_for
         self.fmt = codec.get("chunk_format")
         self.group = int(codec.get("group", 1)) if self.fmt == CHUNK_FORMAT_GROUPED else 1
         self.delta = int(codec.get("max_error", 0))
         self.held: tuple[int, object] | None = None  # (slice index, its context)
+        self.threads = max(1, int(THREADS or os.cpu_count() or 1))
+        self.plan: list[tuple[int, int]] = []  # groups to decode ahead: (first, last slice)
+        self.ahead: dict = {}  # first slice of a group → future of {slice: (values, context)}
+        self.pool = None
+        order = list(order) if order is not None else []
+        if (self.fmt == CHUNK_FORMAT_GROUPED and codec.get("quality") == 0 and self.threads > 1
+                and len(order) > 1 and all(a < b for a, b in zip(order, order[1:]))):
+            last: dict[int, int] = {}
+            for k in order:
+                last[k - k % self.group] = k
+            self.plan = sorted(last.items())
+
+    def _run(self, start: int, chunks: list[bytes]):
+        """Decode the chunks of one group from its start (a worker thread) → {slice: (values,
+        context)}, or None if any fails (the caller then decodes them in order)."""
+        try:
+            out, prev = {}, None
+            for i, c in enumerate(chunks):
+                if c[:1] == bytes([CHUNK_BOUNDED]) and c[1:2] != b"\x00":
+                    return None  # a base layer (forged in a quality-0 file): torch, in order
+                v, prev = self._one(start + i, c, prev)
+                out[start + i] = (v, None, c)
+            out[start + len(chunks) - 1] = (v, prev, c)  # the context the group's last one left
+            return out
+        except Exception:  # noqa: BLE001 - redone in order, where the error is reported
+            return None
+
+    def _submit(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..errors import FormatError
+
+        while self.plan and len(self.ahead) < 2 * self.threads:
+            start, last = self.plan.pop(0)
+            try:
+                chunks = [self.reader.chunk(j) for j in range(start, last + 1)]
+            except FormatError:
+                continue  # damaged: decoded (and reported) in order
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads)
+            self.ahead[start] = self.pool.submit(self._run, start, chunks)
+        if not self.plan and not self.ahead and self.pool is not None:
+            self.pool.shutdown(wait=False)
+            self.pool = None
+
+    def _decoded_ahead(self, k: int, chunk: bytes):
+        start = k - k % self.group
+        self._submit()
+        f = self.ahead.get(start)
+        if f is None:
+            return None
+        res = f.result()
+        hit = res.get(k) if res is not None else None
+        if res is None or k == max(res):
+            del self.ahead[start]
+            self._submit()
+        if hit is None or hit[2] != chunk:
+            return None
+        if hit[1] is not None and self.group > 1:
+            self.held = (k, hit[1])
+        return hit[0]
 
     def _one(self, k: int, chunk: bytes, prev) -> tuple[np.ndarray, object]:
         from .pipeline import CHUNK_CONSTANT, decode_slice
@@ -463,6 +532,10 @@ class SliceDecoder:
         if self.fmt == CHUNK_FORMAT:
             return decode_bounded_slice(None, chunk, self.shape, self.mapping, self.codec, np.int64,
                                         self.model_for)
+        if self.plan or self.ahead:
+            v = self._decoded_ahead(k, chunk)
+            if v is not None:
+                return v
         prev = self._context_before(k) if chunk[:1] == bytes([CHUNK_BOUNDED_INTER]) else None
         v, ctx = self._one(k, chunk, prev)
         if self.group > 1:

@@ -36,7 +36,7 @@ REF_NONE, REF_BASE, REF_PREV = 0, 1, 2
 #: context models mixed for every decision, and each one's context count per decision
 N_MODELS = 5
 CS = (192, 256, 80, 256, 256)
-N_IN = 2 * N_MODELS + 1
+N_IN = N_MODELS + 1
 #: two sets of everything: slices coded alone or on a base layer (0), slices with the previous
 #: slice as reference (1)
 N_SET = 2
@@ -61,14 +61,11 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
     secondary-estimation row ``arow``)."""
     dot = 0
     for j in range(N_MODELS):
-        c = ctx[j]
-        a = ST[_clamp12(C[c, 0])]
-        b = ST[_clamp12(C[c, 1])]
-        xin[2 * j] = a
-        xin[2 * j + 1] = b
-        dot += M[row, 2 * j] * a + M[row, 2 * j + 1] * b
-    xin[2 * N_MODELS] = 256
-    dot += M[row, 2 * N_MODELS] * 256
+        a = ST[_clamp12(C[ctx[j], 0])]
+        xin[j] = a
+        dot += M[row, j] * a
+    xin[N_MODELS] = 256
+    dot += M[row, N_MODELS] * 256
     p12 = _squash(dot >> 16, SQ)
     sv = ST[p12] + 2047
     lo = sv >> 7
@@ -85,32 +82,46 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
     err = ((bit << 12) - p12) * lr
     for i in range(N_IN):
         M[row, i] += (xin[i] * err) >> 14
+    t = bit << 16
     for j in range(N_MODELS):
         c = ctx[j]
-        n = C[c, 2]
-        t = bit << 16
-        C[c, 0] += ((t - C[c, 0]) * RATES[0, n]) >> 16
-        C[c, 1] += ((t - C[c, 1]) * RATES[1, n]) >> 16
+        n = C[c, 1]
+        C[c, 0] += ((t - C[c, 0]) * RATES[1, n]) >> 16
         if n < 255:
-            C[c, 2] = n + 1
+            C[c, 1] = n + 1
     return bit
 
 
 @njit(cache=True, inline="always")
 def _plain_bit(mode, st, buf, C, c, bit):
-    p = (C[c, 0] + C[c, 1]) >> 1
+    p = C[c, 0]
     if p < 48:
         p = 48
     elif p > 65536 - 48:
         p = 65536 - 48
     bit = _code_bit(mode, st, buf, p, bit)
-    n = C[c, 2]
-    t = bit << 16
-    C[c, 0] += ((t - C[c, 0]) * RATES[0, n]) >> 16
-    C[c, 1] += ((t - C[c, 1]) * RATES[1, n]) >> 16
+    n = C[c, 1]
+    C[c, 0] += (((bit << 16) - C[c, 0]) * RATES[1, n]) >> 16
     if n < 255:
-        C[c, 2] = n + 1
+        C[c, 1] = n + 1
     return bit
+
+
+def _bucket_table(th: np.ndarray) -> np.ndarray:
+    """v → the number of thresholds ≤ v, for 0 ≤ v ≤ the largest threshold (and the last bucket
+    above it): a look-up instead of a search."""
+    return np.array([int(np.sum(th <= v)) for v in range(int(th[-1]) + 1)], dtype=np.int64)
+
+
+E_TAB = _bucket_table(E_THRESH)
+LEV_TAB = _bucket_table(LEV_TH)
+
+
+@njit(cache=True, inline="always")
+def _bk(v, tab):
+    """Bucket of ``v`` ≥ 0 by a table of :func:`_bucket_table`."""
+    n = tab.shape[0]
+    return tab[v] if v < n else tab[n - 1]
 
 
 @njit(cache=True, inline="always")
@@ -287,7 +298,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
             psum = 0
             for i in range(npred):
                 w = ((smin + 32) << 8) // (sc[i] + 32)
-                w = w * w
+                w = w * w * w
                 wsum += w
                 psum += w * pv[i]
             pb = (psum + (wsum >> 1)) // wsum
@@ -301,7 +312,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                     en += F[py, xx + 1]
             if xx > 0:
                 en += 2 * F[cy, xx - 1]
-            ke = _bucket(en // s, e_th)
+            ke = _bk(en // s, e_th)
             pint = pb >> 3
             tex = 0
             if Nv > pint:
@@ -343,9 +354,9 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
             kd = 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
             act = (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
                    + _iabs(Nv - NNv))
-            ka = _bucket(8 * act // s, e_th)
-            lev = _bucket(pred, LEV_TH)
-            kbest = _bucket(smin // s, e_th)
+            ka = _bk(8 * act // s, e_th)
+            lev = _bk(pred, LEV_TAB)
+            kbest = _bk(smin // s, e_th)
             qW = Q[cy, xx - 1] if xx > 0 else 0
             qN = Q[py, xx] if y > 0 else 0
             qNW = Q[py, xx - 1] if (y > 0 and xx > 0) else 0
@@ -356,11 +367,11 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
             ctx[1] = ka * 16 + lev
             ctx[2] = kbest * 5 + nz4
             if inter:
-                kp = _bucket((5 * pe) // (6 * s), e_th)
-                km = _bucket(16 * dm // (8 * s), e_th)
+                kp = _bk((5 * pe) // (6 * s), e_th)
+                km = _bk(2 * dm // s, e_th)
                 ctx[3] = ke * 16 + kp
                 ctx[4] = km * 16 + kp
-                row = _bucket((en + (5 * pe) // 6) // (2 * s), e_th)
+                row = _bk((en + (5 * pe) // 6) // (2 * s), e_th)
             else:
                 kp = 0
                 ctx[3] = ke * 4 + (lev >> 2)
@@ -488,7 +499,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
 def flat_tables():
     """Uninformed initial state → (PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0)."""
     prior = np.full(N_CNT, 32768, dtype=np.int64)
-    mix = np.full((N_MROW, N_IN), 65536 // (2 * N_MODELS), dtype=np.int64)
+    mix = np.full((N_MROW, N_IN), 65536 // N_MODELS, dtype=np.int64)
     mix[:, -1] = 0
     apm = np.array([[_squash_py((j - 16) * 128) * 16 for j in range(33)]] * (N_SET * N_DEC * 16),
                    dtype=np.int64)
@@ -529,10 +540,9 @@ class Context:
 
 def fresh_state() -> tuple:
     """The coder's state at the start of a slice coded alone (the fitted initial tables)."""
-    C = np.empty((N_CNT, 3), np.int64)
+    C = np.empty((N_CNT, 2), np.int64)
     C[:, 0] = PRIOR
-    C[:, 1] = PRIOR
-    C[:, 2] = PRIOR_N0
+    C[:, 1] = PRIOR_N0
     return (C, PRIOR_MIX.copy(), PRIOR_APM.copy(), np.zeros(N_LMS_ALL, np.int64),
             np.zeros(N_BIAS, np.int64), np.zeros(N_BIAS, np.int64))
 
@@ -565,7 +575,7 @@ def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
         buf = np.zeros(cap, np.uint8)
         st = tuple(a.copy() for a in state)
         n, status = _code_slice(0, x, rec, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
-                                E_THRESH, STRETCH, _SQ_T, LR,
+                                E_TAB, STRETCH, _SQ_T, LR,
                                 _NO_STATS if stats is None else stats,
                                 _NO_ACC if mix_acc is None else mix_acc,
                                 _NO_ACC if apm_acc is None else apm_acc)
@@ -588,7 +598,7 @@ def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
     err = np.zeros((H, W), np.int64)
     buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
     n, status = _code_slice(1, x, x, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
-                            E_THRESH, STRETCH, _SQ_T, LR, _NO_STATS, _NO_ACC, _NO_ACC)
+                            E_TAB, STRETCH, _SQ_T, LR, _NO_STATS, _NO_ACC, _NO_ACC)
     if status != 0:
         raise ValueError("residual stream cannot be decoded (corrupt)")
     return Context(x, err, st)

@@ -1,4 +1,5 @@
-"""Fitting the residual coder's initial state on training MRI (``python -m bmz.codec.residual_prior``).
+"""Fitting the residual coders' initial state on training MRI (``python -m bmz.codec.residual_prior``
+for chunk format 3's coder, ``… --3d`` for chunk format 6's).
 
 Every slice is coded independently (random access), so the coder's adaptive probabilities and
 mixing weights start from scratch on each slice; starting them from what MRI usually looks like
@@ -34,6 +35,12 @@ TRAIN = (
     ("nichart_dicom_trio_b17/t1_MPRAGE", 4),
     ("dcm_qa_xa30/5_anat-T1w_acq-tfl", 1),
 )
+#: chunk format 6's fit adds native 16-bit 3-D (UIH) and GE cardiac cine series (none in ``val/``)
+TRAIN3D = TRAIN + (
+    ("dcm_qa_uih/t1_gre_fsp_3d_sag_A", 5),
+    ("sunnybrook_cardiac/SCD0000101", 3),
+    ("sunnybrook_cardiac/SCD0000301", 3),
+)
 DELTAS = (0, 0, 1, 3)
 OUT = Path(__file__).with_name("_residual_tables.py")
 
@@ -68,6 +75,54 @@ def fit(root: str | Path, verbose: bool = True) -> dict:
             "n0": np.array([4], np.int64)}
 
 
+#: slices coded after each sampled slice, with it as context, to fit chunk format 6's coder
+RUN = 2
+OUT3D = Path(__file__).with_name("_residual3d_tables.py")
+
+
+def fit3d(root: str | Path, verbose: bool = True) -> dict:
+    """The initial state of chunk format 6's coder (:mod:`bmz.codec.residual3d`): as :func:`fit`,
+    but each sampled slice is followed by :data:`RUN` slices coded with their predecessor as
+    context (the state carried on), so the inter-slice tables are fitted too. The mixer and
+    secondary-estimation weights of each set (alone / inter) are averaged over the slices that
+    used that set."""
+    from .. import io as bio
+    from . import residual3d as R
+
+    R.PRIOR, R.PRIOR_MIX, R.PRIOR_APM, R.PRIOR_N0 = R.flat_tables()
+    stats = np.zeros((R.N_CNT, 2), np.int64)
+    rows_m, rows_a = R.N_MROW // R.N_SET, R.PRIOR_APM.shape[0] // R.N_SET
+    mix = np.zeros((R.N_MROW, R.N_IN), np.int64)
+    apm = np.zeros(R.PRIOR_APM.shape, np.int64)
+    n = np.zeros(R.N_SET, np.int64)
+    for rel, step in TRAIN3D:
+        vol = np.asarray(bio.read(Path(root) / rel).data)
+        v = vol.astype(np.int64) - int(vol.min())
+        maxv = int(v.max())
+        for d in DELTAS:
+            for k in range(step // 2, v.shape[0], step):
+                prev = None
+                for j in range(k, min(k + 1 + RUN, v.shape[0])):
+                    if int(v[j].max()) - int(v[j].min()) <= 2 * d:
+                        break
+                    _, ctx = R.encode(v[j], maxv, d, prev=prev, stats=stats)
+                    i = 0 if prev is None else 1
+                    M, A = ctx.state[1], ctx.state[2]
+                    mix[i * rows_m:(i + 1) * rows_m] += M[i * rows_m:(i + 1) * rows_m]
+                    apm[i * rows_a:(i + 1) * rows_a] += A[i * rows_a:(i + 1) * rows_a]
+                    n[i] += 1
+                    prev = ctx
+        if verbose:
+            print(f"{rel}: {v.shape}, {n.tolist()} slices so far", file=sys.stderr, flush=True)
+    tot = stats.sum(1)
+    prior = np.where(tot > 0, ((2 * stats[:, 1] + 1) * 65536) // (2 * tot + 2), 32768)
+    for i in range(R.N_SET):
+        mix[i * rows_m:(i + 1) * rows_m] //= max(1, int(n[i]))
+        apm[i * rows_a:(i + 1) * rows_a] //= max(1, int(n[i]))
+    return {"prior": np.clip(prior, 1024, 65536 - 1024).astype(np.int64), "mix": mix,
+            "apm": np.clip(apm, 64, 65536 - 64).astype(np.int64), "n0": np.array([4], np.int64)}
+
+
 def write(tables: dict, path: Path = OUT) -> None:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v, dtype="<i8") for k, v in tables.items()})
@@ -85,7 +140,12 @@ def load(data: str) -> dict:
 
 
 if __name__ == "__main__":
-    root = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parents[3]
-                                                       / "shared" / "data" / "train")
-    write(fit(root))
-    print(f"wrote {OUT}", file=sys.stderr)
+    # python -m bmz.codec.residual_prior [--3d] [TRAIN_ROOT]: format 3's tables, or format 6's
+    args = [a for a in sys.argv[1:] if a != "--3d"]
+    root = args[0] if args else str(Path(__file__).resolve().parents[3] / "shared" / "data" / "train")
+    if "--3d" in sys.argv[1:]:
+        write(fit3d(root), OUT3D)
+        print(f"wrote {OUT3D}", file=sys.stderr)
+    else:
+        write(fit(root))
+        print(f"wrote {OUT}", file=sys.stderr)
