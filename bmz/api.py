@@ -109,16 +109,20 @@ def _quality_index(model, quality: int) -> int:
     return int(quality) - 1
 
 
-def _group_size(model, model_name: str, group: int | None) -> int:
-    """The slice group size G to code with: ``group``, or the model's default (its card's
-    ``default_group``; 1 = every slice on its own)."""
+def _group_size(model, model_name: str, group: int | None, bounded: bool = False) -> int:
+    """The slice group size G to code with: ``group``, or the default — for a bounded-error file
+    (``bounded``: its residual coder groups slices, whatever the model)
+    ``chunks.BOUNDED.DEFAULT_GROUP``, else the model's (its card's ``default_group``; 1 = every
+    slice on its own)."""
     inter = getattr(model, "inter_slice", False)
     mx = chunks.GROUPED.MAX_GROUP
     if group is None:
+        if bounded:
+            return chunks.BOUNDED.DEFAULT_GROUP
         return zoo.default_group(model_name) if inter else 1
     if not isinstance(group, (int, np.integer)) or isinstance(group, bool) or not 1 <= group <= mx:
         raise InputError(f"group must be an integer from 1 to {mx}, got {group!r}")
-    if group > 1 and not inter:
+    if group > 1 and not inter and not bounded:
         raise InputError(f"model {model_name} codes every slice on its own: --group {group} needs a "
                          "model with inter-slice context (e.g. hyperprior-ctx)")
     return int(group)
@@ -147,12 +151,10 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
     if model_name is None:  # lossy: the native-precision model for > 8 bits; bounded: the flagship
         model_name = zoo.DEFAULT_MODEL if max_error is not None else zoo.default_model(mapping["bits"])
     model, sha = zoo.load_model(model_name)
-    if max_error is not None:  # guaranteed fidelity: a bounded-error file
-        if group not in (None, 1):
-            raise InputError("--group applies to lossy coding; --max-error / --lossless code "
-                             "every slice on its own")
+    if max_error is not None:  # guaranteed fidelity: a bounded-error file in slice groups
+        G = _group_size(model, model_name, group, bounded=True)
         enc = chunks.BOUNDED.Encoder(model, mapping, max_error,
-                                     chunks.BOUNDED.check_base_quality(base_quality, model))
+                                     chunks.BOUNDED.check_base_quality(base_quality, model), G)
         with pipeline.single_thread():
             quality = enc.choose(vol)
     else:
@@ -165,16 +167,19 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
             _group_size(model, model_name, group)  # refuses a group > 1
             enc = chunks.LOSSY.encoder(model, mapping, qi)
     codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality), **enc.codec_fields()}
+    # an encoder that codes whole groups at once (bounded groups, on all cores) gives chunks()
+    encoded = enc.chunks(vol) if hasattr(enc, "chunks") else None
     rep_ = _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress, force,
-                         enc.encode_slice, attachment)
+                         enc.encode_slice, attachment, encoded)
     rep_.notes = notes
     return rep_
 
 
 def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
                   source_meta: dict | None, progress: bool, force: bool, encode_slice,
-                  attachment: bytes | None = None) -> CodingReport:
-    """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``."""
+                  attachment: bytes | None = None, encoded=None) -> CodingReport:
+    """Write the ``.bmz`` of ``vol`` with ``codec`` metadata, chunk ``k`` = ``encode_slice(vol[k])``
+    (or the next of the iterator ``encoded``)."""
     meta = {"bmz_version": __version__, "shape": list(a.shape), "dtype": a.dtype.str,
             "source": source, "source_meta": source_meta or {}, "intensity": mapping, "codec": codec}
     sizes = []
@@ -184,7 +189,7 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
         if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
         for k in slices:
-            chunk = encode_slice(vol[k])
+            chunk = encode_slice(vol[k]) if encoded is None else next(encoded)
             sizes.append(len(chunk))
             w.add(chunk)
     # n_bytes is filled in by the caller that knows where the bytes went
@@ -378,16 +383,17 @@ def verify(src: str | os.PathLike | bytes) -> dict:
 
 def _dependents(f: BmzFile, damaged: list[int], codec: dict) -> list[int]:
     """Intact slices that cannot be decoded because they are coded with a damaged slice as
-    context (the inter-slice chunks after it in its group); empty for independent slices."""
+    context (slice groups, formats 5 and 6: the chunks after it in its group that each need the
+    one before, :func:`bmz.codec.chunks.context_slices`); empty for independent slices."""
     g = codec.get("group")
-    if chunks.format_of(codec) is not chunks.GROUPED or not isinstance(g, int) or g < 1:
+    if not chunks.grouped(codec) or not isinstance(g, int) or isinstance(g, bool) or g < 1:
         return []
     n, bad, out = f.n_index_slices, set(damaged), []
     for j in sorted(bad):
         k = j + 1
         while k < n and k % g and k not in bad:
             try:
-                if f.chunk(k)[:1] != bytes([chunks.GROUPED.KIND]):
+                if k - 1 not in chunks.context_slices(codec, k, f.chunk(k)):
                     break
             except BmzError:
                 break
@@ -417,7 +423,7 @@ def info(src: str | os.PathLike | bytes) -> dict:
         "format_version": f"{version[0]}.{version[1]}", "chunk_format": meta.get("codec", {}).get("chunk_format"),
         # guaranteed fidelity (bounded-error files): δ in stored units, 0 = lossless; else None
         "max_error": meta.get("codec", {}).get("max_error"),
-        # slice groups of inter-slice coding (chunk format 5); None: every slice on its own
+        # slice groups (chunk formats 5 and 6); None: every slice on its own
         "group": meta.get("codec", {}).get("group"),
         "attachment_bytes": attachment,
         # a DICOM series: its files, how they come back, what a decode cannot give back

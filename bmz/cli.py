@@ -90,9 +90,10 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
                    "compressed transfer syntax, so that they decode byte-identical (otherwise: "
                    "every element identical, pixel data native)")
 @click.option("--group", default=None, type=int, metavar="G",
-              help="inter-slice models: code slices in groups of G, each slice with the previous one "
-                   "as context (decoding a slice touches at most G-1 others; 1 = every slice on its "
-                   "own); default: the model's (`bmz models`)")
+              help="code slices in groups of G, each slice with the previous one as context "
+                   "(inter-slice models, and --max-error / --lossless with any model; decoding a "
+                   "slice touches at most G-1 others; 1 = every slice on its own); default: the "
+                   "model's (`bmz models`), 8 with --max-error / --lossless")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 def encode(src, dst, quality, model, series, force, verify, max_error, lossless, base_quality,
            keep_encapsulated, group, quiet) -> None:

@@ -137,7 +137,8 @@ class BmzFile:
     With ``check`` (the default) the metadata is checked on opening (:func:`check_meta`, and the
     index's slice count against ``shape``); ``check=False`` opens any file whose container is
     intact (for ``info`` and ``verify``, which report on files this bmz may not decode).
-    ``cache``: how many slices' latents :meth:`latents` keeps (the most recent)."""
+    ``cache``: how many slices' latents :meth:`latents` keeps (the most recent; in slice groups,
+    what each slice hands on to the next, at least 2)."""
 
     def __init__(self, src, name: str | None = None, *, check: bool = True, cache: int = 0):
         self._reader = open_reader(src, name)
@@ -145,7 +146,7 @@ class BmzFile:
         self.meta = self._reader.meta
         self._model = None
         self._lock = threading.Lock()  # the reader's file position is shared by the threads
-        self._local = threading.local()  # each decoding thread keeps its own latents
+        self._local = threading.local()  # each decoding thread keeps its own hand-ons
         self._cache_size = max(0, int(cache))
         self.checked = False
         if check:
@@ -166,8 +167,10 @@ class BmzFile:
         self.slice_shape = (int(shape[-2]), int(shape[-1]))
         self._ctx = chunks.SliceContext(self.slice_shape, self.mapping, self.dtype, self.codec,
                                         lambda: self.model)
-        # slice groups (inter-slice context): sequential decoding reuses the previous latents
-        self._grouped = chunks.format_of(self.codec) is chunks.GROUPED
+        # slice groups (formats 5, 6): sequential decoding reuses what the previous slice handed on
+        self._grouped = chunks.grouped(self.codec)
+        # formats whose slices hand on more than latents (format 6: decoded values, coder state)
+        self._own_carry = hasattr(chunks.format_of(self.codec), "carry")
         if self._grouped:
             self._cache_size = max(self._cache_size, 2)
         self.checked = True
@@ -206,7 +209,7 @@ class BmzFile:
             return self._reader.chunk(k)
 
     @property
-    def _latents_cache(self) -> OrderedDict:
+    def _carry_cache(self) -> OrderedDict:
         cache = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = OrderedDict()
@@ -245,20 +248,24 @@ class BmzFile:
             raise InputError(f"{self.name}: slice {k} out of range: the file has {self.n_slices} slices")
         return k
 
-    def _previous(self, k: int, chunk: bytes) -> list[chunks.SliceLatents]:
-        """The latents of the earlier slices slice ``k``'s chunk is coded with (inter-slice
-        context); a FormatError naming both slices when one of them cannot be decoded."""
+    def _context_error(self, k: int, j: int, e: FormatError) -> FormatError:
+        g = self.codec.get("group") or 1
+        start = k - k % g
+        return FormatError(
+            f"{self.name}: slice {k} of {self.n_slices}: cannot decode: it is coded with "
+            f"slice {j} of its group (slices {start}..{min(start + g, self.n_slices) - 1}) "
+            f"as context, which cannot be decoded: {e}")
+
+    def _previous(self, k: int, chunk: bytes) -> list:
+        """What the earlier slices slice ``k``'s chunk is coded with hand on (slice groups:
+        :func:`bmz.codec.chunks.carry`); a FormatError naming both slices when one of them cannot
+        be decoded."""
         out = []
         for j in chunks.context_slices(self.codec, k, chunk):
             try:
-                out.append(self.latents(j))
+                out.append(self._carried(j))
             except FormatError as e:
-                g = self.codec.get("group") or 1
-                start = k - k % g
-                raise FormatError(
-                    f"{self.name}: slice {k} of {self.n_slices}: cannot decode: it is coded with "
-                    f"slice {j} of its group (slices {start}..{min(start + g, self.n_slices) - 1}) "
-                    f"as context, which cannot be decoded: {e}") from None
+                raise self._context_error(k, j, e) from None
         return out
 
     def slice(self, k: int) -> np.ndarray:
@@ -266,10 +273,10 @@ class BmzFile:
         naming the file and slice (ChecksumError when its checksum fails)."""
         chunk = self.chunk(self._index(k))
         if self._grouped and chunk[:1] != bytes([chunks.constant.KIND]):
-            # slice groups: the latents are kept for the next slice of the group
-            lat = self._latents(k, chunk)
+            # slice groups: what the slice hands on is kept for the next slice of the group
+            handed = self._carried(k, chunk)
             try:
-                return chunks.from_latents(lat, self._ctx)
+                return chunks.from_carry(handed, self._ctx)
             except _DECODE_ERRORS as e:
                 raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode: {e}") from None
         try:
@@ -280,28 +287,58 @@ class BmzFile:
     def latents(self, k: int) -> chunks.SliceLatents:
         """Slice ``k``'s entropy-decoded latent codes (:class:`~bmz.codec.chunks.SliceLatents`),
         without the synthesis; the ``cache`` most recent are kept."""
-        hit = self._latents_cache.get(self._index(k))
-        if hit is not None:
-            self._latents_cache.move_to_end(k)
-            return hit
-        return self._latents(k, self.chunk(k))
-
-    def _latents(self, k: int, chunk: bytes) -> chunks.SliceLatents:
-        hit = self._latents_cache.get(k)
-        if hit is not None:
-            self._latents_cache.move_to_end(k)
-            return hit
-        previous = self._previous(k, chunk)
+        k = self._index(k)
+        if not self._own_carry:  # what a slice hands on is its latents
+            return self._carried(k)
+        chunk = self.chunk(k)  # e.g. bounded groups: only constant chunks have latents
         try:
-            lat = chunks.latents(chunk, self._ctx, previous)
+            return chunks.latents(chunk, self._ctx)
         except _DECODE_ERRORS as e:
             raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode its "
                               f"latents: {e}") from None
+
+    def _carried(self, k: int, chunk: bytes | None = None):
+        """What slice ``k`` hands on to the next slice of its group (:func:`bmz.codec.chunks.carry`:
+        its latents; in bounded groups its decoded values and coder state); the ``cache`` most
+        recent are kept, per thread. The run of earlier slices it needs one after the other, back
+        to one kept, is done first, in order: no recursion however large the group."""
+        cache = self._carry_cache
+        hit = cache.get(k)
+        if hit is not None:
+            cache.move_to_end(k)
+            return hit
+        run = [(k, self.chunk(k) if chunk is None else chunk)]
+        while self._grouped:
+            need = chunks.context_slices(self.codec, *run[-1])
+            if len(need) != 1 or need[0] in cache:
+                break
+            try:
+                run.append((need[0], self.chunk(need[0])))
+            except FormatError:
+                break  # a damaged one: reported below, by the slice that needs it
+        for j, c in reversed(run):
+            try:
+                out = self._carry_one(j, c)
+            except FormatError as e:
+                for m in range(j + 1, k + 1):  # as each slice of the run would report it
+                    e = self._context_error(m, m - 1, e)
+                raise e from None
+        return out
+
+    def _carry_one(self, k: int, chunk: bytes):
+        previous = self._previous(k, chunk)
+        try:
+            out = chunks.carry(chunk, self._ctx, previous)
+        except _DECODE_ERRORS as e:
+            what = "" if self._own_carry else " its latents"
+            raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode{what}: "
+                              f"{e}") from None
         if self._cache_size:
-            self._latents_cache[k] = lat
-            while len(self._latents_cache) > self._cache_size:
-                self._latents_cache.popitem(last=False)
-        return lat
+            cache = self._carry_cache
+            cache[k] = out
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return out
 
     def stack(self, slices=None, skip_damaged: bool = False,
               on_decoded: Callable[[], None] | None = None, threads: int | None = 1):

@@ -316,7 +316,7 @@ def test_learned_chunk_kind_must_match_the_files_format(ixi):
     with pytest.raises(FormatError, match="slice 0 of 2: .*chunk kind 3 in a file of chunk format 2"):
         api.decompress(_repack(data4, None, fmt2))
 
-    for bad in (6, True, "4", [4], {"min": 4}, None):  # not a known format (nor hashable, some)
+    for bad in (7, True, "4", [4], {"min": 4}, None):  # not a known format (nor hashable, some)
         def edit(meta, bad=bad):
             meta["codec"]["chunk_format"] = bad
         with pytest.raises(FormatError, match="chunk format .* is not supported"):

@@ -1,4 +1,6 @@
-"""Guaranteed fidelity: ``max_error=δ`` / ``lossless=True`` (bmz.codec.chunks.bounded, chunk format 3).
+"""Guaranteed fidelity: ``max_error=δ`` / ``lossless=True`` (bmz.codec.chunks.bounded; files of
+chunk format 6 since bmz writes slice groups (test_lossless_groups.py), format 3 through
+``BoundedEncoder`` and the golden files).
 
 Lossless round trips are bit-exact on every volume of ``val/`` (a few slices of each, two whole
 volumes), samples of ``train/`` and ``dicom/``, and synthetic arrays of every bit depth 1–16,
@@ -196,7 +198,7 @@ def test_base_layer_chunks_decode_and_bound(prisma_crop):
     mapping = pipeline.mapping_for_range(int(prisma_crop.min()), int(prisma_crop.max()))
     for delta in (0, 3):
         enc = bounded.BoundedEncoder(model, mapping, delta, 1)
-        chunk, rec, nbase = enc._chunk(s, 1, fallback=False)
+        chunk, rec, nbase, _ = enc._chunk(s, 1, fallback=False)
         assert chunk[0] == bounded.KIND and chunk[1] == 1 and nbase > 0
         n = torch.get_num_threads()
         try:
@@ -273,7 +275,7 @@ def _repack(data: bytes, k: int, chunk: bytes, meta_edit=None) -> bytes:
 
 def test_damaged_residual_is_caught_by_reconstruction_crc():
     a = (np.arange(3 * 30 * 30).reshape(3, 30, 30) * 37 % 251).astype(np.uint8)
-    data = bmz.compress(a, lossless=True, base_quality=0)
+    data = bmz.compress(a, lossless=True, base_quality=0, group=1)  # slices independent
     with container.BmzReader(data) as r:
         c = bytearray(r.chunk(1))
     c[len(c) // 2] ^= 0x55  # bits flipped in the middle of the residual stream
@@ -332,14 +334,16 @@ def test_encode_time_check_refuses_to_write(monkeypatch, tmp_path):
     """If a chunk did not decode back within the bound (a coder bug), nothing is written."""
     from bmz.errors import BmzError
 
-    real = residual.decode
+    from bmz.codec import residual3d
+
+    real = residual3d.decode
 
     def broken(*a, **k):
         out = real(*a, **k)
-        out[0, 0] = (out[0, 0] + 5) % 200
+        out.rec[0, 0] = (out.rec[0, 0] + 5) % 200
         return out
 
-    monkeypatch.setattr(residual, "decode", broken)
+    monkeypatch.setattr(residual3d, "decode", broken)
     a = (np.arange(2 * 16 * 16).reshape(2, 16, 16) % 200).astype(np.uint8)
     np.save(tmp_path / "a.npy", a)
     with pytest.raises(BmzError, match="encode-time check"):

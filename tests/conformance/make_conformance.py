@@ -58,11 +58,12 @@ def with_format(vol: np.ndarray, model: str, quality: int, fmt) -> bytes:
     return buf.getvalue()
 
 
-def bounded_with_base(vol: np.ndarray, delta: int, quality: int) -> bytes:
-    """A bounded-error file whose every non-constant chunk keeps a base layer."""
+def bounded_format3(vol: np.ndarray, delta: int, quality: int) -> bytes:
+    """A bounded-error file of chunk format 3 (every slice alone; bmz writes format 6 now) whose
+    every non-constant chunk keeps a base layer at ``quality`` (0: none)."""
     m, sha = zoo.load_model(zoo.DEFAULT_MODEL)
     mapping = pipeline.mapping_for_range(int(vol.min()), int(vol.max()))
-    enc = chunks.BOUNDED.Encoder(m, mapping, delta, quality)
+    enc = chunks.bounded.Encoder(m, mapping, delta, quality)
     enc.fallback = False
     codec = {"model": zoo.DEFAULT_MODEL, "weights_sha256": sha, "quality": quality, **enc.codec_fields()}
     buf = io.BytesIO()
@@ -99,9 +100,9 @@ def plans() -> dict:
         "v11_f2_cnn-ae-8_q2.bmz": ("chunk format 2: kinds 0x01 (a factorized prior) and 0x00",
                                    lambda: with_format(vol, "cnn-ae-8", 2, chunks.learned)),
         "v11_f3_lossless.bmz": ("chunk format 3, δ = 0, no base layer: kinds 0x02 (quality 0) and 0x00",
-                                lambda: api.compress(vol, lossless=True, base_quality=0)),
+                                lambda: bounded_format3(vol, 0, 0)),
         "v11_f3_d2_base_q1.bmz": ("chunk format 3, δ = 2, a hyperprior base layer in every 0x02 chunk",
-                                  lambda: bounded_with_base(vol, 2, 1)),
+                                  lambda: bounded_format3(vol, 2, 1)),
         "v10_f4_hyperprior_q3.bmz": ("container version 1.0 (16-byte index entries) of "
                                      "v11_f4_hyperprior_q3.bmz", lambda: as_version_1_0(lossy4())),
         "v11_f4_2d_int16.bmz": ("a 2-D int16 image (shape [H, W], signed values), format 4",

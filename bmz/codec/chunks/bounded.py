@@ -20,6 +20,11 @@ checked against the original: the bound is verified on the very values any decod
 Files of format 3 hold constant and bounded chunks only: a learned (lossy) chunk would break the
 file's guarantee. Their metadata's ``codec`` adds ``max_error`` (δ) and ``residual`` (the residual
 coder's name and version, :func:`coder_id`); ``quality`` is the base quality (0: none).
+
+bmz writes bounded-error files in slice groups now (chunk format 6, :mod:`.bounded_inter`, whose
+group starts are kind ``0x02`` chunks of the same layout, coded by :mod:`bmz.codec.residual3d`);
+format 3 is decoded as ever and written only on request (:class:`BoundedEncoder`: tests, golden
+files).
 """
 
 from __future__ import annotations
@@ -122,20 +127,27 @@ class BoundedEncoder:
         base = learned.decode_with(self.model, chunk, s.shape, self.mapping, q - 1, np.int64)
         return chunk[1:], base.astype(np.int64) - self.vmin
 
-    def _chunk(self, s: np.ndarray, q: int, fallback: bool = True) -> tuple[bytes, np.ndarray, int]:
-        residual = _residual()
+    def _chunk(self, s: np.ndarray, q: int, fallback: bool = True) -> tuple[bytes, np.ndarray, int, object]:
+        """Slice ``s`` coded alone at base quality ``q`` (and without a base when ``fallback``
+        and that is smaller) → (chunk, reconstruction − min, base-layer bytes, hand-on)."""
         v = s.astype(np.int64) - self.vmin
         cands = []
         if q > 0:
             payload, base = self._base(s, q)
-            res, rec = residual.encode(v, self.maxv, self.delta, base)
+            res, rec, ctx = self._residual(v, base)
             head = bytes([KIND, q]) + recon_crc(rec).to_bytes(4, "little")
-            cands.append((head + len(payload).to_bytes(4, "little") + payload + res, rec, len(payload)))
+            cands.append((head + len(payload).to_bytes(4, "little") + payload + res, rec, len(payload), ctx))
         if q == 0 or fallback:
-            res, rec = residual.encode(v, self.maxv, self.delta, None)
+            res, rec, ctx = self._residual(v, None)
             head = bytes([KIND, 0]) + recon_crc(rec).to_bytes(4, "little")
-            cands.append((head + res, rec, 0))
+            cands.append((head + res, rec, 0, ctx))
         return min(cands, key=lambda c: len(c[0]))
+
+    def _residual(self, v: np.ndarray, base) -> tuple[bytes, np.ndarray, object]:
+        """The residual stream of a slice (values − min) coded alone → (bytes, reconstruction,
+        what it hands on to the next slice: None in format 3)."""
+        res, rec = _residual().encode(v, self.maxv, self.delta, base)
+        return res, rec, None
 
     def encode_slice(self, s: np.ndarray) -> bytes:
         """One stored-value slice → chunk bytes, verified: decoding them gives values within
@@ -152,7 +164,7 @@ class BoundedEncoder:
         bug = ("bounded chunk failed its encode-time check (decoded values differ from the "
                "encoder's or exceed the bound); this is a bmz bug, nothing was written")
         try:
-            chunk, rec, nbase = self._chunk(s, int(self.base_quality), self.fallback)
+            chunk, rec, nbase, _ = self._chunk(s, int(self.base_quality), self.fallback)
             # the guarantee: decode the chunk as any reader will, and compare with the original
             back = decode_chunk(chunk, s.shape, self.mapping, self.delta, lambda: self.model)
         except (RuntimeError, ValueError) as e:
@@ -169,11 +181,29 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
     """Bounded chunk → stored values (int64, ``(H, W)``). ``get_model()`` returns the volume's
     model (called only for a chunk with a base layer). Raises ValueError on a bad chunk, including
     a reconstruction whose CRC-32 differs from the one the encoder stored."""
-    residual = _residual()
     if len(chunk) < _HEADER or chunk[0] != KIND:
         raise ValueError(f"bounded chunk of {len(chunk)} bytes is shorter than its header")
-    q = chunk[1]
     crc = int.from_bytes(chunk[2:6], "little")
+    base, pos = base_layer(chunk, shape, mapping, get_model)
+    rec = _residual().decode(chunk[pos:], shape, int(mapping["scale"]), delta, base)
+    check_crc(rec, crc)
+    return rec + int(mapping["min"])
+
+
+def check_crc(rec: np.ndarray, crc: int) -> None:
+    """ValueError when a reconstruction's CRC-32 differs from the one the encoder stored."""
+    if recon_crc(rec) != crc:
+        raise ValueError("reconstruction check failed: the decoded slice's CRC-32 differs from "
+                         "the one stored at encode time")
+
+
+def base_layer(chunk: bytes, shape: tuple[int, int], mapping: dict,
+               get_model) -> tuple[np.ndarray | None, int]:
+    """The learned base layer of a bounded chunk (kind 0x02; its header checked by the caller),
+    decoded (values − min; None when the chunk has none) → (it, the offset of the residual
+    stream)."""
+    residual = _residual()
+    q = chunk[1]
     vmin, maxv = int(mapping["min"]), int(mapping["scale"])
     if not 0 <= maxv <= residual.MAX_RANGE:
         raise ValueError(f"value range {maxv} of a bounded-error file is over 16 bits")
@@ -194,11 +224,7 @@ def decode_chunk(chunk: bytes, shape: tuple[int, int], mapping: dict, delta: int
         layer = bytes([learned.KIND]) + bytes(chunk[pos:pos + n])
         base = learned.decode_with(model, layer, shape, mapping, q - 1, np.int64) - vmin
         pos += n
-    rec = residual.decode(chunk[pos:], shape, maxv, delta, base)
-    if recon_crc(rec) != crc:
-        raise ValueError("reconstruction check failed: the decoded slice's CRC-32 differs from "
-                         "the one stored at encode time")
-    return rec + vmin
+    return base, pos
 
 
 def check_max_error(max_error, lossless: bool) -> int | None:
@@ -239,14 +265,21 @@ def check_base_quality(base_quality, model) -> "int | str":
     return int(base_quality)
 
 
-def check_meta(name, codec: dict) -> None:
-    """The ``codec`` keys of a bounded-error file, checked → FormatError naming the field."""
+def check_fields(name, codec: dict, coder: str) -> None:
+    """The ``codec`` keys of a bounded-error file whose residual coder is ``coder``, checked →
+    FormatError naming the field."""
     d = codec.get("max_error")
     if not (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DELTA):
         raise FormatError(f"{name}: metadata field 'codec.max_error' ({d!r}) is invalid")
-    if codec.get("residual") != coder_id():
+    if codec.get("residual") != coder:
         raise FormatError(f"{name}: residual coder {codec.get('residual')!r} is not the one of this "
-                          f"bmz ({coder_id()}); decode it with the bmz version that wrote it")
+                          f"bmz ({coder}); decode it with the bmz version that wrote it")
+
+
+def check_meta(name, codec: dict) -> None:
+    """The ``codec`` keys of a bounded-error file of format 3, checked → FormatError naming the
+    field."""
+    check_fields(name, codec, coder_id())
 
 
 def file_needs_model(codec: dict) -> bool:

@@ -32,7 +32,9 @@ from make_golden import decoded_sha, sources  # noqa: E402
 
 
 def with_base(vol: np.ndarray, delta: int, q: int) -> bytes:
-    """A bounded file whose every chunk keeps its base layer at quality ``q``."""
+    """A bounded file of chunk format 3 (every slice alone: what bmz wrote when the golden files
+    were made; it writes format 6 now) whose every chunk keeps its base layer at quality ``q``
+    (0: none, lossless when ``delta`` is 0)."""
     model, sha = zoo.load_model(zoo.DEFAULT_MODEL)
     mapping = pipeline.mapping_for_range(int(vol.min()), int(vol.max()))
     enc = bounded.BoundedEncoder(model, mapping, delta, q)
@@ -45,11 +47,9 @@ def with_base(vol: np.ndarray, delta: int, q: int) -> bytes:
 
 def main() -> int:
     src = sources()
-    plans = {"sct_t1w_8bit_lossless.bmz": lambda: api.compress(src["sct_t1w_8bit"], lossless=True,
-                                                                base_quality=0),
+    plans = {"sct_t1w_8bit_lossless.bmz": lambda: with_base(src["sct_t1w_8bit"], 0, 0),
              "prisma_12bit_d2_base_q1.bmz": lambda: with_base(src["prisma_12bit"], 2, 1),
-             "bold_int32_14bit_lossless.bmz": lambda: api.compress(src["bold_int32_14bit"],
-                                                                    lossless=True, base_quality=0)}
+             "bold_int32_14bit_lossless.bmz": lambda: with_base(src["bold_int32_14bit"], 0, 0)}
     record = {}
     for old in HERE.glob("*.bmz"):
         old.unlink()

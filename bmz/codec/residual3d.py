@@ -1,0 +1,624 @@
+"""The residual coder of chunk format 6: near-lossless and lossless coding of a slice with the
+previous decoded slice of its group as context (docs/FORMAT.md §10.4).
+
+It is the coder of :mod:`bmz.codec.residual` (raster order, a self-correcting blend of
+sub-predictors with bias correction, an Elias-gamma binarisation of the quantised error, logistic
+mixing of adaptive context models, LZMA's binary range coder; integer arithmetic only) with a
+*reference* slice every voxel can see at any position:
+
+* **no reference** (a slice coded alone, kind ``0x02`` without base layer);
+* **the learned base layer** (kind ``0x02`` with base), as in format 3;
+* **the previous slice** of the same volume, decoded (kind ``0x05``): its co-located voxel and
+  its neighbours give six more sub-predictors (``P``, ``P`` + the W, N, mean, planar and W/NE
+  inter-slice differences) and six more taps of the NLMS predictor (``P`` at the voxel and its four
+  neighbours, and the previous slice's own prediction there); its *prediction error map* (the
+  signed error, 1/8 units, the previous slice's coder made at every voxel) and the local match of
+  the two slices (|W − P_W| + |N − P_N| + …) select the contexts of two more models and the bias
+  correction. Inter slices have their own context tables, mixer weights and initial state.
+
+Encoding or decoding a slice returns its reconstruction and its error map, which is what the next
+slice of the group needs. The arithmetic is exact on every machine and thread count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .residual import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
+                       N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP, D_SIGN,
+                       D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med,
+                       _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit)
+
+__all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
+
+#: the reference a slice is coded with
+REF_NONE, REF_BASE, REF_PREV = 0, 1, 2
+#: context models mixed for every decision, and each one's context count per decision
+N_MODELS = 5
+CS = (192, 256, 80, 256, 256)
+N_IN = N_MODELS + 1
+#: two sets of everything: slices coded alone or on a base layer (0), slices with the previous
+#: slice as reference (1)
+N_SET = 2
+N_MROW = N_SET * N_DEC * 16
+N_MANT = N_K * N_K
+_SET_SIZE = int(sum(N_DEC * c for c in CS)) + N_MANT
+N_CNT = N_SET * _SET_SIZE
+OFFS = np.array(list(np.cumsum((0,) + tuple(N_DEC * c for c in CS))[:N_MODELS])
+                + [int(sum(N_DEC * c for c in CS))], dtype=np.int64)
+CSA = np.array(CS, dtype=np.int64)
+N_BIAS = 128 * 4
+#: extra NLMS taps on the previous slice: P at (0,0), W, N, E, S, and its prediction there
+N_LMS_P = 6
+P_DY = np.array([0, 0, -1, 0, 1], dtype=np.int64)
+P_DX = np.array([0, -1, 0, 1, 0], dtype=np.int64)
+N_LMS_ALL = N_LMS + N_LMS_P
+
+
+@njit(cache=True, inline="always")
+def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
+    """Code one decision with the mix of the models' contexts ``ctx`` (mixer row ``row``,
+    secondary-estimation row ``arow``)."""
+    dot = 0
+    for j in range(N_MODELS):
+        a = ST[_clamp12(C[ctx[j], 0])]
+        xin[j] = a
+        dot += M[row, j] * a
+    xin[N_MODELS] = 256
+    dot += M[row, N_MODELS] * 256
+    p12 = _squash(dot >> 16, SQ)
+    sv = ST[p12] + 2047
+    lo = sv >> 7
+    w = sv & 127
+    pa = (A[arow, lo] * (128 - w) + A[arow, lo + 1] * w) >> 7
+    p16 = (p12 * 16 + 3 * pa) >> 2
+    if p16 < 32:
+        p16 = 32
+    elif p16 > 65504:
+        p16 = 65504
+    bit = _code_bit(mode, st, buf, p16, bit)
+    ai = lo + (w >> 6)
+    A[arow, ai] += ((bit << 16) - A[arow, ai]) >> 6
+    err = ((bit << 12) - p12) * lr
+    for i in range(N_IN):
+        M[row, i] += (xin[i] * err) >> 14
+    t = bit << 16
+    for j in range(N_MODELS):
+        c = ctx[j]
+        n = C[c, 1]
+        C[c, 0] += ((t - C[c, 0]) * RATES[1, n]) >> 16
+        if n < 255:
+            C[c, 1] = n + 1
+    return bit
+
+
+@njit(cache=True, inline="always")
+def _plain_bit(mode, st, buf, C, c, bit):
+    p = C[c, 0]
+    if p < 48:
+        p = 48
+    elif p > 65536 - 48:
+        p = 65536 - 48
+    bit = _code_bit(mode, st, buf, p, bit)
+    n = C[c, 1]
+    C[c, 0] += (((bit << 16) - C[c, 0]) * RATES[1, n]) >> 16
+    if n < 255:
+        C[c, 1] = n + 1
+    return bit
+
+
+def _bucket_table(th: np.ndarray) -> np.ndarray:
+    """v → the number of thresholds ≤ v, for 0 ≤ v ≤ the largest threshold (and the last bucket
+    above it): a look-up instead of a search."""
+    return np.array([int(np.sum(th <= v)) for v in range(int(th[-1]) + 1)], dtype=np.int64)
+
+
+E_TAB = _bucket_table(E_THRESH)
+LEV_TAB = _bucket_table(LEV_TH)
+
+
+@njit(cache=True, inline="always")
+def _bk(v, tab):
+    """Bucket of ``v`` ≥ 0 by a table of :func:`_bucket_table`."""
+    n = tab.shape[0]
+    return tab[v] if v < n else tab[n - 1]
+
+
+@njit(cache=True, inline="always")
+def _cl(v, n):
+    return 0 if v < 0 else (n - 1 if v >= n else v)
+
+
+@njit(cache=True, nogil=True)
+def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A, lw, bsum, bcnt,
+                e_th, ST, SQ, lr, stats, mix_acc, apm_acc):
+    """Encode (mode 0: ``x`` holds the slice, ``buf`` receives the bytes, ``rec`` the
+    reconstruction) or decode (mode 1: ``buf`` holds the bytes, ``x`` receives the slice).
+    ``ref``: the reference (``rkind`` 1: base layer, 2: previous slice; else unused), ``perr``:
+    the previous slice's error map (``rkind`` 2). ``eout`` receives this slice's error map.
+    Returns (bytes written / read, status): 0 ok, 1 buffer too small, 2 bound violated, 3 corrupt."""
+    H, W = x.shape
+    s = 2 * delta + 1
+    has_ref = rkind != 0
+    inter = rkind == 2
+    iset = 1 if inter else 0
+    npred = N_PRED if has_ref else N_PRED_PLAIN
+    nl = N_LMS_ALL if inter else N_LMS
+    R = np.zeros((H, W), np.int64)
+    Q = np.zeros((2, W), np.int64)
+    E = np.zeros((2, W, npred), np.int64)
+    F = np.zeros((2, W), np.int64)
+    collect = stats.shape[0] == N_CNT
+    pv = np.zeros(N_PRED, np.int64)
+    sc = np.zeros(N_PRED, np.int64)
+    ctx = np.zeros(N_MODELS, np.int64)
+    cts = np.zeros(N_MODELS, np.int64)
+    xin = np.zeros(N_IN, np.int64)
+    lu = np.zeros(N_LMS_ALL, np.int64)
+    st = np.zeros(8, np.int64)
+    st[1] = 0xFFFFFFFF
+    st[3] = 1
+    if mode == 1:
+        for _ in range(5):
+            st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    mid = (maxv + 1) // 2
+    kmax = N_K - 1
+    base_set = iset * _SET_SIZE
+    omant = base_set + OFFS[N_MODELS]
+    moff = np.empty(N_MODELS, np.int64)
+    for j in range(N_MODELS):
+        moff[j] = base_set + OFFS[j]
+    mrow0 = iset * N_DEC * 16
+    for y in range(H):
+        cy = y & 1
+        py = cy ^ 1
+        for xx in range(W):
+            # ---- causal neighbours (reconstructed), with edge fallbacks
+            if y > 0 and xx > 0:
+                Wv = R[y, xx - 1]
+                Nv = R[y - 1, xx]
+                NWv = R[y - 1, xx - 1]
+            elif y > 0:
+                Nv = R[y - 1, xx]
+                Wv = Nv
+                NWv = Nv
+            elif xx > 0:
+                Wv = R[y, xx - 1]
+                Nv = Wv
+                NWv = Wv
+            else:
+                Wv = ref[0, 0] if has_ref else mid
+                Nv = Wv
+                NWv = Wv
+            NEv = R[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else Nv
+            WWv = R[y, xx - 2] if xx > 1 else Wv
+            NNv = R[y - 2, xx] if y > 1 else Nv
+            # ---- sub-predictions, 1/8 units
+            pv[0] = 8 * (Nv + Wv - NWv)
+            pv[1] = 8 * Wv
+            pv[2] = 8 * Nv
+            pv[3] = 8 * _med(Wv, Nv, NWv)
+            pv[4] = 8 * (Wv + NEv - Nv)
+            pv[5] = 4 * (Wv + NEv)
+            pv[6] = 8 * Nv + 4 * (Nv - NNv)
+            pv[7] = 8 * Wv + 4 * (Wv - WWv)
+            c0 = 4 * (Wv + Nv)
+            lnorm = 64 * s * s
+            lacc = 0
+            if y >= 3 and xx >= 3 and xx + 3 < W:
+                for i in range(N_LMS):
+                    u = 8 * R[y + LMS_DY[i], xx + LMS_DX[i]] - c0
+                    lu[i] = u
+                    lnorm += u * u
+                    lacc += lw[i] * u
+            else:
+                for i in range(N_LMS):
+                    yy = y + LMS_DY[i]
+                    xq = xx + LMS_DX[i]
+                    if yy < 0 or xq < 0 or xq >= W:
+                        u = 0
+                    else:
+                        u = 8 * R[yy, xq] - c0
+                    lu[i] = u
+                    lnorm += u * u
+                    lacc += lw[i] * u
+            b = 0
+            pe = 0
+            dm = 0
+            if has_ref:
+                b = ref[y, xx]
+                if y > 0 and xx > 0:
+                    bW = ref[y, xx - 1]
+                    bN = ref[y - 1, xx]
+                    bNW = ref[y - 1, xx - 1]
+                elif y > 0:
+                    bN = ref[y - 1, xx]
+                    bW = bN
+                    bNW = bN
+                elif xx > 0:
+                    bW = ref[y, xx - 1]
+                    bN = bW
+                    bNW = bW
+                else:
+                    bW = b
+                    bN = b
+                    bNW = b
+                bNE = ref[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else bN
+                if y == 0 and xx == 0:
+                    rW = 0
+                    rN = 0
+                    rNW = 0
+                    rNE = 0
+                else:
+                    rW = Wv - bW
+                    rN = Nv - bN
+                    rNW = NWv - bNW
+                    rNE = NEv - bNE
+                pv[9] = 8 * b
+                pv[10] = 8 * (b + rW)
+                pv[11] = 8 * (b + rN)
+                pv[12] = 4 * (2 * b + rW + rN)
+                pv[13] = 8 * (b + rN + rW - rNW)
+                pv[14] = 4 * (2 * b + rW + rNE)
+                if inter:
+                    # previous slice: NLMS taps (clamped to the slice), error map, local match
+                    for i in range(5):
+                        u = 8 * ref[_cl(y + P_DY[i], H), _cl(xx + P_DX[i], W)] - c0
+                        lu[N_LMS + i] = u
+                        lnorm += u * u
+                        lacc += lw[N_LMS + i] * u
+                    e0 = perr[y, xx]
+                    u = 8 * b - e0 - c0
+                    lu[N_LMS + 5] = u
+                    lnorm += u * u
+                    lacc += lw[N_LMS + 5] * u
+                    pe = (2 * _iabs(e0) + _iabs(perr[_cl(y - 1, H), xx])
+                          + _iabs(perr[_cl(y + 1, H), xx]) + _iabs(perr[y, _cl(xx - 1, W)])
+                          + _iabs(perr[y, _cl(xx + 1, W)]))
+                    dm = _iabs(rW) + _iabs(rN) + _iabs(rNW) + _iabs(rNE)
+            pv[8] = c0 + (lacc >> 12)
+            # ---- each sub-predictor's recent error; blend weights ∝ 1 / error²
+            smin = -1
+            for i in range(npred):
+                t = 0
+                if y > 0:
+                    t += E[py, xx, i]
+                    if xx > 0:
+                        t += E[py, xx - 1, i]
+                    if xx + 1 < W:
+                        t += E[py, xx + 1, i]
+                if xx > 0:
+                    t += 2 * E[cy, xx - 1, i]
+                    if xx > 1:
+                        t += E[cy, xx - 2, i]
+                sc[i] = t
+                if smin < 0 or t < smin:
+                    smin = t
+            wsum = 0
+            psum = 0
+            for i in range(npred):
+                w = ((smin + 32) << 8) // (sc[i] + 32)
+                w = w * w * w
+                wsum += w
+                psum += w * pv[i]
+            pb = (psum + (wsum >> 1)) // wsum
+            # ---- error energy, texture, bias correction
+            en = 0
+            if y > 0:
+                en += F[py, xx]
+                if xx > 0:
+                    en += F[py, xx - 1]
+                if xx + 1 < W:
+                    en += F[py, xx + 1]
+            if xx > 0:
+                en += 2 * F[cy, xx - 1]
+            ke = _bk(en // s, e_th)
+            pint = pb >> 3
+            tex = 0
+            if Nv > pint:
+                tex |= 1
+            if Wv > pint:
+                tex |= 2
+            if NWv > pint:
+                tex |= 4
+            if NEv > pint:
+                tex |= 8
+            if NNv > pint:
+                tex |= 16
+            if WWv > pint:
+                tex |= 32
+            if inter and b > pint:
+                tex |= 64
+            kb = tex * 4 + (ke >> 2)
+            corr = 0
+            if bcnt[kb] > 0:
+                corr = bsum[kb] // bcnt[kb]
+            p8 = pb + corr
+            if p8 < 0:
+                p8 = 0
+            elif p8 > 8 * maxv:
+                p8 = 8 * maxv
+            pred = (p8 + 4) >> 3
+            # ---- context features
+            if has_ref:
+                dis = _iabs(8 * b - p8) // s
+            else:
+                lo = pv[0]
+                hi = pv[0]
+                for i in range(1, 4):
+                    if pv[i] < lo:
+                        lo = pv[i]
+                    if pv[i] > hi:
+                        hi = pv[i]
+                dis = (hi - lo) // s
+            kd = 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
+            act = (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
+                   + _iabs(Nv - NNv))
+            ka = _bk(8 * act // s, e_th)
+            lev = _bk(pred, LEV_TAB)
+            kbest = _bk(smin // s, e_th)
+            qW = Q[cy, xx - 1] if xx > 0 else 0
+            qN = Q[py, xx] if y > 0 else 0
+            qNW = Q[py, xx - 1] if (y > 0 and xx > 0) else 0
+            qNE = Q[py, xx + 1] if (y > 0 and xx + 1 < W) else 0
+            nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
+            nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
+            ctx[0] = (ke * 4 + kd) * 3 + nz
+            ctx[1] = ka * 16 + lev
+            ctx[2] = kbest * 5 + nz4
+            if inter:
+                kp = _bk((5 * pe) // (6 * s), e_th)
+                km = _bk(2 * dm // s, e_th)
+                ctx[3] = ke * 16 + kp
+                ctx[4] = km * 16 + kp
+                row = _bk((en + (5 * pe) // 6) // (2 * s), e_th)
+            else:
+                kp = 0
+                ctx[3] = ke * 4 + (lev >> 2)
+                ctx[4] = ke * 16 + ka
+                row = ke
+            # ---- the quantised error
+            q = 0
+            if mode == 0:
+                e = x[y, xx] - pred
+                if e >= 0:
+                    q = (e + delta) // s
+                else:
+                    q = -((delta - e) // s)
+            for j in range(N_MODELS):
+                cts[j] = moff[j] + D_ZERO * CSA[j] + ctx[j]
+            arow0 = iset * N_DEC * 16
+            nzb = _mix_bit(mode, st, buf, C, M, cts, mrow0 + D_ZERO * 16 + row,
+                           1 if q != 0 else 0, ST, SQ, xin, lr, A, arow0 + D_ZERO * 16 + lev)
+            if collect:
+                for j in range(N_MODELS):
+                    stats[cts[j], nzb] += 1
+            if nzb:
+                sW = _sgn3(qW)
+                sN = _sgn3(qN)
+                sf = _sgn3(p8 - 8 * pred)
+                cts[0] = moff[0] + D_SIGN * CSA[0] + ((sW * 3 + sN) * 3 + sf) * 4 + (ke >> 2)
+                cts[1] = moff[1] + D_SIGN * CSA[1] + ((_sgn3(qNW) * 3 + _sgn3(qNE)) * 3 + sW) * 3 + sf
+                cts[2] = moff[2] + D_SIGN * CSA[2] + _sgn3(corr) * 9 + sW * 3 + sN
+                cts[3] = moff[3] + D_SIGN * CSA[3] + lev * 3 + sf
+                if inter:
+                    cts[4] = moff[4] + D_SIGN * CSA[4] + ((_sgn3(8 * b - p8) * 3
+                                                          + _sgn3(perr[y, xx])) * 3 + sf) * 4 + (kp >> 2)
+                else:
+                    cts[4] = moff[4] + D_SIGN * CSA[4] + (_sgn3(corr) * 3 + sf) * 16 + ke
+                neg = _mix_bit(mode, st, buf, C, M, cts, mrow0 + D_SIGN * 16 + row,
+                               1 if q < 0 else 0, ST, SQ, xin, lr, A, arow0 + D_SIGN * 16 + lev)
+                if collect:
+                    for j in range(N_MODELS):
+                        stats[cts[j], neg] += 1
+                mv = q if q > 0 else -q
+                k = 0
+                if mode == 0:
+                    t = mv
+                    while t > 1:
+                        t >>= 1
+                        k += 1
+                kk = 0
+                while kk < kmax:
+                    d = D_UNARY + kk
+                    for j in range(N_MODELS):
+                        cts[j] = moff[j] + d * CSA[j] + ctx[j]
+                    more = _mix_bit(mode, st, buf, C, M, cts, mrow0 + d * 16 + row,
+                                    1 if kk < k else 0, ST, SQ, xin, lr, A, arow0 + d * 16 + lev)
+                    if collect:
+                        for j in range(N_MODELS):
+                            stats[cts[j], more] += 1
+                    if not more:
+                        break
+                    kk += 1
+                k = kk
+                if mode == 1:
+                    mv = 1
+                for j in range(k - 1, -1, -1):
+                    bitv = (mv >> j) & 1 if mode == 0 else 0
+                    if j == k - 1:
+                        d = D_MTOP + k
+                        for jj in range(N_MODELS):
+                            cts[jj] = moff[jj] + d * CSA[jj] + ctx[jj]
+                        bitv = _mix_bit(mode, st, buf, C, M, cts, mrow0 + d * 16 + row, bitv,
+                                        ST, SQ, xin, lr, A, arow0 + d * 16 + lev)
+                        if collect:
+                            for jj in range(N_MODELS):
+                                stats[cts[jj], bitv] += 1
+                    else:
+                        cm = omant + k * N_K + j
+                        bitv = _plain_bit(mode, st, buf, C, cm, bitv)
+                        if collect:
+                            stats[cm, bitv] += 1
+                    if mode == 1:
+                        mv = (mv << 1) | bitv
+                if mode == 1:
+                    if mv - 1 > maxv:
+                        return st[4], 3
+                    q = -mv if neg else mv
+            v = pred + q * s
+            if v < 0:
+                v = 0
+            elif v > maxv:
+                v = maxv
+            if mode == 0:
+                dd = v - x[y, xx]
+                if dd > delta or dd < -delta:
+                    return st[4], 2
+            else:
+                x[y, xx] = v
+            R[y, xx] = v
+            Q[cy, xx] = q
+            v8 = 8 * v
+            for i in range(npred):
+                E[cy, xx, i] = _iabs(v8 - pv[i])
+            F[cy, xx] = _iabs(v8 - p8)
+            eout[y, xx] = v8 - p8
+            g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
+            for i in range(nl):
+                t = lw[i] + ((g * lu[i]) >> 16)
+                lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)
+            bsum[kb] += v8 - pb
+            bcnt[kb] += 1
+            if bcnt[kb] >= 64:
+                bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
+                bcnt[kb] = bcnt[kb] // 2
+    if collect:
+        mix_acc += M
+        apm_acc += A
+    if mode == 0:
+        rec[:, :] = R
+        for _ in range(5):
+            _shift_low(st, buf)
+        return st[4], (1 if st[6] else 0)
+    if st[4] > buf.shape[0] + 8:
+        return st[4], 3
+    return st[4], 0
+
+
+def flat_tables():
+    """Uninformed initial state → (PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0)."""
+    prior = np.full(N_CNT, 32768, dtype=np.int64)
+    mix = np.full((N_MROW, N_IN), 65536 // N_MODELS, dtype=np.int64)
+    mix[:, -1] = 0
+    apm = np.array([[_squash_py((j - 16) * 128) * 16 for j in range(33)]] * (N_SET * N_DEC * 16),
+                   dtype=np.int64)
+    return prior, mix, apm, 0
+
+
+#: the initial state fitted on training MRI (``tools/fit_residual_prior.py --3d``): int64 arrays
+#: ``prior``, ``mix``, ``apm`` and ``n0``, shipped as package data
+TABLES_FILE = Path(__file__).with_name("residual3d_tables.npz")
+
+
+def _fitted_tables():
+    """The fitted initial state (:data:`TABLES_FILE`), or the flat one where it is not shipped."""
+    if not TABLES_FILE.is_file():
+        return flat_tables()
+    with np.load(TABLES_FILE, allow_pickle=False) as z:
+        t = {k: z[k].astype(np.int64) for k in z.files}
+    if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \
+            t["apm"].shape != (N_SET * N_DEC * 16, 33):
+        raise RuntimeError(f"{TABLES_FILE} does not match the residual coder")
+    return t["prior"], t["mix"], t["apm"], int(t["n0"][0])
+
+
+PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0 = _fitted_tables()
+LR = 2
+_NO_STATS = np.zeros((0, 2), np.int64)
+_NO_ACC = np.zeros((0, 0), np.int64)
+_NONE = np.zeros((1, 1), np.int64)
+
+
+class Context:
+    """What a slice leaves to the next one of its group: its reconstruction ``rec`` (values − the
+    volume minimum), its error map ``err`` (signed, 1/8 units) and the coder's adaptive state
+    when it ended (counters, mixer, secondary estimation, NLMS weights, bias sums)."""
+
+    __slots__ = ("rec", "err", "state")
+
+    def __init__(self, rec, err, state):
+        self.rec, self.err, self.state = rec, err, state
+
+
+def fresh_state() -> tuple:
+    """The coder's state at the start of a slice coded alone (the fitted initial tables)."""
+    C = np.empty((N_CNT, 2), np.int64)
+    C[:, 0] = PRIOR
+    C[:, 1] = PRIOR_N0
+    return (C, PRIOR_MIX.copy(), PRIOR_APM.copy(), np.zeros(N_LMS_ALL, np.int64),
+            np.zeros(N_BIAS, np.int64), np.zeros(N_BIAS, np.int64))
+
+
+def _setup(shape, base, prev):
+    """(reference, kind, previous error map, state to start from) of a slice."""
+    if base is not None and prev is not None:
+        raise ValueError("a slice has a base layer or a previous slice as reference, not both")
+    if prev is not None:
+        if prev.rec.shape != tuple(shape):
+            raise ValueError("previous slice of another shape")
+        return prev.rec, REF_PREV, prev.err, tuple(a.copy() for a in prev.state)
+    if base is not None:
+        return np.ascontiguousarray(base, dtype=np.int64), REF_BASE, _NONE, fresh_state()
+    return _NONE, REF_NONE, _NONE, fresh_state()
+
+
+def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
+           prev: Context | None = None, stats=None, mix_acc=None,
+           apm_acc=None) -> tuple[bytes, Context]:
+    """Code slice ``x`` (integers in ``[0, maxv]``) with max error ``delta``, alone, on a learned
+    base reconstruction ``base``, or after the previous slice of its group (``prev``, its
+    :class:`Context`) → (bytes, this slice's context; ``.rec`` is the reconstruction)."""
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    ref, kind, perr, state = _setup(x.shape, base, prev)
+    rec = np.zeros(x.shape, np.int64)
+    err = np.zeros(x.shape, np.int64)
+    cap = x.size * 2 + 1024
+    while True:
+        buf = np.zeros(cap, np.uint8)
+        st = tuple(a.copy() for a in state)
+        n, status = _code_slice(0, x, rec, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
+                                E_TAB, STRETCH, _SQ_T, LR,
+                                _NO_STATS if stats is None else stats,
+                                _NO_ACC if mix_acc is None else mix_acc,
+                                _NO_ACC if apm_acc is None else apm_acc)
+        if status == 1:
+            cap *= 8
+            continue
+        if status != 0:
+            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
+        return buf[:n].tobytes(), Context(rec, err, st)
+
+
+def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
+           base: np.ndarray | None = None, prev: Context | None = None) -> Context:
+    """Bytes of :func:`encode` → the slice's :class:`Context` (``.rec``: the reconstruction).
+    ValueError when the stream cannot be decoded (the chunk's CRC catches streams that decode
+    to wrong values)."""
+    H, W = int(shape[0]), int(shape[1])
+    x = np.zeros((H, W), np.int64)
+    ref, kind, perr, st = _setup((H, W), base, prev)
+    err = np.zeros((H, W), np.int64)
+    buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
+    n, status = _code_slice(1, x, x, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
+                            E_TAB, STRETCH, _SQ_T, LR, _NO_STATS, _NO_ACC, _NO_ACC)
+    if status != 0:
+        raise ValueError("residual stream cannot be decoded (corrupt)")
+    return Context(x, err, st)
+
+
+def _digest() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, P_DY, P_DX, RATES,
+              STRETCH, np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN,
+                                 N_PRED, N_BIAS, N_LMS_P], dtype=np.int64)):
+        h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+#: name and version of this coder with its tables (metadata ``codec.residual`` of format 6)
+CODER_ID = "nlmix3d1-" + _digest()[:12]
