@@ -46,6 +46,7 @@ def main() -> None:
     mid = v.shape[0] // 2
     vol = np.ascontiguousarray(v[mid - a.slices // 2: mid - a.slices // 2 + a.slices])
     n = default_threads()
+    load0 = os.getloadavg()[0]
     mb = vol.size * 2 / 1e6
     rows = []
     for model in a.models.split(","):
@@ -60,7 +61,11 @@ def main() -> None:
              f"`benchmarks/parallel.py`: `bmz.decompress` of {len(vol)} middle slices "
              f"{vol.shape[1]}×{vol.shape[2]} of `{os.path.relpath(a.data, REPO)}` (16-bit), each "
              f"model at its default level, best of {a.repeats} runs, one process, measured side by "
-             "side in one run. Decoding is integer-exact: the arrays are compared and identical.", "",
+             "side in one run. Decoding is integer-exact: the arrays are compared and identical. "
+             f"Load average when the run started: {load0:.2f} (on a shared machine a core another "
+             "job holds is not there to be used: the speed-up measures the machine as much as the "
+             "code; a slice group is one unit of work, so a volume of one group decodes on one "
+             "thread).", "",
              "| model | level | group | bpp | s/slice, 1 thread | s/slice, all cores | speed-up | "
              "MB/s 1 thread | MB/s all cores | identical |",
              "|---|---|---|---|---|---|---|---|---|---|"]
