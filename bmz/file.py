@@ -274,13 +274,16 @@ class BmzFile:
         chunk = self.chunk(self._index(k))
         if self._grouped and chunk[:1] != bytes([chunks.constant.KIND]):
             # slice groups: what the slice hands on is kept for the next slice of the group
-            handed = self._carried(k, chunk)
-            try:
-                return chunks.from_carry(handed, self._ctx)
-            except _DECODE_ERRORS as e:
-                raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode: {e}") from None
+            return self._from_carry(k, self._carried(k, chunk))
         try:
             return chunks.decode(chunk, self._ctx, self._previous(k, chunk))
+        except _DECODE_ERRORS as e:
+            raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode: {e}") from None
+
+    def _from_carry(self, k: int, handed) -> np.ndarray:
+        """Slice ``k`` from what its group's decoding handed on (for latents: the synthesis)."""
+        try:
+            return chunks.from_carry(handed, self._ctx)
         except _DECODE_ERRORS as e:
             raise FormatError(f"{self.name}: slice {k} of {self.n_slices}: cannot decode: {e}") from None
 
@@ -352,24 +355,29 @@ class BmzFile:
 
         ``threads`` > 1 (None: :func:`default_threads`): slices are decoded ahead on that many
         threads, at most ``2 × threads`` units of work in flight (a unit: one slice, or the run of
-        requested slices of one slice group, decoded in order by one thread), so memory stays
-        bounded. Decoding is integer-exact: the arrays are identical for any thread count."""
+        requested slices of one slice group, whose chain — entropy decoding, each slice with its
+        predecessor — runs in order on one thread while the slices' syntheses run on the
+        others), so memory stays bounded. Decoding is integer-exact: the arrays are identical for
+        any thread count."""
         from .io import SliceStack  # the readers and writers (pydicom, nibabel): heavy
 
         ks = slice_indices(self.n_slices, slices)
         damaged: list[int] = []
         fill = np.full(self.slice_shape, self.mapping["min"], dtype=self.dtype)
 
+        def failed(k: int, e: FormatError):
+            if not skip_damaged:
+                return e
+            with self._lock:
+                if k not in damaged:
+                    damaged.append(k)
+            return fill.copy()
+
         def one(k: int):
             try:
                 return self.slice(k)
             except FormatError as e:
-                if not skip_damaged:
-                    return e
-                with self._lock:
-                    if k not in damaged:
-                        damaged.append(k)
-                return fill.copy()
+                return failed(k, e)
 
         def done(out):
             if isinstance(out, FormatError):
@@ -393,11 +401,40 @@ class BmzFile:
                 units.append([i])
         unit_of = {i: u for u, us in enumerate(units) for i in us}
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bmz-decode")
+        # a group's chain runs on `pool`; its slices' syntheses on their own pool (a chain waits
+        # for them, so they must not queue behind other chains)
+        synth = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bmz-synth") \
+            if g > 1 else None
         futures: dict[int, object] = {}
         window = 2 * threads
 
+        def synthesised(k: int, handed):
+            try:
+                return self._from_carry(k, handed)
+            except FormatError as e:
+                return failed(k, e)
+
         def run(u: int) -> dict:
-            return {i: one(ks[i]) for i in units[u]}
+            if synth is None or len(units[u]) == 1:
+                return {i: one(ks[i]) for i in units[u]}
+            out, later = {}, {}
+            for i in units[u]:
+                k = ks[i]
+                try:
+                    chunk = self.chunk(k)
+                    if chunk[:1] == bytes([chunks.constant.KIND]):
+                        out[i] = one(k)
+                    else:
+                        later[i] = synth.submit(synthesised, k, self._carried(k, chunk))
+                except FormatError as e:
+                    out[i] = failed(k, e)
+            out.update({i: f.result() for i, f in later.items()})
+            return out
+
+        def shutdown(cancel: bool = False) -> None:
+            pool.shutdown(wait=False, cancel_futures=cancel)
+            if synth is not None:
+                synth.shutdown(wait=False, cancel_futures=cancel)
 
         def get(i: int) -> np.ndarray:
             u = unit_of[i]
@@ -408,11 +445,11 @@ class BmzFile:
                 del futures[v]
             out = futures[u].result()[i]
             if u == len(units) - 1 and i == units[u][-1]:
-                pool.shutdown(wait=False)
+                shutdown()
             return done(out)
 
         return SliceStack((len(ks), *self.slice_shape), self.dtype, get,
-                          close=lambda: pool.shutdown(wait=False, cancel_futures=True)), damaged
+                          close=lambda: shutdown(cancel=True)), damaged
 
     def read(self, slices: int | slice | Sequence[int] | None = None,
              threads: int | None = None) -> np.ndarray:
