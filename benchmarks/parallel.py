@@ -64,8 +64,8 @@ def main() -> None:
              "side in one run. Decoding is integer-exact: the arrays are compared and identical. "
              f"Load average when the run started: {load0:.2f} (on a shared machine a core another "
              "job holds is not there to be used: the speed-up measures the machine as much as the "
-             "code; a slice group is one unit of work, so a volume of one group decodes on one "
-             "thread).", "",
+             "code; in a slice group the chain of entropy decoding runs in order on one thread and "
+             "the syntheses on the others).", "",
              "| model | level | group | bpp | s/slice, 1 thread | s/slice, all cores | speed-up | "
              "MB/s 1 thread | MB/s all cores | identical |",
              "|---|---|---|---|---|---|---|---|---|---|"]
