@@ -292,6 +292,123 @@ def _sgn3(v):
     return 0 if v == 0 else (1 if v > 0 else 2)
 
 
+@njit(cache=True, inline="always")
+def _causal(R, y, x, W, corner):
+    """The reconstructed causal neighbours of voxel (y, x) of ``R`` — W, N, NW, NE, WW, NN —
+    with the edge fallbacks of both residual coders (``corner`` at the slice's first voxel)."""
+    if y > 0 and x > 0:
+        Wv = R[y, x - 1]
+        Nv = R[y - 1, x]
+        NWv = R[y - 1, x - 1]
+    elif y > 0:
+        Nv = R[y - 1, x]
+        Wv = Nv
+        NWv = Nv
+    elif x > 0:
+        Wv = R[y, x - 1]
+        Nv = Wv
+        NWv = Wv
+    else:
+        Wv = corner
+        Nv = Wv
+        NWv = Wv
+    NEv = R[y - 1, x + 1] if (y > 0 and x + 1 < W) else Nv
+    WWv = R[y, x - 2] if x > 1 else Wv
+    NNv = R[y - 2, x] if y > 1 else Nv
+    return Wv, Nv, NWv, NEv, WWv, NNv
+
+
+@njit(cache=True, inline="always")
+def _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv):
+    """Sub-predictions 0–7 (1/8 units) from the causal neighbours."""
+    pv[0] = 8 * (Nv + Wv - NWv)
+    pv[1] = 8 * Wv
+    pv[2] = 8 * Nv
+    pv[3] = 8 * _med(Wv, Nv, NWv)
+    pv[4] = 8 * (Wv + NEv - Nv)
+    pv[5] = 4 * (Wv + NEv)
+    pv[6] = 8 * Nv + 4 * (Nv - NNv)
+    pv[7] = 8 * Wv + 4 * (Wv - WWv)
+
+
+@njit(cache=True, inline="always")
+def _nlms_spatial(R, y, x, W, lw, lu, c0, s):
+    """The NLMS taps on the 18 causal neighbours (0 outside the slice), centred on ``c0``, into
+    ``lu`` → (the taps' norm with its floor ``64 s²``, the weighted sum in 2^-12 units)."""
+    lnorm = 64 * s * s
+    lacc = 0
+    if y >= 3 and x >= 3 and x + 3 < W:  # interior: every tap inside
+        for i in range(N_LMS):
+            u = 8 * R[y + LMS_DY[i], x + LMS_DX[i]] - c0
+            lu[i] = u
+            lnorm += u * u
+            lacc += lw[i] * u
+    else:
+        for i in range(N_LMS):
+            yy = y + LMS_DY[i]
+            xq = x + LMS_DX[i]
+            if yy < 0 or xq < 0 or xq >= W:
+                u = 0
+            else:
+                u = 8 * R[yy, xq] - c0
+            lu[i] = u
+            lnorm += u * u
+            lacc += lw[i] * u
+    return lnorm, lacc
+
+
+@njit(cache=True, inline="always")
+def _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv):
+    """The bias-correction context's texture bits: which causal neighbours lie above the
+    (integer) prediction ``pint``."""
+    tex = 0
+    if Nv > pint:
+        tex |= 1
+    if Wv > pint:
+        tex |= 2
+    if NWv > pint:
+        tex |= 4
+    if NEv > pint:
+        tex |= 8
+    if NNv > pint:
+        tex |= 16
+    if WWv > pint:
+        tex |= 32
+    return tex
+
+
+@njit(cache=True, inline="always")
+def _base_predictions(pv, base, y, x, W, Wv, Nv, NWv, NEv):
+    """Sub-predictions 9–14 from a reference ``base`` (a learned base layer, or the previous
+    slice): its co-located value plus the causal neighbours' differences from it →
+    (b, rW, rN, rNW, rNE)."""
+    b = base[y, x]
+    if y > 0 and x > 0:
+        rW = Wv - base[y, x - 1]
+        rN = Nv - base[y - 1, x]
+        rNW = NWv - base[y - 1, x - 1]
+    elif y > 0:
+        rN = Nv - base[y - 1, x]
+        rW = rN
+        rNW = rN
+    elif x > 0:
+        rW = Wv - base[y, x - 1]
+        rN = rW
+        rNW = rW
+    else:
+        rW = 0
+        rN = 0
+        rNW = 0
+    rNE = NEv - base[y - 1, x + 1] if (y > 0 and x + 1 < W) else rN
+    pv[9] = 8 * b
+    pv[10] = 8 * (b + rW)
+    pv[11] = 8 * (b + rN)
+    pv[12] = 4 * (2 * b + rW + rN)
+    pv[13] = 8 * (b + rN + rW - rNW)
+    pv[14] = 4 * (2 * b + rW + rNE)
+    return b, rW, rN, rNW, rNE
+
+
 @njit(cache=True, nogil=True)
 def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix, prior_apm, e_th, ST,
                 SQ, lr, n0, stats, mix_acc, apm_acc):
@@ -341,86 +458,19 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
     mid = (maxv + 1) // 2
     kmax = N_K - 1
     omant = _OFF_NB[N_MODELS]
+    corner = base[0, 0] if has_base else mid  # the first voxel's neighbours
     for y in range(H):
         cy = y & 1
         py = cy ^ 1
         for xx in range(W):
-            # ---- causal neighbours (reconstructed), with edge fallbacks
-            if y > 0 and xx > 0:
-                Wv = R[y, xx - 1]
-                Nv = R[y - 1, xx]
-                NWv = R[y - 1, xx - 1]
-            elif y > 0:
-                Nv = R[y - 1, xx]
-                Wv = Nv
-                NWv = Nv
-            elif xx > 0:
-                Wv = R[y, xx - 1]
-                Nv = Wv
-                NWv = Wv
-            else:
-                Wv = base[0, 0] if has_base else mid
-                Nv = Wv
-                NWv = Wv
-            NEv = R[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else Nv
-            WWv = R[y, xx - 2] if xx > 1 else Wv
-            NNv = R[y - 2, xx] if y > 1 else Nv
-            # ---- sub-predictions, 1/8 units
-            pv[0] = 8 * (Nv + Wv - NWv)
-            pv[1] = 8 * Wv
-            pv[2] = 8 * Nv
-            pv[3] = 8 * _med(Wv, Nv, NWv)
-            pv[4] = 8 * (Wv + NEv - Nv)
-            pv[5] = 4 * (Wv + NEv)
-            pv[6] = 8 * Nv + 4 * (Nv - NNv)
-            pv[7] = 8 * Wv + 4 * (Wv - WWv)
-            # NLMS on the 18 causal neighbours (0 outside the slice), centred on the mean of W, N
+            # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
+            Wv, Nv, NWv, NEv, WWv, NNv = _causal(R, y, xx, W, corner)
+            _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv)
             c0 = 4 * (Wv + Nv)
-            lnorm = 64 * s * s
-            lacc = 0
-            if y >= 3 and xx >= 3 and xx + 3 < W:  # interior: every tap inside
-                for i in range(N_LMS):
-                    u = 8 * R[y + LMS_DY[i], xx + LMS_DX[i]] - c0
-                    lu[i] = u
-                    lnorm += u * u
-                    lacc += lw[i] * u
-            else:
-                for i in range(N_LMS):
-                    yy = y + LMS_DY[i]
-                    xq = xx + LMS_DX[i]
-                    if yy < 0 or xq < 0 or xq >= W:
-                        u = 0
-                    else:
-                        u = 8 * R[yy, xq] - c0
-                    lu[i] = u
-                    lnorm += u * u
-                    lacc += lw[i] * u
+            lnorm, lacc = _nlms_spatial(R, y, xx, W, lw, lu, c0, s)
             pv[8] = c0 + (lacc >> 12)
             if has_base:
-                b = base[y, xx]
-                if y > 0 and xx > 0:
-                    rW = Wv - base[y, xx - 1]
-                    rN = Nv - base[y - 1, xx]
-                    rNW = NWv - base[y - 1, xx - 1]
-                elif y > 0:
-                    rN = Nv - base[y - 1, xx]
-                    rW = rN
-                    rNW = rN
-                elif xx > 0:
-                    rW = Wv - base[y, xx - 1]
-                    rN = rW
-                    rNW = rW
-                else:
-                    rW = 0
-                    rN = 0
-                    rNW = 0
-                rNE = NEv - base[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else rN
-                pv[9] = 8 * b
-                pv[10] = 8 * (b + rW)
-                pv[11] = 8 * (b + rN)
-                pv[12] = 4 * (2 * b + rW + rN)
-                pv[13] = 8 * (b + rN + rW - rNW)
-                pv[14] = 4 * (2 * b + rW + rNE)
+                _base_predictions(pv, base, y, xx, W, Wv, Nv, NWv, NEv)
             # ---- each sub-predictor's recent error; blend weights ∝ 1 / error²
             smin = -1
             for i in range(npred):
@@ -458,19 +508,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
                 en += 2 * F[cy, xx - 1]
             ke = _bucket(en // s, e_th)
             pint = pb >> 3
-            tex = 0
-            if Nv > pint:
-                tex |= 1
-            if Wv > pint:
-                tex |= 2
-            if NWv > pint:
-                tex |= 4
-            if NEv > pint:
-                tex |= 8
-            if NNv > pint:
-                tex |= 16
-            if WWv > pint:
-                tex |= 32
+            tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
             kb = tex * 4 + (ke >> 2)
             corr = 0
             if bcnt[kb] > 0:

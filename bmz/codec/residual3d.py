@@ -29,7 +29,9 @@ import numpy as np
 from .residual import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
                        N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP, D_SIGN,
                        D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med,
-                       _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit)
+                       _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit,
+                       _causal, _spatial_predictions, _nlms_spatial, _base_predictions,
+                       _texture)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -165,6 +167,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
             st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
     mid = (maxv + 1) // 2
     kmax = N_K - 1
+    corner = ref[0, 0] if has_ref else mid  # the first voxel's neighbours
     base_set = iset * _SET_SIZE
     omant = base_set + OFFS[N_MODELS]
     moff = np.empty(N_MODELS, np.int64)
@@ -175,93 +178,16 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
         cy = y & 1
         py = cy ^ 1
         for xx in range(W):
-            # ---- causal neighbours (reconstructed), with edge fallbacks
-            if y > 0 and xx > 0:
-                Wv = R[y, xx - 1]
-                Nv = R[y - 1, xx]
-                NWv = R[y - 1, xx - 1]
-            elif y > 0:
-                Nv = R[y - 1, xx]
-                Wv = Nv
-                NWv = Nv
-            elif xx > 0:
-                Wv = R[y, xx - 1]
-                Nv = Wv
-                NWv = Wv
-            else:
-                Wv = ref[0, 0] if has_ref else mid
-                Nv = Wv
-                NWv = Wv
-            NEv = R[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else Nv
-            WWv = R[y, xx - 2] if xx > 1 else Wv
-            NNv = R[y - 2, xx] if y > 1 else Nv
-            # ---- sub-predictions, 1/8 units
-            pv[0] = 8 * (Nv + Wv - NWv)
-            pv[1] = 8 * Wv
-            pv[2] = 8 * Nv
-            pv[3] = 8 * _med(Wv, Nv, NWv)
-            pv[4] = 8 * (Wv + NEv - Nv)
-            pv[5] = 4 * (Wv + NEv)
-            pv[6] = 8 * Nv + 4 * (Nv - NNv)
-            pv[7] = 8 * Wv + 4 * (Wv - WWv)
+            # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
+            Wv, Nv, NWv, NEv, WWv, NNv = _causal(R, y, xx, W, corner)
+            _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv)
             c0 = 4 * (Wv + Nv)
-            lnorm = 64 * s * s
-            lacc = 0
-            if y >= 3 and xx >= 3 and xx + 3 < W:
-                for i in range(N_LMS):
-                    u = 8 * R[y + LMS_DY[i], xx + LMS_DX[i]] - c0
-                    lu[i] = u
-                    lnorm += u * u
-                    lacc += lw[i] * u
-            else:
-                for i in range(N_LMS):
-                    yy = y + LMS_DY[i]
-                    xq = xx + LMS_DX[i]
-                    if yy < 0 or xq < 0 or xq >= W:
-                        u = 0
-                    else:
-                        u = 8 * R[yy, xq] - c0
-                    lu[i] = u
-                    lnorm += u * u
-                    lacc += lw[i] * u
+            lnorm, lacc = _nlms_spatial(R, y, xx, W, lw, lu, c0, s)
             b = 0
             pe = 0
             dm = 0
             if has_ref:
-                b = ref[y, xx]
-                if y > 0 and xx > 0:
-                    bW = ref[y, xx - 1]
-                    bN = ref[y - 1, xx]
-                    bNW = ref[y - 1, xx - 1]
-                elif y > 0:
-                    bN = ref[y - 1, xx]
-                    bW = bN
-                    bNW = bN
-                elif xx > 0:
-                    bW = ref[y, xx - 1]
-                    bN = bW
-                    bNW = bW
-                else:
-                    bW = b
-                    bN = b
-                    bNW = b
-                bNE = ref[y - 1, xx + 1] if (y > 0 and xx + 1 < W) else bN
-                if y == 0 and xx == 0:
-                    rW = 0
-                    rN = 0
-                    rNW = 0
-                    rNE = 0
-                else:
-                    rW = Wv - bW
-                    rN = Nv - bN
-                    rNW = NWv - bNW
-                    rNE = NEv - bNE
-                pv[9] = 8 * b
-                pv[10] = 8 * (b + rW)
-                pv[11] = 8 * (b + rN)
-                pv[12] = 4 * (2 * b + rW + rN)
-                pv[13] = 8 * (b + rN + rW - rNW)
-                pv[14] = 4 * (2 * b + rW + rNE)
+                b, rW, rN, rNW, rNE = _base_predictions(pv, ref, y, xx, W, Wv, Nv, NWv, NEv)
                 if inter:
                     # previous slice: NLMS taps (clamped to the slice), error map, local match
                     for i in range(5):
@@ -316,19 +242,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 en += 2 * F[cy, xx - 1]
             ke = _bk(en // s, e_th)
             pint = pb >> 3
-            tex = 0
-            if Nv > pint:
-                tex |= 1
-            if Wv > pint:
-                tex |= 2
-            if NWv > pint:
-                tex |= 4
-            if NEv > pint:
-                tex |= 8
-            if NNv > pint:
-                tex |= 16
-            if WWv > pint:
-                tex |= 32
+            tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
             if inter and b > pint:
                 tex |= 64
             kb = tex * 4 + (ke >> 2)
