@@ -24,12 +24,26 @@ FloorReader = Callable[[bytes], "tuple[int, int]"]
 def encode(model, s: np.ndarray, mapping: dict, quality: int, kind: int, write_floor: FloorWriter,
            single_stream: bool) -> bytes:
     """One stored-value slice (H, W) → a constant chunk, or a learned chunk of ``kind``."""
-    import torch  # heavy: only encoding needs it here (reading a file's header stays torch-free)
-
     if constant.is_constant(s):
         return constant.encode(s.flat[0])
-    x = pipeline.pad_to_multiple(pipeline.to_unit(s, mapping), model.downsampling)
-    payload, sym = model.analyse(torch.from_numpy(x)[None, None], quality, single_stream=single_stream)
+    payload, sym = model.analyse(network_input(model, s, mapping), quality,
+                                 single_stream=single_stream)
+    return chunk_bytes(model, s, mapping, quality, kind, write_floor, payload, sym)
+
+
+def network_input(model, s: np.ndarray, mapping: dict):
+    """A stored-value slice as the model's input: ``(1, 1, H', W')`` float32 on [0, 1], padded
+    to the model's downsampling multiple."""
+    import torch
+
+    return torch.from_numpy(pipeline.pad_to_multiple(pipeline.to_unit(s, mapping),
+                                                     model.downsampling))[None, None]
+
+
+def chunk_bytes(model, s: np.ndarray, mapping: dict, quality: int, kind: int,
+                write_floor: FloorWriter, payload: bytes, sym) -> bytes:
+    """A learned chunk of ``kind``: its header with the floor the slice's reconstruction (from
+    the latent symbols ``sym``) calls for, then ``payload``."""
     H, W = s.shape
     rec = pipeline.from_unit(model.synthesize_float(sym, quality)[0, 0, :H, :W].numpy(), mapping,
                              np.int64)

@@ -106,26 +106,22 @@ class Encoder:
         return {"chunk_format": FORMAT, "group": self.group}
 
     def encode_slice(self, s: np.ndarray) -> bytes:
-        import torch  # heavy: only encoding needs it here
-
         k, self._k = self._k, self._k + 1
         prev = self._prev if k % self.group else None
         if constant.is_constant(s):
             self._prev = None
             return constant.encode(s.flat[0])
         m, q = self.model, self.quality
-        x = torch.from_numpy(pipeline.pad_to_multiple(pipeline.to_unit(s, self.mapping), m.downsampling))[None, None]
+        x = _learned.network_input(m, s, self.mapping)
         if prev is not None:  # with the previous slice as context, or alone where that is smaller
             payload, sym, used = m.analyse_best(x, q, prev)
             kind = KIND if used else learned_compact.KIND
         else:
             payload, sym = m.analyse(x, q, single_stream=True)
             kind = learned_compact.KIND
-        H, W = s.shape
-        rec = pipeline.from_unit(m.synthesize_float(sym, q)[0, 0, :H, :W].numpy(), self.mapping, np.int64)
         self._prev = group_context(m, sym, q)
-        return bytes([kind]) + learned_compact.write_floor(pipeline.choose_floor(s, rec, self.mapping)) + payload
-
+        return _learned.chunk_bytes(m, s, self.mapping, q, kind, learned_compact.write_floor,
+                                    payload, sym)
 
 def encoder(model, mapping: dict, quality: int, group: int = 1) -> Encoder:
     """The encoder of files of this format at quality index ``quality``, groups of ``group``."""
