@@ -295,9 +295,11 @@ def models(as_json) -> None:
 @click.option("--init-from", default=None, type=click.Path(exists=True), help="new run: start from the same-named, same-shaped weights of this checkpoint or .pt (a warm start across architectures)")
 @click.option("--budget-minutes", default=None, type=float, help="a run planned by wall time: the lr decay starts at 90 %% of it, the run stops (with a checkpoint) at it")
 @click.option("--depth", default=None, type=int, help="consecutive slices per sample (default 2 for inter-slice models, else 1)")
+@click.option("--patch", default=None, type=int,
+              help="side of the square training patches (default 128, or the checkpoint's when resuming)")
 @click.option("-o", "--output", "out", required=True, help="output stem, e.g. models/hyperprior")
 def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, threads,
-          checkpoint_minutes, max_minutes, until, init_from, budget_minutes, depth, out) -> None:
+          checkpoint_minutes, max_minutes, until, init_from, budget_minutes, depth, patch, out) -> None:
     """Train a model; writes OUT.ckpt (resumable, every few minutes) and OUT.log; when --steps is reached, also the frozen OUT.pt and its card OUT.json (see `bmz export`)."""
     from .train import train as run
 
@@ -305,7 +307,7 @@ def train(model_name, lambdas, data, val_data, steps, batch_size, lr, resume, th
         steps, resume=resume, batch_size=batch_size, lr=lr, threads=threads,
         checkpoint_minutes=checkpoint_minutes, until=until, max_minutes=max_minutes,
         lambdas=[float(v) for v in lambdas.split(",")] if lambdas else None,
-        init_from=init_from, depth=depth, budget_minutes=budget_minutes)
+        init_from=init_from, depth=depth, budget_minutes=budget_minutes, patch=patch)
 
 
 @main.command()

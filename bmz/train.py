@@ -115,8 +115,9 @@ def load_volumes(folders: list[str], exclude: tuple[str, ...] = ("phantom",)) ->
 class PatchSampler:
     """Draws training batches; its whole state is one numpy Generator (checkpointed)."""
 
-    def __init__(self, vols: list[TrainVolume], seed: int):
+    def __init__(self, vols: list[TrainVolume], seed: int, patch: int = PATCH):
         self.vols = vols
+        self.size = int(patch)
         self.rng = np.random.default_rng(seed)
         # IXI (100 near-identical 8-bit subjects) must not drown the other scanners and bit depths
         w = np.array([1.0 if "ixi" in v.name.lower() else 4.0 for v in vols])
@@ -133,8 +134,8 @@ class PatchSampler:
         return self._pairs
 
     def patch(self, depth: int = 1) -> np.ndarray:
-        """One ``(depth, 128, 128)`` patch: ``depth`` consecutive slices of one volume (the same
-        crop and flips), drawn from volumes that have such runs."""
+        """One ``(depth, P, P)`` patch (``P = self.size``): ``depth`` consecutive slices of one
+        volume (the same crop and flips), drawn from volumes that have such runs."""
         p = self.p
         if depth > 1:
             ok = np.array([len(k) > 0 for k in self._pairable()], dtype=float)
@@ -149,12 +150,13 @@ class PatchSampler:
         else:
             s = v.slices[self.rng.integers(len(v.slices))][None]
         _, H, W = s.shape
-        ph, pw = max(0, PATCH - H), max(0, PATCH - W)
+        P = self.size
+        ph, pw = max(0, P - H), max(0, P - W)
         if ph or pw:
             s = np.pad(s, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="edge")
             _, H, W = s.shape
-        i, j = self.rng.integers(H - PATCH + 1), self.rng.integers(W - PATCH + 1)
-        p = s[:, i:i + PATCH, j:j + PATCH]
+        i, j = self.rng.integers(H - P + 1), self.rng.integers(W - P + 1)
+        p = s[:, i:i + P, j:j + P]
         if self.rng.random() < 0.5:
             p = p[:, :, ::-1]
         if self.rng.random() < 0.5:
@@ -164,7 +166,7 @@ class PatchSampler:
         return np.ascontiguousarray(p)
 
     def batch(self, n: int, n_qualities: int, depth: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(n, depth, 128, 128)`` patches and ``n`` quality indices."""
+        """``(n, depth, P, P)`` patches and ``n`` quality indices."""
         x = np.stack([self.patch(depth) for _ in range(n)])
         q = self.rng.integers(n_qualities, size=n)
         return torch.from_numpy(x), torch.from_numpy(q)
@@ -369,9 +371,9 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
         "normalisation": "per volume: x = (v - min) / (max - min) of stored values; decode "
                          "clip(rint(x_hat * (max - min)) + min, min, max)",
         "training": {"data": [_rel(d) for d in state.get("data") or []], "steps": state["step"], "batch_size": state["batch_size"],
-                     "patch": PATCH, "seed": state["seed"],
-                     "sampling": "volumes at random (non-IXI x4), slices with content, random 128^2 "
-                                 "patches, flips and transposition; quality drawn uniformly per sample",
+                     "patch": state.get("patch", PATCH), "seed": state["seed"],
+                     "sampling": "volumes at random (non-IXI x4), slices with content, random "
+                                 f"{state.get('patch', PATCH)}^2 patches, flips and transposition; quality drawn uniformly per sample",
                      "optimizer": "Adam, grad-norm clip 1.0; aux Adam 1e-3 for the entropy bottleneck",
                      "validation_history": state.get("history", [])[-5:]},
         "licence": "weights: BSD-3-Clause (trained on IXI CC BY-SA 3.0 and permissively licensed data)",
@@ -389,7 +391,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
           model_config: dict | None = None, lambdas: list[float] | None = None,
           until: int | None = None, max_minutes: float | None = None,
           init_from: str | None = None, depth: int | None = None,
-          budget_minutes: float | None = None) -> Path:
+          budget_minutes: float | None = None, patch: int | None = None) -> Path:
     """Train ``model_name``; write the checkpoint ``OUT.ckpt`` (resumable) and, when ``steps`` is
     reached, the frozen weights ``OUT.pt`` and its card ``OUT.json`` (see :func:`export`).
 
@@ -403,7 +405,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     per training sample — 2 by default for inter-slice models (the first coded on its own, the
     second with it as context), 1 otherwise. ``budget_minutes``: a run planned by wall time (a
     leased GPU): the ×0.1 decay phase starts at 90 % of the budget (or of ``steps``, whichever
-    comes first) and the run stops with a checkpoint at the budget."""
+    comes first) and the run stops with a checkpoint at the budget. ``patch``: the side of the
+    square training patches (default 128; kept by the checkpoint: a resumed run goes on with its
+    own unless given) — smaller patches make big models trainable on a CPU."""
     from tqdm import tqdm
 
     if threads:
@@ -432,6 +436,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
             log.info("%s: quality levels extended to λ = %s", resume, lambdas)
         model_name, model_config = state["model_name"], state["model_config"]
         seed, batch_size = state["seed"], state["batch_size"]
+        patch = patch or state.get("patch", PATCH)
     config = dict(model_config or {})
     if lambdas:
         config["lambdas"] = lambdas
@@ -457,7 +462,10 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         raise SystemExit(f"no usable training volumes under {data}")
     log.info("training on %d volumes, %d slices", len(vols), sum(len(v.slices) for v in vols))
     val = [s for v in load_volumes(val_data) for s in v.slices[:: max(1, len(v.slices) // 4)][:4]]
-    sampler = PatchSampler(vols, seed)
+    patch = int(patch or PATCH)
+    if patch % model.downsampling:
+        raise SystemExit(f"--patch {patch} is not a multiple of {model_name}'s downsampling {model.downsampling}")
+    sampler = PatchSampler(vols, seed, patch)
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
@@ -494,7 +502,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
                             "model": model.state_dict(), "opt": opt.state_dict(),
                             "aux_opt": aux_opt.state_dict(), "sched": sched.state_dict(),
                             "rng": _rng_state(sampler), "history": history, "data": data,
-                            "depth": depth}, ckpt_p)
+                            "depth": depth, "patch": patch}, ckpt_p)
 
     import signal
 

@@ -164,7 +164,22 @@ class UNetNoSkip(GainedFactorizedCodec):
             dec += [nn.ConvTranspose2d(b, a, 2, stride=2), nn.ReLU(inplace=True), _double_conv(a, a)]
         dec.append(nn.Conv2d(self.widths[0], 1, 1))
         self.g_s = nn.Sequential(*dec)
+        self._init_he()
         self._init_coding(M)
+
+    def _init_he(self) -> None:
+        """He initialisation (ReLU gain, zero biases). PyTorch's default shrinks the activations
+        layer after layer: at initialisation the latent of the 17-layer V1 had a standard deviation
+        of 0.02 (quantisation noise 15× larger) and the output one of 0.0006 — the network first
+        had to learn a thousandfold scale, and with the default it never left a blurred mean
+        (the ~28 dB plateau of the first ``unet-noskip-c``)."""
+        for mod in [*self.g_a.modules(), *self.g_s.modules()]:
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu", mode="fan_in")
+                nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.ConvTranspose2d):  # weight (in, out, k, k): fan_in is dim 0
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu", mode="fan_out")
+                nn.init.zeros_(mod.bias)
 
     def config(self) -> dict:
         return {"widths": self.widths, "M": self.M, "lambdas": self.lambdas}
