@@ -11,7 +11,7 @@ are on disk — and decoded with ``bmz.decompress_to_files``. Each file is then
 
 * **byte-identical** (same SHA-256) — what every native-syntax original must be;
 * **element-identical**: every data element the same (tag, VR, value bytes, order, sequences;
-  ``bmz.io.dicom_layout.elements``) but those the native version of an encapsulated original
+  ``bmz.io.dicom.layout.elements``) but those the native version of an encapsulated original
   must change, and the same pixel values (pydicom) — what an encapsulated original gives;
 * or **different** (the script exits 1).
 
@@ -47,8 +47,8 @@ import pydicom  # noqa: E402
 import bmz  # noqa: E402
 from bmz.bitstream import BmzReader  # noqa: E402
 from bmz.errors import InputError  # noqa: E402
-from bmz.io import dicom_kept  # noqa: E402
-from bmz.io.dicom_layout import EXPLICIT_LE, layout  # noqa: E402
+from bmz.io.dicom import kept as dicom_kept  # noqa: E402
+from bmz.io.dicom.layout import EXPLICIT_LE, layout  # noqa: E402
 
 
 def series_of_folder(folder: Path) -> list[tuple[str, dict[str, bytes]]]:

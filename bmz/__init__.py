@@ -5,10 +5,9 @@
 >>> volume2 = bmz.decompress(data)              # same dtype and shape
 """
 
-__version__ = "0.3.0"
-
-from . import errors  # noqa: E402
-from .api import (compress, compress_dataset, decode_file, decompress,  # noqa: E402
+from . import errors
+from ._version import __version__
+from .api import (compress, compress_dataset, decode_file, decompress,
                   decompress_to_datasets, decompress_to_files, encode_file, info)
 
 __all__ = ["compress", "decompress", "compress_dataset", "decompress_to_datasets",

@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, metrics
+from . import metrics
+from ._version import __version__
 from ._fileutil import check_output_path
 from .bitstream import BmzWriter
 from .codec import chunks, pipeline, zoo
@@ -268,7 +269,7 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
     :func:`compress`.
 
     A DICOM series keeps every file's bytes but its pixel data (the file's attachment,
-    :mod:`bmz.io.dicom_kept`): a ``lossless`` file decodes to the original files (byte-identical
+    :mod:`bmz.io.dicom.kept`): a ``lossless`` file decodes to the original files (byte-identical
     for native transfer syntaxes; for compressed ones every element identical with native pixel
     data, or byte-identical with ``keep_encapsulated``, which also keeps their compressed pixel
     bytes). The report's ``notes`` say what a decode of this file cannot give back as it was."""

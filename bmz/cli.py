@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from . import __version__, api
+from . import api
+from ._version import __version__
 from .codec import zoo
 from .errors import BmzError, InputError
 

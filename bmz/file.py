@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .bitstream import BmzReader
 from .codec import chunks, pipeline, zoo
 from .errors import FormatError, InputError

@@ -40,7 +40,8 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy
 from numcodecs.registry import register_codec
 
-from . import __version__, api
+from . import api
+from ._version import __version__
 from .codec import zoo
 from .codec.chunks.bounded import check_base_quality, check_max_error
 from .errors import InputError

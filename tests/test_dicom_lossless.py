@@ -34,8 +34,8 @@ import bmz.io as bio
 from bmz.bitstream import BmzReader
 from bmz.cli import main
 from bmz.errors import ChecksumError, InputError
-from bmz.io import dicom_kept
-from bmz.io.dicom_layout import EXPLICIT_LE, elements, layout
+from bmz.io.dicom import kept as dicom_kept
+from bmz.io.dicom.layout import EXPLICIT_LE, elements, layout
 
 from conftest import SHARED_DATA
 

@@ -19,7 +19,8 @@ import bmz.io as bio
 from bmz.bitstream import BmzReader, pack
 from bmz.errors import InputError, MissingDependencyError, OutputError
 from bmz.io import Volume
-from bmz.io import dicom_kept, dicom_legacy
+from bmz.io.dicom import kept as dicom_kept
+from bmz.io.dicom import legacy as dicom_legacy
 
 # --------------------------------------------------------------------------------------------
 # helpers

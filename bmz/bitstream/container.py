@@ -28,7 +28,7 @@ numbered from 0.
 Version 1.2 adds an optional *attachment*: one block of bytes right after the last chunk, whose
 length and CRC-32 the metadata key ``"attachment"`` records (``{"length": n, "crc32": c}``). It
 holds what a source needs besides the slices (bmz keeps the non-pixel bytes of DICOM files there:
-:mod:`bmz.io.dicom_kept`). A file with an attachment is written as version 1.2, one without as
+:mod:`bmz.io.dicom.kept`). A file with an attachment is written as version 1.2, one without as
 1.1 (the same bytes as before); 1.1 readers ignore the attachment (bytes after the last chunk).
 
 Public API: :data:`MAGIC`, :data:`FORMAT_VERSION`, :func:`pack`, :class:`BmzWriter`,

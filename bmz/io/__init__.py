@@ -19,7 +19,7 @@ Layout of ``meta`` by source (each source's module documents its part in detail)
 * DICOM: ``{"dicom": {...}, "bits_stored": int, "photometric": str}`` -- the files, slice order,
   geometry and how each file's kept bytes restore it (see :mod:`bmz.io.dicom`); the kept bytes
   themselves (every file but its pixel data, so that a lossless ``.bmz`` decodes to the
-  original files) are the Volume's ``attachment`` (:mod:`bmz.io.dicom_kept`).
+  original files) are the Volume's ``attachment`` (:mod:`bmz.io.dicom.kept`).
 * NumPy: ``{"npy": {"dtype": str, "ndim": 2|3, "fortran_order": bool}}`` (see
   :mod:`bmz.io.numpy`).
 
@@ -42,14 +42,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputError
+from . import dicom as _dicom
 from . import discover
-from .volume import (SliceStack, Volume, as_integer_array, cast_exact,  # noqa: F401 (re-exported:
-                     integer_slices, smallest_int_dtype)                # io/dicom.py imports them here)
-
-# the readers and writers; after .volume, whose names io/dicom.py imports from this package
-from . import dicom as _dicom  # noqa: I001
 from . import nifti as _nifti
 from . import numpy as _numpy
+from .volume import (SliceStack, Volume, as_integer_array, cast_exact,  # noqa: F401 (re-exported)
+                     integer_slices, smallest_int_dtype)
 
 __all__ = ["Volume", "SliceStack", "read", "write", "is_folder_output", "list_series",
            "SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS"]
@@ -96,8 +94,7 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False,
     kind = discover.sniff(p)
     if kind == "unknown" and discover.suffix(p) == "":
         # a DICOM file without the 128-byte preamble and without a suffix (e.g. "IM0001")
-        ds = _dicom._open(p, strict=False)
-        if ds is not None and _dicom._is_image(ds):
+        if _dicom.is_dicom_image(p):
             kind = "dicom"
     if kind == "unknown":
         suffix = discover.suffix(p)

@@ -53,7 +53,8 @@ from typing import BinaryIO
 import numpy as np
 
 from .._fileutil import atomic_output
-from ..errors import InputError, OutputError
+from ..errors import InputError, MissingDependencyError, OutputError
+from .dicom.geometry import nifti_geometry
 from .volume import SliceStack, Volume, cast_exact, integer_slices
 
 try:  # nibabel interprets the header fields; bmz handles the bytes
@@ -76,8 +77,6 @@ def _unb64(s: str | None) -> bytes:
 
 def _require_nibabel() -> None:
     if Nifti1Header is None:  # pragma: no cover
-        from ..errors import MissingDependencyError
-
         raise MissingDependencyError("NIfTI support needs nibabel: pip install nibabel")
 
 
@@ -354,8 +353,6 @@ def _original_dtype(volume: Volume) -> np.dtype:
 
 def _new_header(volume: Volume, path: Path):
     """Header bytes, extra bytes, vox_offset and data for a volume without a NIfTI header."""
-    from . import dicom as _dicom
-
     data = volume.data
     k, h, w = data.shape
     dtype = _original_dtype(volume)
@@ -377,7 +374,7 @@ def _new_header(volume: Volume, path: Path):
     _set_dims(hdr, shape, path)
     affine, scaling = None, None
     if isinstance(volume.meta, dict) and "dicom" in volume.meta:
-        affine, scaling = _dicom.nifti_geometry(volume.meta, k)
+        affine, scaling = nifti_geometry(volume.meta, k)
         hdr["descrip"] = b"bmz: converted from DICOM"
     if affine is not None:
         hdr.set_qform(affine, code=1)

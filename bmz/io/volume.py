@@ -107,7 +107,7 @@ class Volume:
         path: the file or folder it was read from, if any.
         attachment: bytes the source needs besides ``data`` and ``meta``, stored as the
             ``.bmz`` attachment (docs/FORMAT.md §5.6): for DICOM, every file's bytes but its
-            pixel data (:mod:`bmz.io.dicom_kept`); ``None`` for other sources.
+            pixel data (:mod:`bmz.io.dicom.kept`); ``None`` for other sources.
     """
 
     data: np.ndarray

@@ -1,5 +1,5 @@
 """DICOM meta layout 1: the DICOM-JSON datasets of the ``.bmz`` files bmz wrote before the
-kept bytes (:mod:`bmz.io.dicom_kept`, layout 2) — read only, so that those files still decode.
+kept bytes (:mod:`bmz.io.dicom.kept`, layout 2) — read only, so that those files still decode.
 
 Their ``source_meta.dicom`` holds each file's dataset as pydicom's DICOM-JSON (tag → ``{"vr",
 "Value" | "InlineBinary" | "BulkDataURI"}``) without the pixel data, de-duplicated: ``common``
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, OutputError
-from .dicom_derive import SWAP_WIDTH
+from ...errors import FormatError, OutputError
+from .derive import SWAP_WIDTH
+from .values import as_int
 
 try:
     from pydicom.dataset import Dataset
@@ -123,7 +124,7 @@ def plan(d: dict, name: str, n_frames: int, hw: tuple, where: str) -> dict[str, 
     def num(tag: str, what: str) -> int:
         v = _json_value(d, tag)
         if isinstance(v, str):
-            v = _int(v)
+            v = as_int(v)
         if not isinstance(v, int) or isinstance(v, bool):
             raise FormatError(f"{where}: {name}: the stored dataset has no valid {what}")
         return v
@@ -132,7 +133,7 @@ def plan(d: dict, name: str, n_frames: int, hw: tuple, where: str) -> dict[str, 
     if (rows, cols) != hw:
         raise FormatError(f"{where}: {name}: {rows}x{cols} pixels, but the volume's slices are "
                           f"{hw[0]}x{hw[1]}")
-    declared = _int(_json_value(d, "00280008")) if "00280008" in d else None
+    declared = as_int(_json_value(d, "00280008")) if "00280008" in d else None
     if (declared or 1) != n_frames:
         raise FormatError(f"{where}: {name}: Number of Frames is {declared or 1}, the volume "
                           f"holds {n_frames} of its frames")
@@ -215,10 +216,3 @@ def legacy_dataset(d: dict, name: str, ts: str, notes: list[tuple[str, str]],
     except Exception as exc:  # a stored element pydicom cannot rebuild: damaged meta
         raise FormatError(f"{where}: {name}: the stored DICOM elements cannot be rebuilt "
                           f"({exc})") from None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None

@@ -34,6 +34,7 @@ repeats across files.
 from __future__ import annotations
 
 import hashlib
+import io
 import lzma
 import struct
 from dataclasses import dataclass, field
@@ -41,8 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from .dicom_layout import (EXPLICIT_LE, PIXEL_DATA, Element, Layout, LayoutError, elements,
-                           layout)
+from .layout import EXPLICIT_LE, PIXEL_DATA, Element, Layout, LayoutError, elements, layout
+
+try:
+    import pydicom
+except ImportError:  # pragma: no cover - pydicom is a hard dependency
+    pydicom = None  # type: ignore[assignment]
 
 #: descriptor version (``source_meta.dicom.kept.version``)
 VERSION = 1
@@ -394,11 +399,9 @@ def native_differences(original: bytes, native: bytes, frames: np.ndarray | None
                        kf: KeptFile | None = None) -> str:
     """What differs between an encapsulated ``original`` and its ``native`` version besides
     what the conversion must change ("" when nothing): the element dumps
-    (:func:`bmz.io.dicom_layout.elements`) compared without the file meta group length and
+    (:func:`bmz.io.dicom.layout.elements`) compared without the file meta group length and
     transfer syntax, group lengths, the 7FE0 group, an omitted icon and added lossy history;
     and, when ``frames`` is given, pydicom's pixel values of ``native``."""
-    import io
-
     changed = {"(0002,0000)", "(0002,0010)"}
     added = {"(0028,2110)", "(0028,2112)", "(0028,2114)"}
     try:
@@ -428,8 +431,6 @@ def native_differences(original: bytes, native: bytes, frames: np.ndarray | None
                 return f"element {x[0]} {x[1]} becomes {y[0]} {y[1]}"
         return f"{len(ka)} elements become {len(kb)}"
     if frames is not None:
-        import pydicom
-
         try:
             ds = pydicom.dcmread(io.BytesIO(native))
             arr = np.asarray(ds.pixel_array).reshape(np.shape(frames))

@@ -6,7 +6,7 @@ VR), and the offsets of its header, value and end. :func:`elements` flattens tha
 element dump the tests and the encoder's checks compare: ``(path, VR, value bytes)`` in file
 order, sequences recursed. Nothing here decodes a value, so nothing can be re-rendered.
 
-It exists for :mod:`bmz.io.dicom_kept`, which cuts the pixel data out of a file and must know
+It exists for :mod:`bmz.io.dicom.kept`, which cuts the pixel data out of a file and must know
 exactly where it and its neighbours are. pydicom parses the same files for their values; this
 module only locates bytes, with pydicom's tolerance where real files need it (an explicit-VR
 file whose element has no valid VR is read as implicit there, as pydicom does).

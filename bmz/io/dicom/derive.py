@@ -6,7 +6,7 @@ one (when it is written through pydicom at all: a file of an old ``.bmz``) the o
 :func:`set_series_range` updates the series-wide Smallest/Largest Pixel Value in Series once the
 whole series is known; :func:`file_meta` is the new file meta; :func:`to_little_endian` turns a
 big-endian dataset's binary words around. The rules are listed in
-:func:`bmz.io.dicom.series_files`; :class:`LossyCoding` says how the volume was coded.
+:func:`bmz.io.dicom.write.series_files`; :class:`LossyCoding` says how the volume was coded.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dicom_kept import LOSSY_TS_METHOD
+from ..._version import __version__
+from .kept import LOSSY_TS_METHOD
 
 try:
-    from pydicom.dataset import Dataset
-    from pydicom.uid import UID, generate_uid
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 except ImportError:  # pragma: no cover - pydicom is a hard dependency
     Dataset = None  # type: ignore[assignment,misc]
 
@@ -65,8 +67,6 @@ class LossyCoding:
         return text if len(text) <= 16 else f"{r:.6e}"
 
     def description(self) -> str:
-        from .. import __version__
-
         if self.max_error is not None:
             base = (f"learned base layer {self.model} quality {self.quality}" if self.quality
                     else "no base layer")
@@ -232,8 +232,6 @@ def _set_values(ds: "Dataset", keywords: tuple[str, str], values: list[int], sig
     """Set the US/SS elements ``keywords`` that ``ds`` has to ``values``, keeping each one's VR
     (an implicit-VR file's "US or SS" stays ambiguous, resolved on writing by Pixel
     Representation as the original's was); a value its VR cannot hold switches it, with a note."""
-    from pydicom.dataelem import DataElement
-
     for keyword, value in zip(keywords, values):
         if keyword not in ds:
             continue
@@ -251,11 +249,6 @@ def _set_values(ds: "Dataset", keywords: tuple[str, str], values: list[int], sig
 
 def file_meta(ds: "Dataset", transfer_syntax: str) -> "Dataset":
     """A new file meta for ``ds`` written by bmz in ``transfer_syntax``."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
-
-    from .. import __version__
-
     fm = FileMetaDataset()
     fm.MediaStorageSOPClassUID = str(ds.get("SOPClassUID", "")).strip()
     fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
