@@ -29,6 +29,7 @@ import torch
 
 from .codec import pipeline
 from .codec.models import build_model
+from .io.discover import inputs
 
 log = logging.getLogger("bmz.train")
 
@@ -60,56 +61,67 @@ def load_pack(path: Path) -> list[TrainVolume]:
     return out
 
 
-def _discover(folders: list[str]) -> list[Path]:
-    """Candidate inputs: NIfTI/npy files and DICOM series folders (a folder holding .dcm files)."""
-    out: list[Path] = []
+def _discover(folders: list[str]) -> list[tuple[str, Path]]:
+    """Candidate inputs, sorted by path: ``("file", path)`` for a file (a ``.npz`` pack, a volume)
+    given itself, and what :func:`bmz.io.discover.inputs` finds under a folder given
+    (``"volume"`` files, ``"dicom"`` folders)."""
+    out: list[tuple[str, Path]] = []
     for folder in folders:
         root = Path(folder)
         if root.is_file() or root.suffix == ".npz":
-            out.append(root)
-            continue
-        for dirpath, _dirs, files in os.walk(root):
-            d = Path(dirpath)
-            if any(f.lower().endswith(".dcm") or "." not in f for f in files) and any(
-                    f.lower().endswith(".dcm") for f in files):
-                out.append(d)
-            for f in files:
-                if f.endswith((".nii", ".nii.gz", ".npy")):
-                    out.append(d / f)
-    return sorted(set(out))
+            out.append(("file", root))
+        else:
+            out += inputs(root)
+    return sorted(set(out), key=lambda found: found[1])
+
+
+def _read(path: Path, kind: str) -> list[tuple[str, np.ndarray]]:
+    """The volumes of one input, named: a DICOM folder gives each of its series (several are
+    named ``folder#SeriesNumber``); an input that cannot be read is skipped, logged."""
+    from . import io as bio  # (packs need no readers: they train where no DICOM stack is)
+
+    try:
+        series = bio.list_series(path) if kind == "dicom" else []
+        if len(series) <= 1:
+            return [(str(path), bio.read(path).data)]
+        return [(f"{path}#{s['series_number'] if s['series_number'] is not None else s['uid']}",
+                 bio.read(path, series=s["uid"]).data) for s in series]
+    except Exception as e:  # unreadable or unsupported inputs are skipped, logged
+        log.info("skip %s: %s", path, str(e).splitlines()[0][:200])
+        return []
 
 
 def load_volumes(folders: list[str], exclude: tuple[str, ...] = ("phantom",)) -> list[TrainVolume]:
+    """The training volumes of ``folders`` (see the module docstring); inputs whose path holds
+    one of ``exclude`` are skipped."""
     vols = []
-    for path in _discover(folders):
+    for kind, path in _discover(folders):
         if any(e in str(path).lower() for e in exclude):
             continue
         if path.suffix == ".npz":
             vols += load_pack(path)
             continue
-        from . import io as bio  # (packs need no readers: they train where no DICOM stack is)
-        from .errors import BmzError
-
-        try:
-            v = bio.read(path)
-        except (BmzError, Exception) as e:  # unreadable or unsupported inputs are skipped, logged
-            log.info("skip %s: %s", path, str(e).splitlines()[0][:200])
-            continue
-        data = v.data
-        if data.ndim != 3 or min(data.shape[1:]) < 32:
-            continue
-        mapping = pipeline.intensity_mapping(data)
-        if mapping["scale"] <= 0:
-            continue
-        x = pipeline.to_unit(data, mapping)
-        keep = [(s > 0.05).mean() >= MIN_CONTENT for s in x]
-        if not any(keep):
-            continue
-        keep = np.asarray(keep)
-        vols.append(TrainVolume(str(path), x[keep].astype(np.float32), mapping["bits"],
-                                np.flatnonzero(keep), mapping["scale"]))
-        log.info("use %s: %s slices %s, %d bits", path, int(np.sum(keep)), data.shape[1:], mapping["bits"])
+        for name, data in _read(path, kind):
+            vol = _train_volume(name, data)
+            if vol is not None:
+                vols.append(vol)
     return vols
+
+
+def _train_volume(name: str, data: np.ndarray) -> TrainVolume | None:
+    """A volume's content slices in [0, 1], or ``None`` for one too small or without content."""
+    if data.ndim != 3 or min(data.shape[1:]) < 32:
+        return None
+    mapping = pipeline.intensity_mapping(data)
+    if mapping["scale"] <= 0:
+        return None
+    x = pipeline.to_unit(data, mapping)
+    keep = np.asarray([(s > 0.05).mean() >= MIN_CONTENT for s in x])
+    if not keep.any():
+        return None
+    log.info("use %s: %s slices %s, %d bits", name, int(np.sum(keep)), data.shape[1:], mapping["bits"])
+    return TrainVolume(name, x[keep].astype(np.float32), mapping["bits"], np.flatnonzero(keep),
+                       mapping["scale"])
 
 
 class PatchSampler:

@@ -1,9 +1,10 @@
 """Finding inputs: what a file is, by its content and name, and walking a folder for inputs.
 
 One place for what every command needs to recognise its inputs (``bmz encode``'s format
-detection, ``bmz batch``'s and ``bmz rd-curve``'s folder searches): the suffixes of each format,
-the DICOM preamble test, content sniffing, and the folder walk (hidden entries skipped, sorted).
-Which of the found inputs a command takes, and how it names them, stays with the command."""
+detection, the folder searches of ``bmz batch``, ``bmz rd-curve`` and ``bmz train``): the suffixes
+of each format, the DICOM preamble test, content sniffing, the folder walk (hidden entries skipped,
+sorted) and the inputs it finds (:func:`inputs`). Which of the found inputs a command takes, and
+how it names them, stays with the command."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".gz", ".npy", ".npz", ".bmz", ".json",
                       ".tsv", ".md", ".png", ".jpg", ".jpeg", ".zip", ".tar", ".xml", ".html",
                       ".pdf", ".py", ".mgz", ".mgh", ".nrrd", ".bval", ".bvec", ".log", ".part")
 
-__all__ = ["suffix", "has_dicom_preamble", "is_dicom_file", "sniff", "walk", "NIFTI_SUFFIXES",
-           "NUMPY_SUFFIXES", "VOLUME_SUFFIXES", "DICOM_SUFFIXES", "NOT_DICOM_SUFFIXES"]
+__all__ = ["suffix", "has_dicom_preamble", "is_dicom_file", "sniff", "walk", "inputs",
+           "NIFTI_SUFFIXES", "NUMPY_SUFFIXES", "VOLUME_SUFFIXES", "DICOM_SUFFIXES",
+           "NOT_DICOM_SUFFIXES"]
 
 
 def suffix(path: str | os.PathLike) -> str:
@@ -89,3 +91,19 @@ def walk(root: str | os.PathLike, exclude: str | None = None) -> Iterator[tuple[
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (exclude is None or os.path.join(cur, d) != exclude))
         yield cur, dirs, sorted(f for f in files if not f.startswith("."))
+
+
+def inputs(root: str | os.PathLike, exclude: str | None = None) -> Iterator[tuple[str, Path]]:
+    """The inputs under the folder ``root``, in :func:`walk` order: ``("volume", file)`` for each
+    NIfTI or ``.npy`` file, ``("dicom", folder)`` for each top-most folder holding DICOM files
+    directly. A DICOM folder is read recursively (all its series), so the walk does not go below
+    it, and its own volume files are not listed."""
+    for cur, dirs, files in walk(root, exclude):
+        folder = Path(cur)
+        if any(is_dicom_file(folder / f) for f in files if suffix(f) not in VOLUME_SUFFIXES):
+            yield "dicom", folder
+            dirs[:] = []
+            continue
+        for f in files:
+            if suffix(f) in VOLUME_SUFFIXES:
+                yield "volume", folder / f

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import io as bio
-from ..io.discover import VOLUME_SUFFIXES, is_dicom_file, suffix, walk
+from ..io.discover import inputs
 from .common import D8, DHI
 
 
@@ -57,17 +57,12 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[InputItem]:
         root = p.resolve()
         source = root.name or str(root)
         base = root.parent
-        for d, dirs, files in walk(root):
-            dpath = Path(d)
-            if any(is_dicom_file(dpath / f) for f in files
-                   if suffix(f) not in VOLUME_SUFFIXES):
-                items += _dicom_items(dpath, str(dpath.relative_to(base)), source)
-                dirs[:] = []
-                continue
-            for f in files:
-                fp = dpath / f
-                if suffix(fp) in VOLUME_SUFFIXES:
-                    items.append(InputItem(str(fp), str(fp.relative_to(base)), source))
+        for kind, found in inputs(root):
+            name = str(found.relative_to(base))
+            if kind == "dicom":
+                items += _dicom_items(found, name, source)
+            else:
+                items.append(InputItem(str(found), name, source))
     names: dict[str, int] = {}
     for it in items:  # unique names
         k = names.get(it.name, 0)
