@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from . import entropy, fixedpoint
-from .models import GainedScaleHyperprior, payload_decoders, register_model
+from .hyperprior import GainedScaleHyperprior, payload_decoders, register_model
 
 #: fractional bits of the entropy-parameter network's activations and weights (as the integer
 #: hyper-synthesis)

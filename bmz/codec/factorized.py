@@ -31,7 +31,7 @@ import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
 
 from . import entropy
-from .models import BmzModel, gdn_transforms, register_model
+from .hyperprior import BmzModel, gdn_transforms, register_model
 
 #: Default rates of the factorized families: four of the flagship's eight λ (q2, q4, q6, q8).
 FAMILY_LAMBDAS = [0.01, 0.0625, 0.390625, 2.44140625]

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,7 +77,7 @@ from .measure import (CodecSpec, Task, _base_row, _init_worker, bmz_file_format,
                       code_point, resolve_codecs, run_task, settings_for)
 from .plots import _slug, errormaps, plot_group
 from .points import _sort_rows, load_points, point_key, write_csv, write_json
-from .report import machine_info, report_reference_check, write_bd_md, write_report
+from .report import Result, machine_info, report_reference_check, write_bd_md, write_report
 
 __all__ = [
     "InputItem", "Result", "discover", "run", "group_curves", "bd_table", "compare",
@@ -89,29 +88,6 @@ __all__ = [
     "machine_info", "report_reference_check", "write_bd_md", "write_report", "plot_group",
     "errormaps",
 ]
-
-
-@dataclass
-class Result:
-    """What :func:`run` measured and wrote."""
-
-    outdir: Path
-    rows: list[dict]
-    curves: list[dict]
-    bd: list[dict]
-    groups: list[str]
-    specs: list[CodecSpec]
-    info: dict
-    checks: dict = field(default_factory=dict)
-    reference_groups: dict = field(default_factory=dict)
-    plots: dict = field(default_factory=dict)
-    errormaps: dict = field(default_factory=dict)
-    n_reused: int = 0
-    n_measured: int = 0
-
-    @property
-    def errors(self) -> list[dict]:
-        return [r for r in self.rows if r.get("error")]
 
 
 def resolve_anchor(anchor: str | None, specs: list[CodecSpec]) -> str:

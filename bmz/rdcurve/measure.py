@@ -140,7 +140,7 @@ def bmz_file_format(model: str | None = None) -> str:
             arch = zoo.read_card(model).get("architecture", model)
         except Exception:  # noqa: BLE001 - no card: as its name says
             arch = model
-        if getattr(models._REGISTRY.get(arch), "inter_slice", False):
+        if getattr(models.model_class(arch), "inter_slice", False):
             return f"{v}/{chunks.GROUPED.FORMAT} G{zoo.default_group(model)}"
     return f"{v}/{chunks.LOSSY.FORMAT}"
 

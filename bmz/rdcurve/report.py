@@ -6,18 +6,43 @@ import datetime as _dt
 import math
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .. import __version__, metrics
+from .. import metrics
 from .._deps import optional
+from .._version import __version__
 from .common import BMZ, CHECK_BPP, CHECK_DB, GUIDANCE, J2K, RATES, _curve_of, _num
 from .curves import at_rates, curves_by, lossy
 
 if TYPE_CHECKING:
-    from . import Result
+    from .measure import CodecSpec
+
+
+@dataclass
+class Result:
+    """What :func:`bmz.rdcurve.run` measured and wrote."""
+
+    outdir: Path
+    rows: list[dict]
+    curves: list[dict]
+    bd: list[dict]
+    groups: list[str]
+    specs: list[CodecSpec]
+    info: dict
+    checks: dict = field(default_factory=dict)
+    reference_groups: dict = field(default_factory=dict)
+    plots: dict = field(default_factory=dict)
+    errormaps: dict = field(default_factory=dict)
+    n_reused: int = 0
+    n_measured: int = 0
+
+    @property
+    def errors(self) -> list[dict]:
+        return [r for r in self.rows if r.get("error")]
 
 
 def _n(v, fmt="{:.2f}", none="–"):
