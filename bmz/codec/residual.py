@@ -409,6 +409,90 @@ def _base_predictions(pv, base, y, x, W, Wv, Nv, NWv, NEv):
     return b, rW, rN, rNW, rNE
 
 
+@njit(cache=True, inline="always")
+def _initial_state(prior, prior_mix, prior_apm, n0):
+    """The adaptive state a slice starts from: bit counts ``C``, mixer weights ``M``, APM ``A``."""
+    C = np.empty((N_CNT, 3), np.int64)
+    for c in range(N_CNT):
+        C[c, 0] = prior[c]
+        C[c, 1] = prior[c]
+        C[c, 2] = n0
+    M = np.empty((N_MROW, N_IN), np.int64)
+    for r in range(N_MROW):
+        for i in range(N_IN):
+            M[r, i] = prior_mix[r, i]
+    A = np.empty((N_DEC * 16, 33), np.int64)
+    for r in range(N_DEC * 16):
+        for j in range(33):
+            A[r, j] = prior_apm[r, j]
+    return C, M, A
+
+
+@njit(cache=True, inline="always")
+def _blend(pv, sc, E, npred, y, x, cy, py, W):
+    """Blend of the sub-predictions, weights ∝ 1 / (recent error)², and the smallest recent
+    error (``sc`` receives each one's)."""
+    smin = -1
+    for i in range(npred):
+        t = 0
+        if y > 0:
+            t += E[i, py, x]
+            if x > 0:
+                t += E[i, py, x - 1]
+            if x + 1 < W:
+                t += E[i, py, x + 1]
+        if x > 0:
+            t += 2 * E[i, cy, x - 1]
+            if x > 1:
+                t += E[i, cy, x - 2]
+        sc[i] = t
+        if smin < 0 or t < smin:
+            smin = t
+    wsum = 0
+    psum = 0
+    for i in range(npred):
+        w = ((smin + 32) << 8) // (sc[i] + 32)
+        w = w * w
+        wsum += w
+        psum += w * pv[i]
+    return (psum + (wsum >> 1)) // wsum, smin
+
+
+@njit(cache=True, inline="always")
+def _energy(F, y, x, cy, py, W):
+    """Recent prediction-error energy around voxel ``(y, x)``."""
+    en = 0
+    if y > 0:
+        en += F[py, x]
+        if x > 0:
+            en += F[py, x - 1]
+        if x + 1 < W:
+            en += F[py, x + 1]
+    if x > 0:
+        en += 2 * F[cy, x - 1]
+    return en
+
+
+@njit(cache=True, inline="always")
+def _learn(E, F, lw, lu, bsum, bcnt, pv, npred, cy, x, v8, p8, pb, lnorm, kb):
+    """After voxel ``x`` of the row took the value ``v8 / 8``: each sub-predictor's error, the
+    blend's, the NLMS step and the bias correction of context ``kb``."""
+    for i in range(npred):
+        E[i, cy, x] = _iabs(v8 - pv[i])
+    F[cy, x] = _iabs(v8 - p8)
+    # NLMS step: w += 2^LMS_SHIFT · err · u / ‖u‖² (one division per voxel)
+    g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
+    for i in range(N_LMS):
+        t = lw[i] + ((g * lu[i]) >> 16)
+        # bounded (|w| ≤ 256): no int64 overflow whatever a forged stream decodes to
+        lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)
+    bsum[kb] += v8 - pb
+    bcnt[kb] += 1
+    if bcnt[kb] >= 64:
+        bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
+        bcnt[kb] = bcnt[kb] // 2
+
+
 @njit(cache=True, nogil=True)
 def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix, prior_apm, e_th, ST,
                 SQ, lr, n0, stats, mix_acc, apm_acc):
@@ -426,19 +510,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
     Q = np.zeros((2, W), np.int64)
     E = np.zeros((npred, 2, W), np.int64)
     F = np.zeros((2, W), np.int64)
-    C = np.empty((N_CNT, 3), np.int64)
-    for c in range(N_CNT):
-        C[c, 0] = prior[c]
-        C[c, 1] = prior[c]
-        C[c, 2] = n0
-    M = np.empty((N_MROW, N_IN), np.int64)
-    for r in range(N_MROW):
-        for i in range(N_IN):
-            M[r, i] = prior_mix[r, i]
-    A = np.empty((N_DEC * 16, 33), np.int64)
-    for r in range(N_DEC * 16):
-        for j in range(33):
-            A[r, j] = prior_apm[r, j]
+    C, M, A = _initial_state(prior, prior_mix, prior_apm, n0)
     collect = stats.shape[0] == N_CNT
     bsum = np.zeros(N_BIAS, np.int64)
     bcnt = np.zeros(N_BIAS, np.int64)
@@ -471,42 +543,9 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
             pv[8] = c0 + (lacc >> 12)
             if has_base:
                 _base_predictions(pv, base, y, xx, W, Wv, Nv, NWv, NEv)
-            # ---- each sub-predictor's recent error; blend weights ∝ 1 / error²
-            smin = -1
-            for i in range(npred):
-                t = 0
-                if y > 0:
-                    t += E[i, py, xx]
-                    if xx > 0:
-                        t += E[i, py, xx - 1]
-                    if xx + 1 < W:
-                        t += E[i, py, xx + 1]
-                if xx > 0:
-                    t += 2 * E[i, cy, xx - 1]
-                    if xx > 1:
-                        t += E[i, cy, xx - 2]
-                sc[i] = t
-                if smin < 0 or t < smin:
-                    smin = t
-            wsum = 0
-            psum = 0
-            for i in range(npred):
-                w = ((smin + 32) << 8) // (sc[i] + 32)
-                w = w * w
-                wsum += w
-                psum += w * pv[i]
-            pb = (psum + (wsum >> 1)) // wsum
-            # ---- error energy, texture, bias correction
-            en = 0
-            if y > 0:
-                en += F[py, xx]
-                if xx > 0:
-                    en += F[py, xx - 1]
-                if xx + 1 < W:
-                    en += F[py, xx + 1]
-            if xx > 0:
-                en += 2 * F[cy, xx - 1]
-            ke = _bucket(en // s, e_th)
+            # ---- the blend of the sub-predictions; error energy, texture, bias correction
+            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W)
+            ke = _bucket(_energy(F, y, xx, cy, py, W) // s, e_th)
             pint = pb >> 3
             tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
             kb = tex * 4 + (ke >> 2)
@@ -636,21 +675,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
                 x[y, xx] = v
             R[y, xx] = v
             Q[cy, xx] = q
-            v8 = 8 * v
-            for i in range(npred):
-                E[i, cy, xx] = _iabs(v8 - pv[i])
-            F[cy, xx] = _iabs(v8 - p8)
-            # NLMS step: w += 2^LMS_SHIFT · err · u / ‖u‖² (one division per voxel)
-            g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
-            for i in range(N_LMS):
-                t = lw[i] + ((g * lu[i]) >> 16)
-                # bounded (|w| ≤ 256): no int64 overflow whatever a forged stream decodes to
-                lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)
-            bsum[kb] += v8 - pb
-            bcnt[kb] += 1
-            if bcnt[kb] >= 64:
-                bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
-                bcnt[kb] = bcnt[kb] // 2
+            _learn(E, F, lw, lu, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
     if collect:
         mix_acc += M
         apm_acc += A
