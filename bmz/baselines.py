@@ -44,7 +44,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -54,6 +54,7 @@ from .codec.pipeline import bit_depth
 __all__ = [
     "Setting", "SliceCodec", "CodedVolume", "LosslessMismatch", "UnsupportedBitDepth", "CODECS",
     "ALIASES", "register", "get_codec", "canonical_name", "codec_input", "code_volume", "sweep",
+    "jpeg2000_at_bytes", "J2K_LEVEL_RANGE",
     "JPEG", "JPEG2000", "HTJ2K", "JPEGLS", "JPEGXL", "AVIF",
     "jpeg_marker_header_bytes", "j2k_header_bytes", "isobmff_header_bytes", "strip_spiff",
     "avif_depth",
@@ -669,6 +670,63 @@ def code_volume(codec: SliceCodec, vol: np.ndarray, setting: Setting | str,
     hdr = sum(codec.header_bytes(s, setting, bits) for s in streams)
     return CodedVolume(codec.name, setting, bits, [len(s) for s in streams], t1 - t0, t2 - t1,
                        recon, hdr)
+
+
+#: the range of OpenJPEG fixed-quality targets :func:`jpeg2000_at_bytes` searches (dB relative to
+#: the declared peak ``2^B - 1``; below ~10 almost nothing is coded, above ~90 the target no longer
+#: binds and the size stops growing)
+J2K_LEVEL_RANGE = (1.0, 100.0)
+
+
+def jpeg2000_at_bytes(vol: np.ndarray, n_bytes: int, slice_bytes: Sequence[int] | None = None, *,
+                      search_slices: int = 8, iterations: int = 12,
+                      tolerance: float = 0.005) -> CodedVolume:
+    """JPEG 2000 (:class:`JPEG2000`: OpenJPEG, lossy 9/7, at the volume's real bit depth) of
+    ``vol`` (n, H, W) at a rate matched to ``n_bytes`` in all (e.g. another codec's file).
+
+    The fixed-quality target (``level``, continuous) is found by bisection over
+    :data:`J2K_LEVEL_RANGE` — at most ``iterations`` encodes, stopping early once the size is
+    within ``tolerance`` (relative) of the budget — as the highest target whose codestreams fit in
+    the budget: JPEG 2000 never gets more bytes than ``n_bytes`` unless even the lowest target
+    exceeds them. A volume of more than ``search_slices`` slices is searched on that many evenly
+    spaced slices, with the budget scaled to them (by their share of ``slice_bytes``, the other
+    codec's per-slice sizes, where given; else by their number), then the whole volume is coded
+    once at the target found, so its size is close to, not exactly within, the budget. Returns the whole
+    volume's :class:`CodedVolume` (sizes, reconstruction; its ``setting.param`` is the target)."""
+    v = np.asarray(vol)
+    if v.ndim == 2:
+        v = v[None]
+    codec = JPEG2000()
+    x, vmin, bits = codec_input(v)
+    n = x.shape[0]
+    idx = (np.arange(n) if n <= search_slices
+           else np.unique(np.linspace(0, n - 1, search_slices).round().astype(int)))
+    if slice_bytes is not None and len(slice_bytes) == n and sum(slice_bytes) > 0:
+        budget = n_bytes * sum(int(slice_bytes[k]) for k in idx) / sum(slice_bytes)
+    else:
+        budget = n_bytes * len(idx) / n
+
+    def size(level: float) -> int:
+        s = Setting(f"level{level:.3f}", level)
+        return sum(len(codec.encode(x[k], s, bits)) for k in idx)
+
+    lo, hi = J2K_LEVEL_RANGE
+    if size(hi) <= budget:  # the budget holds the best JPEG 2000 this search reaches
+        best = hi
+    elif size(lo) > budget:
+        best = lo
+    else:  # size(lo) <= budget < size(hi)
+        best = lo
+        for _ in range(max(0, iterations - 2)):
+            mid = 0.5 * (lo + hi)
+            m = size(mid)
+            if m <= budget:
+                lo = best = mid
+                if m >= budget * (1 - tolerance):
+                    break
+            else:
+                hi = mid
+    return code_volume(codec, v, Setting(f"level{best:.3f}", best), vmin=vmin, bits=bits)
 
 
 def sweep(codec: SliceCodec, vol: np.ndarray,

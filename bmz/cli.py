@@ -7,6 +7,7 @@ with the error class's code (see :mod:`bmz.errors`); nothing is left half-writte
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -80,6 +81,10 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
 @click.option("--series", default=None, help="DICOM folder with several series: the one to encode (a whole UID, a series number, or an unambiguous UID prefix)")
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
 @click.option("--verify", is_flag=True, help="decode the written file and report PSNR and max error")
+@click.option("--compare", is_flag=True,
+              help="with the verification (implied), also code the volume with JPEG 2000 "
+                   "(OpenJPEG, at its real bit depth) at the same size and report its PSNR "
+                   "(needs imagecodecs: pip install 'bmz[bench]'; without it, says so)")
 @click.option("--max-error", "max_error", default=None, type=int, metavar="D",
               help="guarantee |decoded - original| <= D stored units on every voxel (0 = lossless)")
 @click.option("--lossless", is_flag=True, help="keep every bit (= --max-error 0)")
@@ -96,10 +101,11 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
                    "slice touches at most G-1 others; 1 = every slice on its own); default: the "
                    "model's (`bmz models`), 8 with --max-error / --lossless")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
-def encode(src, dst, quality, model, series, force, verify, max_error, lossless, base_quality,
-           keep_encapsulated, group, quiet) -> None:
+def encode(src, dst, quality, model, series, force, verify, compare, max_error, lossless,
+           base_quality, keep_encapsulated, group, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     _check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
+    verify = verify or compare
     rep = api.encode_file(src, dst, quality=quality, model=model,
                           series=series, force=force, progress=not quiet, verify=verify,
                           max_error=max_error, lossless=lossless,
@@ -120,6 +126,38 @@ def encode(src, dst, quality, model, series, force, verify, max_error, lossless,
         if verify:
             click.echo(f"verified: PSNR {rep.psnr:.2f} dB (peak = volume max - min), "
                        f"max abs error {rep.max_error}")
+        if compare:
+            click.echo(_jpeg2000_comparison(src, series, rep, api.info(dst)["slice_bytes"]))
+
+
+def _jpeg2000_comparison(src, series, rep, slice_bytes) -> str:
+    """One line: JPEG 2000 (:func:`bmz.baselines.jpeg2000_at_bytes`) on the volume just encoded,
+    at the size of its .bmz file (``slice_bytes``: its slices' sizes), and its PSNR against bmz's
+    (``rep``, verified). imagecodecs is
+    an optional extra (bench): without it, the line says how to get the comparison."""
+    from ._deps import optional
+    from .errors import MissingDependencyError
+
+    try:
+        optional("imagecodecs", "bench", "the JPEG 2000 comparison")
+    except MissingDependencyError as e:
+        return f"JPEG 2000 at the same bpp: not measured ({e})"
+    # the tool (bmz.baselines), imported only here, where its extra is installed
+    import numpy as np
+
+    from . import baselines, io, metrics
+
+    vol = np.asarray(io.read(src, series=series).data)
+    try:
+        cv = baselines.jpeg2000_at_bytes(vol, rep.n_bytes, slice_bytes)
+    except (baselines.UnsupportedBitDepth, RuntimeError, ValueError) as e:
+        return f"JPEG 2000 at the same bpp: not measured ({e})"
+    bpp = 8.0 * cv.n_bytes / max(1, vol.size)
+    psnr = metrics.psnr(vol, cv.recon)
+    diff = (f"bmz {rep.psnr - psnr:+.2f} dB" if math.isfinite(rep.psnr) and math.isfinite(psnr)
+            else "bmz lossless" if math.isinf(rep.psnr) else "JPEG 2000 lossless")
+    return (f"compared: JPEG 2000 (OpenJPEG, {cv.bits} bits) at {bpp:.3f} bpp: PSNR {psnr:.2f} dB "
+            f"({diff})")
 
 
 def _dicom_summary(d: dict, lossless: bool) -> str:

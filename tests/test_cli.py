@@ -4,6 +4,9 @@ inputs refused with one clear line, a non-zero exit and no output left behind.""
 from __future__ import annotations
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -76,6 +79,70 @@ def test_npy_2d_round_trip(shared_data, tmp_path):
     assert run("decode", enc, "-o", back, "--quiet").exit_code == 0
     out = np.load(back)
     assert out.shape == img.shape and out.dtype == img.dtype
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "prisma_mprage.nii.gz"
+
+
+def _has_imagecodecs() -> bool:
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_sample_is_native_precision_and_small():
+    """The README's sample: six 256×256 MPRAGE slices as the scanner stored them (uint16, 1 mm,
+    no rescaling), well under 1 MB."""
+    assert SAMPLE.is_file() and SAMPLE.stat().st_size < 600_000
+    img = nib.load(SAMPLE)
+    assert img.shape == (256, 256, 6) and img.get_data_dtype() == np.uint16
+    assert img.header.get_zooms() == (1.0, 1.0, 1.0)
+    assert not np.isfinite(img.header["scl_slope"]) or img.header["scl_slope"] in (0, 1)
+    raw = np.asarray(img.dataobj.get_unscaled())
+    assert raw.min() == 0 and 512 < raw.max() < 4096  # 10 bits used of the 12 stored
+
+
+def test_readme_first_command(tmp_path):
+    """``bmz encode samples/prisma_mprage.nii.gz -o sample.bmz --force --verify --compare && bmz
+    decode sample.bmz -o sample_decoded.nii.gz --force``: the summary (with JPEG 2000 at the same
+    bpp where imagecodecs is installed, else how to get it) and the round trip's shape and dtype."""
+    out, back = tmp_path / "sample.bmz", tmp_path / "sample_decoded.nii.gz"
+    r = run("encode", SAMPLE, "-o", out, "--force", "--verify", "--compare")
+    assert r.exit_code == 0, r.output
+    assert "bpp, ratio" in r.output and "verified: PSNR" in r.output
+    bmz_bpp = 8 * out.stat().st_size / (256 * 256 * 6)
+    if _has_imagecodecs():
+        m = re.search(r"compared: JPEG 2000 \(OpenJPEG, (\d+) bits\) at ([\d.]+) bpp: "
+                      r"PSNR ([\d.]+) dB \(bmz ([+-][\d.]+) dB\)", r.output)
+        assert m, r.output
+        assert m.group(1) == "10"  # the data's real bit depth (values 0..837), not the dtype's 16
+        j2k_bpp = float(m.group(2))
+        assert 0.97 * bmz_bpp <= j2k_bpp <= bmz_bpp + 1e-3  # matched, never more bytes than bmz
+        psnr = float(re.search(r"verified: PSNR ([\d.]+) dB", r.output).group(1))
+        assert abs(psnr - float(m.group(3)) - float(m.group(4))) < 0.011
+    else:
+        assert "pip install 'bmz[bench]'" in r.output
+    r = run("decode", out, "-o", back, "--force")
+    assert r.exit_code == 0, r.output
+    a, b = nib.load(SAMPLE), nib.load(back)
+    assert b.shape == a.shape == (256, 256, 6) and b.get_data_dtype() == np.uint16
+    assert b.header.binaryblock == a.header.binaryblock
+    np.testing.assert_array_equal(b.affine, a.affine)
+
+
+def test_compare_without_imagecodecs_says_how_to_get_it(tmp_path, monkeypatch):
+    """The core does not need imagecodecs: ``--compare`` without it encodes, verifies, exits 0 and
+    names the extra."""
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import imagecodecs -> ImportError
+    src, out = tmp_path / "one.npy", tmp_path / "one.bmz"
+    np.save(src, np.asarray(nib.load(SAMPLE).dataobj.get_unscaled())[:, :, 0].T.copy())
+    r = run("encode", src, "-o", out, "--compare")
+    assert r.exit_code == 0, r.output
+    assert "verified: PSNR" in r.output
+    assert "JPEG 2000 at the same bpp: not measured" in r.output
+    assert "pip install 'bmz[bench]'" in r.output and out.is_file()
 
 
 def test_existing_output_needs_force(encoded, tmp_path):

@@ -159,6 +159,38 @@ def test_lossless_mismatch_is_detected():
         baselines.code_volume(Lossy(), v, "lossless")
 
 
+def _phantom(n=12, h=64, w=64):
+    """A 10-bit volume with structure and noise (JPEG 2000's size grows smoothly with its target)."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:h, 0:w]
+    v = np.stack([400 + 300 * np.sin(x / (5 + k)) * np.cos(y / 7) for k in range(n)])
+    return np.clip(v + rng.normal(0, 20, v.shape), 0, 1023).astype(np.uint16)
+
+
+def test_jpeg2000_at_bytes_matches_the_budget_from_below():
+    v = _phantom(n=6)
+    bits = baselines.codec_input(v)[2]
+    for budget in (1500, 6000, 20000):
+        cv = baselines.jpeg2000_at_bytes(v, budget)
+        assert cv.bits == bits == 10 and cv.recon.shape == v.shape and cv.recon.dtype == v.dtype
+        assert 0.95 * budget <= cv.n_bytes <= budget, (budget, cv.n_bytes)
+    # out of reach: the highest / lowest target, whatever its size
+    assert baselines.jpeg2000_at_bytes(v, 10**9).setting.param == baselines.J2K_LEVEL_RANGE[1]
+    assert baselines.jpeg2000_at_bytes(v, 1).setting.param == baselines.J2K_LEVEL_RANGE[0]
+
+
+def test_jpeg2000_at_bytes_searches_a_few_slices_of_a_long_volume(monkeypatch):
+    v = _phantom(n=24)
+    calls = []
+    real = baselines.JPEG2000.encode
+    monkeypatch.setattr(baselines.JPEG2000, "encode",
+                        lambda self, img, s, b: calls.append(1) or real(self, img, s, b))
+    cv = baselines.jpeg2000_at_bytes(v, 30000, slice_bytes=[1250] * 24, search_slices=4,
+                                     iterations=10)
+    assert len(calls) <= 4 * 10 + 24  # the search on 4 slices, then the whole volume once
+    assert 0.85 * 30000 <= cv.n_bytes <= 1.15 * 30000
+
+
 def _ixi(shared_data: Path) -> Path:
     files = sorted((shared_data / "val" / "ixi_nichart" / "t1").glob("*.nii.gz"))
     if not files:
