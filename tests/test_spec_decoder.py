@@ -196,3 +196,14 @@ def test_the_check_can_fail(monkeypatch):
     except spec_decoder.Damaged:
         return  # the wrong decoder ran off the stream: caught as well
     assert any(a is not None and not np.array_equal(a["y"], b["y"]) for a, b in zip(ours, theirs))
+
+
+def test_weights_manifests_are_current():
+    """docs/weights/NAME.md describes the shipped models/NAME.pt (rerun
+    tools/weights_manifest.py after replacing weights)."""
+    manifest = _load("weights_manifest")
+    for pt in sorted((ROOT / "models").glob("*.pt")):
+        doc = ROOT / "docs" / "weights" / f"{pt.stem}.md"
+        assert doc.is_file(), f"no manifest for {pt.name}: run tools/weights_manifest.py"
+        assert doc.read_text() == manifest.manifest(pt), \
+            f"{doc.name} is stale: run tools/weights_manifest.py"

@@ -1,4 +1,4 @@
-"""Read a bmz weights file (``models/NAME.pt``) without PyTorch: docs/weights/README.md.
+"""Read a bmz weights file (``models/NAME.pt``) without PyTorch (docs/FORMAT.md §10.5.5).
 
     python tools/ptweights.py models/cnn-ae-8.pt      # list its tensors
 
@@ -13,7 +13,7 @@ A weights file is a ZIP archive (PyTorch's serialisation, format version 3) hold
 
 This module implements exactly that, with Python's ``pickle`` restricted to the handful of names
 the files use (nothing else can be constructed), and numpy for the arrays. It is the reference
-for the description in docs/weights/README.md and is used by the independent spec decoder
+for the description in docs/FORMAT.md §10.5.5 and is used by the independent spec decoder
 (:mod:`tools.spec_decoder`); bmz itself loads weights with ``torch.load``.
 """
 

@@ -154,10 +154,12 @@ def _in_axis(op):
 
 
 def check_bound(op, a: np.ndarray, w: np.ndarray) -> None:
-    """Refuse where a partial sum could reach 2**52 (§10.5.2, the reference's rule)."""
+    """The range rule of §10.5.2 (b): damaged when both A · max_o Σ|W_o| and
+    A · max_c S_c reach 2**52."""
     amax = int(np.abs(a).max()) if a.size else 0
     per_in = np.abs(w).sum(axis=tuple(d for d in range(4) if d != _in_axis(op)))
-    if amax * int(per_in.max()) >= EXACT:
+    per_out = np.abs(w).sum(axis=tuple(d for d in range(4) if d != 1 - _in_axis(op)))
+    if amax * int(per_out.max()) >= EXACT and amax * int(per_in.max()) >= EXACT:
         raise Damaged("left the exact range")
 
 
