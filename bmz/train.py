@@ -260,6 +260,9 @@ def extend_qualities(state: dict, lambdas: list[float]) -> dict:
         return out
 
     model = build_model(state["model_name"], **{**state["model_config"], "lambdas": new})
+    if not getattr(model, "levels_extendable", True):
+        raise ValueError(f"{state['model_name']}: quality levels cannot be added to this model "
+                         f"(its levels are trained state that new rows would not continue)")
     fresh = model.state_dict()
     params = dict(model.named_parameters())
     missing = [k for k in fresh if k not in state["model"] and not k.startswith(_DERIVED)]

@@ -259,3 +259,33 @@ def test_training_logs_codebook_health_and_resumes_exactly(shared_data, tmp_path
     assert int(frozen.frozen) == 1
     st = frozen.train_stats()
     assert len(st["perplexity"]) == 2 and all(1.0 <= v <= frozen.K for v in st["perplexity"])
+
+
+def test_entropy_constrained_search_spends_fewer_bits(trained, ixi):
+    """The encoder's rate-priced index choice costs fewer bytes than the nearest code, at every
+    level; both streams decode with the same decoder (the choice is the encoder's alone)."""
+    m = trained
+    x = _unit(ixi[60])[None, None]
+    H, W = x.shape[-2:]
+    w = m.rate_weight
+    assert w > 0
+    try:
+        m.rate_weight = 0.0
+        plain = [m.analyse(x, q) for q in range(m.n_qualities)]
+    finally:
+        m.rate_weight = w
+    for q, (data0, sym0) in enumerate(plain):
+        data, sym = m.analyse(x, q)
+        assert len(data) < len(data0), (q, len(data), len(data0))
+        for d, s in ((data, sym), (data0, sym0)):
+            assert torch.equal(m.decode_latents(d, (H, W), q)["y"], s)
+
+
+def test_levels_cannot_be_added_on_resume():
+    from bmz.train import extend_qualities
+
+    m = build_model("vqvae", **TINY)
+    state = {"model_name": "vqvae", "model_config": m.config(), "model": m.state_dict(),
+             "opt": {"state": {}, "param_groups": []}}
+    with pytest.raises(ValueError, match="cannot be added"):
+        extend_qualities(state, TINY["lambdas"] + [0.16])

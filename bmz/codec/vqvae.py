@@ -4,12 +4,14 @@
 learning", NeurIPS 2017 (VQ-VAE: nearest-neighbour codebook, straight-through gradient,
 commitment loss, EMA codebook updates in its appendix), with the residual vector quantiser,
 quantizer dropout and dead-code restarts of N. Zeghidour, A. Luebs, A. Omran, J. Skoglund,
-M. Tagliasacchi, "SoundStream: an end-to-end neural audio codec", IEEE/ACM TASLP 2021.
+M. Tagliasacchi, "SoundStream: an end-to-end neural audio codec", IEEE/ACM TASLP 2021, and the
+index choice of entropy-constrained VQ: P. A. Chou, T. Lookabaugh, R. M. Gray,
+"Entropy-constrained vector quantization", IEEE Trans. ASSP 37(1), 1989.
 
 ::
 
-    x ─g_a─► y ─► stage 1: i₁ = argmin_k |y − C₁[k]|          r₁ = y − C₁[i₁]
-                  stage 2: i₂ = argmin_k |r₁ − C₂[k]|         r₂ = r₁ − C₂[i₂]
+    x ─g_a─► y ─► stage 1: i₁ = argmin_k |y − C₁[k]|² + μ_q · bits₁(k)     r₁ = y − C₁[i₁]
+                  stage 2: i₂ = argmin_k |r₁ − C₂[k]|² + μ_q · bits₂(k)    r₂ = r₁ − C₂[i₂]
                   …        (quality level q uses stages 1 … q)
               ŷ = C₁[i₁] + … + C_q[i_q] ─g_s─► x̂
 
@@ -18,10 +20,20 @@ M. Tagliasacchi, "SoundStream: an end-to-end neural audio codec", IEEE/ACM TASLP
   (conv3 IGDN conv3 IGDN, then ``stages`` × deconv5↑2 with IGDN between) — only layers that the
   fixed-point synthesis replays (:mod:`bmz.codec.fixedpoint`).
 * **Quantiser.** ``S`` = ``len(lambdas)`` stages, each a codebook of ``K`` vectors of dimension
-  ``D``, searched by L2 nearest neighbour on the previous stage's residual. Quality level ``q``
-  (1 … S) sends the indices of the first ``q`` stages, so one set of weights spans every rate.
-  Training draws the level per sample (the training loop's uniform quality index: SoundStream's
-  quantizer dropout), so every prefix of stages is a reconstruction of its own.
+  ``D``, searched on the previous stage's residual. Quality level ``q`` (1 … S) sends the indices
+  of the first ``q`` stages, so one set of weights spans every rate. Training draws the level per
+  sample (the training loop's uniform quality index: SoundStream's quantizer dropout), so every
+  prefix of stages is a reconstruction of its own.
+* **Entropy-constrained search.** A plain nearest-neighbour search (``rate_weight`` 0) spends
+  nearly ``log2 K`` bits on every index: nothing in the loss steers the encoder towards cheap
+  codes (the rate has no gradient), and MRI background noise spreads over the whole codebook.
+  So each stage picks the code of least ``|r − C[k]|² + μ_q · bits(k)``, with ``bits(k)`` the
+  index's cost under the stage's prior (the frozen table when coding) and the price of a bit
+  ``μ_q = rate_weight / λ[q] · D · E`` (``E``: the EMA of the latent's mean square, so the
+  price follows the latent's scale). Low levels buy rate with latent error where it costs least
+  (flat regions fall on the popular codes, whose probability the EMA then raises further); high
+  levels search almost by distance alone. An encoder-side choice: the decoder only sums the
+  codes it is sent.
 * **Codebook learning.** Exponential moving averages of each code's assignment count and of the
   sum of the residuals assigned to it (``decay``), the code being their ratio; stage ``s`` is
   updated from the samples whose level uses it. Codebooks start from residuals of the first
@@ -34,9 +46,11 @@ M. Tagliasacchi, "SoundStream: an end-to-end neural audio codec", IEEE/ACM TASLP
   latent's energy so that it cannot shrink the latent's scale, which the codebooks would follow
   down to the fixed-point resolution). The gradient reaches ``g_a`` straight through the
   quantiser. The rate does not depend on any differentiable quantity (the indices are
-  discrete and the prior is an estimate, see below), so **λ only weights the MSE of each level**:
-  it sets how much the shared transforms favour the low or the high levels; it is nominal as a
-  rate–distortion trade-off. The default doubles per level, as the MSE roughly halves per stage.
+  discrete and the prior is an estimate, see below), so **λ is not the rate–distortion
+  trade-off of the loss** as for the other models: it weights each level's MSE (how much the
+  shared transforms favour the low or the high levels) and sets the level's price of a bit in
+  the search above; the rate of a level is chiefly its number of stages. The default doubles
+  per level, as the MSE roughly halves per stage.
 * **Entropy coding.** Per stage, a factorized categorical prior over the ``K`` indices: the
   normalised EMA assignment counts (the maximum-likelihood estimate that a cross-entropy-trained
   logit vector would approach, without its slow convergence). ``forward`` returns the indices'
@@ -45,16 +59,19 @@ M. Tagliasacchi, "SoundStream: an end-to-end neural audio codec", IEEE/ACM TASLP
   (:func:`bmz.codec.entropy.quantized_cdf_tables`: every index codable); a slice's payload is one
   range-coded stream of its ``q × h × w`` indices, stage by stage (:class:`~bmz.codec.entropy.
   TableCoder`, one table per stage, exactly as the factorized priors' one table per channel).
-  Upper bound of the rate: ``q · log2 K`` bits per latent position, i.e.
-  ``q · log2 K / 4**stages`` bits per pixel.
+  Upper bound of the rate (an index costs at most ``log2 K`` bits under a well-fitted prior):
+  about ``q · log2 K`` bits per latent position, i.e. ``q · log2 K / 4**stages`` bits per pixel
+  (:func:`rate_bound_bpp`), before the entropy-constrained search lowers it.
 * **Bit-exact decoding.** ``freeze()`` also rounds the codebooks to integers in units of
   ``2**-ACT_BITS`` (the fixed-point synthesis's activation unit). The decoded latent is the
   integer sum of the selected integer code vectors: ``decode_latents`` returns it as
   ``{"y": int32 (1, D, h, w)}`` (and the indices as ``"indices"``), and the synthesis runs on it
-  with an integer inverse gain of 1 (``log2_inv_gain`` = −ACT_BITS) — the same path as every other model, so :mod:`bmz.interpolation`
-  mixes vqvae files unchanged: it mixes sums of code vectors (ŷ), not indices, and synthesises the
-  mixture without re-quantising it to the codebooks. The encoder searches the same rounded
-  codebooks, so its residuals track exactly what the decoder sums.
+  with an integer inverse gain of 1 (``log2_inv_gain`` = −ACT_BITS) — the same path as every
+  other model, so :mod:`bmz.interpolation` mixes vqvae files unchanged: it mixes sums of code
+  vectors (ŷ), not indices, and synthesises the mixture without re-quantising it to the
+  codebooks (mixing the pre-quantisation latents instead would need the encoder, which
+  interpolation never runs). The encoder searches the same rounded codebooks and table costs,
+  so its residuals track exactly what the decoder sums.
 """
 
 from __future__ import annotations
@@ -86,10 +103,14 @@ def vq_transforms(N: int, D: int, stages: int) -> tuple[nn.Sequential, nn.Sequen
     return nn.Sequential(*ga), nn.Sequential(*gs)
 
 
-def _nearest(r: torch.Tensor, C: torch.Tensor, C2: torch.Tensor) -> torch.Tensor:
+def _nearest(r: torch.Tensor, C: torch.Tensor, C2: torch.Tensor, penalty=None) -> torch.Tensor:
     """Index of the nearest code (L2) of each row of ``r`` ``(P, D)`` in ``C`` ``(K, D)``
-    (``C2``: the codes' squared norms); the lowest index on a tie."""
-    return torch.argmin(C2[None, :] - 2.0 * (r @ C.T), dim=1)
+    (``C2``: the codes' squared norms), plus ``penalty`` (``(K,)`` or ``(P, K)``, the
+    entropy-constrained choice) when given; the lowest index on a tie."""
+    cost = C2[None, :] - 2.0 * (r @ C.T)
+    if penalty is not None:
+        cost = cost + penalty
+    return torch.argmin(cost, dim=1)
 
 
 @register_model("vqvae")
@@ -97,14 +118,19 @@ class ResidualVQVAE(BmzModel):
     """VQ-VAE with a residual vector quantiser (quality level q = the first q of ``len(lambdas)``
     stages of ``K`` codes each), a factorized categorical prior per stage, GDN transforms."""
 
+    #: ``bmz train --resume --lambdas`` cannot add levels: each level is a stage whose codebook
+    #: and prior are trained buffers (refused by :func:`bmz.train.extend_qualities`)
+    levels_extendable = False
+
     def __init__(self, N: int = 64, D: int = 32, K: int = 256, stages: int = 2,
                  lambdas: list[float] | None = None, decay: float = 0.99, beta: float = 0.25,
-                 dead_frac: float = 1.0 / 32):
+                 dead_frac: float = 1.0 / 32, rate_weight: float = 2e-4):
         super().__init__(lambdas or VQ_LAMBDAS)
         self.N, self.D, self.K, self.stages = int(N), int(D), int(K), int(stages)
         if self.K < 2 or self.D < 1 or self.stages < 1:
             raise ValueError(f"vqvae needs K >= 2, D >= 1, stages >= 1 (got K={K}, D={D}, stages={stages})")
         self.decay, self.beta, self.dead_frac = float(decay), float(beta), float(dead_frac)
+        self.rate_weight = float(rate_weight)
         self.downsampling = 2**self.stages
         self.g_a, self.g_s = vq_transforms(self.N, self.D, self.stages)
         S, Kc, Dc = self.n_qualities, self.K, self.D
@@ -115,6 +141,7 @@ class ResidualVQVAE(BmzModel):
         self.register_buffer("ema_sum", cb.clone())                  # EMA sums of assigned residuals
         self.register_buffer("initialised", torch.zeros((), dtype=torch.int64))
         self.register_buffer("restarts", torch.zeros(S, dtype=torch.int64))  # dead codes restarted
+        self.register_buffer("latent_energy", torch.ones(()))  # EMA of the latent's mean square
         # set by freeze(): integer codebooks (units 2**-ACT_BITS) and one CDF table per stage
         self.register_buffer("codebooks_fx", torch.zeros(S, Kc, Dc, dtype=torch.int64))
         self.register_buffer("prior_cdf", torch.zeros(S, Kc + 2, dtype=torch.int32))
@@ -127,7 +154,8 @@ class ResidualVQVAE(BmzModel):
 
     def config(self) -> dict:
         return {"N": self.N, "D": self.D, "K": self.K, "stages": self.stages, "lambdas": self.lambdas,
-                "decay": self.decay, "beta": self.beta, "dead_frac": self.dead_frac}
+                "decay": self.decay, "beta": self.beta, "dead_frac": self.dead_frac,
+                "rate_weight": self.rate_weight}
 
     # ---- quantiser -----------------------------------------------------------------------
     def _prior(self) -> torch.Tensor:
@@ -144,17 +172,36 @@ class ResidualVQVAE(BmzModel):
             return self.codebooks_fx.to(torch.float32) * 2.0**-fixedpoint.ACT_BITS
         return self.codebooks
 
+    def _code_bits(self) -> torch.Tensor:
+        """(S, K) cost in bits of each index: under the frozen tables once frozen and not
+        training (what the coder spends), else under the training-time prior."""
+        if int(self.frozen) == 1 and not self.training:
+            freq = torch.diff(self.prior_cdf.double(), dim=1)[:, :self.K]
+            return -torch.log2(freq / 65536.0)
+        return -torch.log2(self._prior().double())
+
+    def _mu(self, q) -> torch.Tensor:
+        """The entropy-constrained search's price of one bit, in squared latent units, for level
+        index ``q`` (an int or a tensor of them): ``rate_weight / λ[q] · D · latent energy``."""
+        lam = torch.tensor(self.lambdas, dtype=torch.float64)[torch.as_tensor(q).cpu()]
+        return self.rate_weight / lam * self.D * float(self.latent_energy)
+
     @torch.no_grad()
-    def _rvq(self, flat: torch.Tensor, C: torch.Tensor, n: int | None = None):
+    def _rvq(self, flat: torch.Tensor, C: torch.Tensor, n: int | None = None, mu=None):
         """Residual VQ of latent vectors ``flat`` ``(P, D)`` over ``n`` stages of codebooks ``C``
         → (indices ``(n, P)``, each stage's input residual ``(n, P, D)``, each stage's code
-        vector ``(n, P, D)``)."""
+        vector ``(n, P, D)``). With ``mu`` (a float, or ``(P,)``), each stage picks the code of
+        least ``|r − C[k]|² + mu · bits(k)`` (entropy-constrained VQ) instead of the nearest."""
         n = self.n_qualities if n is None else n
         r = flat
         idx, res, codes = [], [], []
+        bits = self._code_bits().to(r.device, r.dtype) if mu is not None else None
+        if mu is not None and torch.is_tensor(mu):
+            mu = mu.to(r.device, r.dtype)[:, None]
         for s in range(n):
             Cs = C[s].to(r.dtype)
-            i = _nearest(r, Cs, (Cs * Cs).sum(dim=1))
+            pen = None if mu is None else mu * bits[s][None, :]
+            i = _nearest(r, Cs, (Cs * Cs).sum(dim=1), pen)
             c = Cs[i]
             idx.append(i)
             res.append(r)
@@ -214,12 +261,17 @@ class ResidualVQVAE(BmzModel):
         B, D, h, w = y.shape
         S = self.n_qualities
         flat = y.detach().permute(0, 2, 3, 1).reshape(-1, D)
+        level = q.to(y.device).repeat_interleave(h * w)  # (P,) each position's level index
         if self.training:
             self.frozen.fill_(0)  # the codebooks move: frozen tables would be stale
+            e = (flat.double() ** 2).mean()
             if int(self.initialised) == 0:
+                self.latent_energy.fill_(float(e))
                 self._init_codebooks(flat)
-        idx, res, codes = self._rvq(flat, self._search_codebooks())
-        level = q.to(y.device).repeat_interleave(h * w)  # (P,) each position's level index
+            else:
+                self.latent_energy.mul_(self.decay).add_((1 - self.decay) * e.to(self.latent_energy.dtype))
+        mu = self._mu(level) if self.rate_weight > 0 else None
+        idx, res, codes = self._rvq(flat, self._search_codebooks(), mu=mu)
         used = torch.arange(S, device=y.device)[:, None] <= level[None, :]  # (S, P)
         y_q = (codes * used[..., None].to(codes.dtype)).sum(dim=0)
         y_q = y_q.reshape(B, h, w, D).permute(0, 3, 1, 2).to(y.dtype)
@@ -303,7 +355,8 @@ class ResidualVQVAE(BmzModel):
         _, D, h, w = y.shape
         flat = y.permute(0, 2, 3, 1).reshape(-1, D).double()
         C = self.codebooks_fx.double() * 2.0**-fixedpoint.ACT_BITS  # exactly what the decoder sums
-        idx, _, _ = self._rvq(flat, C, q + 1)
+        mu = float(self._mu(q)) if self.rate_weight > 0 else None
+        idx, _, _ = self._rvq(flat, C, q + 1, mu=mu)
         idx = idx.reshape(q + 1, h, w)[None].to(torch.int32)
         data = coder.encode(idx, entropy.channel_indexes(idx.shape))
         return data, self._latent_sum(idx)
