@@ -49,8 +49,10 @@ index choice of entropy-constrained VQ: P. A. Chou, T. Lookabaugh, R. M. Gray,
   discrete and the prior is an estimate, see below), so **λ is not the rate–distortion
   trade-off of the loss** as for the other models: it weights each level's MSE (how much the
   shared transforms favour the low or the high levels) and sets the level's price of a bit in
-  the search above; the rate of a level is chiefly its number of stages. The default doubles
-  per level, as the MSE roughly halves per stage.
+  the search above (a smaller λ, a cheaper and coarser level, as for the other models); the
+  rate of a level is chiefly its number of stages, then its λ. The default doubles per level,
+  as the MSE roughly halves per stage; ``bmz train --lambdas`` sets both the number of levels
+  and their prices.
 * **Entropy coding.** Per stage, a factorized categorical prior over the ``K`` indices: the
   normalised EMA assignment counts (the maximum-likelihood estimate that a cross-entropy-trained
   logit vector would approach, without its slow convergence). ``forward`` returns the indices'
@@ -124,7 +126,7 @@ class ResidualVQVAE(BmzModel):
 
     def __init__(self, N: int = 64, D: int = 32, K: int = 256, stages: int = 2,
                  lambdas: list[float] | None = None, decay: float = 0.99, beta: float = 0.25,
-                 dead_frac: float = 1.0 / 32, rate_weight: float = 2e-4):
+                 dead_frac: float = 1.0 / 32, rate_weight: float = 5e-4):
         super().__init__(lambdas or VQ_LAMBDAS)
         self.N, self.D, self.K, self.stages = int(N), int(D), int(K), int(stages)
         if self.K < 2 or self.D < 1 or self.stages < 1:
