@@ -190,7 +190,10 @@ def rd_loss(model, out: dict, x: torch.Tensor, q: torch.Tensor) -> tuple[torch.T
     bpp = -bits / n_pix
     mse = ((out["x_hat"] - x) ** 2).mean(dim=(1, 2, 3))
     lam = torch.tensor(model.lambdas, dtype=torch.float32, device=q.device)[q]
-    loss = (bpp + lam * 255.0**2 * mse).mean()
+    loss = bpp + lam * 255.0**2 * mse
+    if "extra_loss" in out:  # a model's own training term (the VQ-VAE's commitment loss)
+        loss = loss + out["extra_loss"]
+    loss = loss.mean()
     return loss, {"bpp": bpp.mean().item(), "mse": mse.mean().item(), "loss": loss.item()}
 
 
@@ -269,6 +272,9 @@ def extend_qualities(state: dict, lambdas: list[float]) -> dict:
         return out
 
     model = build_model(state["model_name"], **{**state["model_config"], "lambdas": new})
+    if not getattr(model, "levels_extendable", True):
+        raise ValueError(f"{state['model_name']}: quality levels cannot be added to this model "
+                         f"(its levels are trained state that new rows would not continue)")
     fresh = model.state_dict()
     params = dict(model.named_parameters())
     missing = [k for k in fresh if k not in state["model"] and not k.startswith(_DERIVED)]
@@ -488,7 +494,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     if groups == 2:
         param_groups[1]["lr"] = (lr or 2e-4) * DENSITY_LR_MULT
     opt = torch.optim.Adam(param_groups, lr=lr or 2e-4)
-    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    # models without entropy bottlenecks (vqvae) have no auxiliary parameters: an optimiser
+    # over nothing, never stepped (its empty state still checkpoints and resumes)
+    aux_opt = torch.optim.Adam(aux_params or [torch.zeros(0, requires_grad=True)], lr=1e-3)
     timed = {"decay": False}
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 if timed["decay"] else lr_factor(s, steps))
@@ -539,8 +547,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
         opt.step()
         aux = model.aux_loss()
-        aux.backward()
-        aux_opt.step()
+        if aux_params:
+            aux.backward()
+            aux_opt.step()
         sched.step()
         step += 1
         stats.append(st)
@@ -550,7 +559,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
             stats = []
             bar.set_postfix(loss=f"{m['loss']:.3f}", bpp=f"{m['bpp']:.3f}")
             log.info("step %d loss %.4f bpp %.4f mse %.2e aux %.1f", step, m["loss"], m["bpp"],
-                     m["mse"], aux.item())
+                     m["mse"], float(aux))
+            if hasattr(model, "train_stats"):  # e.g. the VQ-VAE's codebook usage
+                log.info("step %d model %s", step, json.dumps(model.train_stats()))
         if step % validate_every == 0 or step == steps:
             v = validate(model, val, [0, model.n_qualities // 2, model.n_qualities - 1])
             history.append({"step": step, "val": v})

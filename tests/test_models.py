@@ -23,10 +23,11 @@ SMALL = {"unet-noskip-v1": {"widths": [4, 8, 8, 16, 16], "M": 16},
          "unet-noskip-v2": {"widths": [6, 12, 12, 24, 24], "M": 16},
          "unet-noskip-c": {"widths": [8, 8, 16, 16], "M": 16},
          "factorized": {"N": 16, "M": 16},
-         "hyperprior": {"N": 16, "M": 16}}
+         "hyperprior": {"N": 16, "M": 16},
+         "vqvae": {"N": 16, "D": 8, "K": 16}}
 
 FAMILIES = ["factorized", "hyperprior", "unet-noskip-v1", "unet-noskip-v2", "unet-noskip-c",
-            "cnn-ae-8", "cnn-ae-16", "cnn-ae-32"]
+            "cnn-ae-8", "cnn-ae-16", "cnn-ae-32", "vqvae"]
 
 
 def test_every_seed_architecture_is_registered():
@@ -98,7 +99,7 @@ def test_decoder_macs_per_pixel_counts_by_hand():
     assert heavy > 50 * decoder_macs_per_pixel(build_model("cnn-ae-8"))
 
 
-@pytest.mark.parametrize("name", ["cnn-ae-8", "factorized", "unet-noskip-c"])
+@pytest.mark.parametrize("name", ["cnn-ae-8", "factorized", "unet-noskip-c", "vqvae"])
 def test_saved_family_model_round_trips_through_the_api(name, tmp_path, monkeypatch):
     m = _small(name)
     stem = tmp_path / f"{name}-test"

@@ -140,6 +140,17 @@ class TableCoder:
         cdf = [row[:n] for row, n in zip(m._quantized_cdf.tolist(), lengths)]
         return cls(cdf, lengths, m._offset.reshape(-1).tolist())
 
+    @classmethod
+    def from_tables(cls, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor,
+                    offset: torch.Tensor) -> "TableCoder":
+        """A coder over frozen tables held as tensors (rows of ``quantized_cdf`` padded; each row's
+        first ``cdf_length`` entries are its table), e.g. those of :func:`quantized_cdf_tables`."""
+        lengths = [int(n) for n in cdf_length.reshape(-1).tolist()]
+        if not lengths or min(lengths) < 3:
+            raise RuntimeError("no CDF tables: call model.freeze() first")
+        cdf = [row[:n] for row, n in zip(quantized_cdf.tolist(), lengths)]
+        return cls(cdf, lengths, [int(v) for v in offset.reshape(-1).tolist()])
+
     def _model(self, t: int):
         mdl = self._models.get(t)
         if mdl is None:
@@ -210,6 +221,31 @@ class TableCoder:
         out = np.empty_like(v)
         out[order] = v
         return torch.from_numpy(out.astype(np.int32)).reshape(indexes.shape)
+
+
+def quantized_cdf_tables(pmf: np.ndarray, precision: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen coding tables of categorical distributions: ``pmf`` ``(T, n)`` (rows of
+    non-negative weights over the symbols ``0 … n − 1``) → ``(quantized_cdf (T, n + 2) int32,
+    cdf_length (T,) int32)`` for :meth:`TableCoder.from_tables` (offset 0).
+
+    The same quantisation as CompressAI's entropy models (``pmf_to_quantized_cdf`` at 16-bit
+    precision, each row followed by an escape symbol of zero mass): every symbol, the escape
+    included, gets a frequency of at least 1/2**16, so every symbol is codable whatever the
+    weights. Computed once, by ``freeze()``; the tables ship in the weights and are never
+    recomputed, so every machine codes with the very same integers."""
+    from compressai._CXX import pmf_to_quantized_cdf
+
+    pmf = np.asarray(pmf, dtype=np.float64)
+    if pmf.ndim != 2 or pmf.shape[1] < 1 or not np.all(np.isfinite(pmf)) or np.any(pmf < 0):
+        raise ValueError("pmf must be a finite, non-negative (T, n) array")
+    tot = pmf.sum(axis=1, keepdims=True)
+    pmf = np.where(tot > 0, pmf / np.where(tot > 0, tot, 1.0), 1.0 / pmf.shape[1])
+    T, n = pmf.shape
+    cdf = torch.zeros((T, n + 2), dtype=torch.int32)
+    for t in range(T):
+        row = pmf_to_quantized_cdf(pmf[t].tolist() + [0.0], precision)
+        cdf[t, :len(row)] = torch.tensor(row, dtype=torch.int32)
+    return cdf, torch.full((T,), n + 2, dtype=torch.int32)
 
 
 def stream_encoder():

@@ -4,7 +4,9 @@ Every model follows one contract (see :class:`BmzModel`):
 
 * ``forward(x, q)`` — training path: returns ``{"x_hat", "likelihoods"}`` with an *estimated* rate;
   ``x`` is a batch ``(B, 1, H, W)`` of slices mapped to ``[0, 1]``, ``q`` a ``(B,)`` tensor of quality
-  indices (variable-rate models) — one set of weights serves every quality.
+  indices (variable-rate models) — one set of weights serves every quality. A model may add
+  ``"extra_loss"``, a ``(B,)`` tensor the training loop adds to the rate–distortion loss (the
+  VQ-VAE's commitment loss).
 * ``compress_slice(x, q) -> bytes`` / ``decompress_slice(data, shape, q) -> x_hat`` — the real
   bitstream of one slice (``x`` of shape ``(1, 1, H, W)`` with H, W multiples of ``downsampling``).
   ``decompress_slice`` = ``synthesize(decode_latents(data, shape, q)["y"], q)``: the entropy
@@ -26,6 +28,7 @@ from ..errors import UnknownModelError
 from . import hyperprior
 from . import factorized  # noqa: F401
 from . import context  # noqa: F401
+from . import vqvae  # noqa: F401
 from .hyperprior import (BmzModel, GainedScaleHyperprior, gdn_transforms,  # noqa: F401 (re-exported)
                          payload_decoders, register_model)
 
