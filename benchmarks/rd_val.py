@@ -33,7 +33,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bmz import rdcurve  # noqa: E402
-from bmz.rdcurve import J2K, RATES, _n  # noqa: E402
+from bmz.rdcurve import J2K, RATES  # noqa: E402
+from bmz.rdcurve.report import _n  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "val"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -126,7 +127,11 @@ def write_rd_val(path: Path, res, comps: dict, g8: str) -> None:
           f"- command: `{info['command']}`"]
     models = [s for s in res.specs if s.kind == "bmz"]
     for s in models:
-        L.append(f"- model `{s.name}`: " + (f"**{s.error}**" if s.error else f"weights SHA-256 `{s.version}`"))
+        what = "residual coder" if s.name == rdcurve.MAX_ERROR else "weights SHA-256"
+        L.append(f"- model `{s.name}`: " + (f"**{s.error}**" if s.error else f"{what} `{s.version}`"))
+    if any(c["model"] == rdcurve.ENVELOPE for c in res.curves):
+        L.append(f"- `bmz/{rdcurve.ENVELOPE}`: bmz's best operating points, the Pareto front over "
+                 "the bmz curves (its settings say which model and setting gives each point)")
     L += ["", "All codecs, BD-rates, plots and error maps: [report.md](report.md), "
           "[bd_rate.md](bd_rate.md). Method as there (bpp counts every byte stored; PSNR peak = "
           "volume range; group values are means over the group's volumes per setting).", ""]
@@ -213,7 +218,7 @@ def family_rows(res, comps: dict, group: str) -> list[dict]:
     out = []
     for spec in res.specs:
         cid = f"bmz/{spec.name}"
-        if spec.kind != "bmz" or spec.error or cid not in by:
+        if spec.kind != "bmz" or spec.error or cid not in by or spec.name == rdcurve.MAX_ERROR:
             continue
         card = zoo.read_card(spec.name)
         model, _ = zoo.load_model(spec.name)
@@ -317,7 +322,7 @@ def update_cards(res, comps: dict) -> None:
     from bmz.codec import zoo
 
     for spec in res.specs:
-        if spec.kind != "bmz" or spec.error:
+        if spec.kind != "bmz" or spec.error or spec.name == rdcurve.MAX_ERROR:
             continue
         name, sha = spec.name, spec.version
         card_path = zoo.find_weights(name).with_suffix(".json")

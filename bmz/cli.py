@@ -367,7 +367,7 @@ def export(checkpoint, out) -> None:
               help="output folder (points.csv/json, curves.csv, bd_rate.*, plots, report.md)")
 @click.option("--codecs", default=",".join(("bmz", "jpeg", "jpeg2000", "htj2k", "jpegls", "jpegxl", "avif")),
               show_default=True, help="comma list of codecs")
-@click.option("--models", default=None, help="comma list of shipped bmz models (default: all)")
+@click.option("--models", default=None, help="comma list of shipped bmz models and max-error (bmz --max-error at δ = 0, 1, 2, 4 …); default: all of them; with two or more, also bmz/envelope (their best points)")
 @click.option("--max-slices", default=None, type=click.IntRange(min=1),
               help="code only the N middle slices of each volume")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),

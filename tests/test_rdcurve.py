@@ -357,3 +357,62 @@ def test_bmz_points_of_another_file_format_are_measured_again():
     j2k = {"volume": "v", "series": "", "max_slices": 0, "codec": "JPEG2000", "model": "",
            "version": "openjpeg 2.5.4", "setting": "psnr40"}
     assert rdcurve.point_key(j2k) == rdcurve.point_key(dict(j2k, format=""))
+
+
+def test_max_error_curve_is_bounded_and_enters_the_envelope(tmp_path, monkeypatch):
+    """``max-error`` is one more bmz curve (δ = 0, 1, 2 … 2^(B − 4), every point within its
+    bound, δ = 0 lossless); with a model's curve beside it, ``bmz/envelope`` is their Pareto
+    front and gets BD-rates like any curve."""
+    import torch
+
+    from bmz.codec import zoo
+    from bmz.codec.models import build_model
+
+    torch.manual_seed(0)
+    mdir = tmp_path / "models"
+    mdir.mkdir()
+    sha = zoo.save_frozen(build_model("hyperprior", N=8, M=8, lambdas=[0.01, 0.1]),
+                          mdir / "tiny-test.pt")
+    zoo.write_card(mdir / "tiny-test.json", {"name": "tiny-test", "sha256": sha})
+    monkeypatch.setenv("BMZ_MODEL_PATH", str(mdir))
+    assert [s.name for s in rdcurve.measure.bmz_settings(rdcurve.MAX_ERROR, 8)] == [
+        "d0", "d1", "d2", "d4", "d8", "d16"]
+    assert rdcurve.measure.bmz_settings(rdcurve.MAX_ERROR, 12)[-1].param == 256
+    assert rdcurve.bmz_file_format(rdcurve.MAX_ERROR) == "1.1/6 G8"
+    specs = rdcurve.resolve_codecs(["bmz"], None)  # default: every shipped model and max-error
+    assert "tiny-test" in [s.name for s in specs] and specs[-1].name == rdcurve.MAX_ERROR
+    inp = tmp_path / "v.npy"
+    np.save(inp, _phantom(8, n=2, h=40, w=40))
+    res = rdcurve.run([inp], tmp_path / "o", codecs=["bmz", "jpeg2000"],
+                      models=["tiny-test", rdcurve.MAX_ERROR], progress=False, plots=False)
+    me = sorted((r for r in res.rows if r["model"] == rdcurve.MAX_ERROR), key=lambda r: r["param"])
+    assert [r["setting"] for r in me] == ["d0", "d1", "d2", "d4", "d8", "d16"]
+    assert all(not r["error"] and r["maxerr"] <= r["param"] for r in me)
+    assert me[0]["mode"] == "lossless" and me[0]["maxerr"] == 0
+    assert [r["bpp"] for r in me] == sorted((r["bpp"] for r in me), reverse=True)
+    env = [c for c in res.curves if c["curve"] == "bmz/envelope"]
+    pts = [c for c in res.curves if c["curve"] in ("bmz/tiny-test", "bmz/max-error")
+           and c["mode"] == "lossy"]
+    assert env and {c["setting"].split(":")[0] for c in env} <= {"tiny-test", "max-error"}
+    for p in pts:  # no bmz point beats the envelope: fewer bits and more PSNR
+        assert not any(p["bpp"] < e["bpp"] and p["psnr"] > e["psnr"] for e in env)
+    assert [e["psnr"] for e in env] == sorted(e["psnr"] for e in env)
+    assert any(b["curve"] == "bmz/envelope" for b in res.bd)
+    assert "bmz/envelope" in (tmp_path / "o" / "curves.csv").read_text()
+
+
+def test_envelope_is_the_pareto_front_of_the_bmz_curves():
+    def pt(curve, setting, bpp, psnr, group="g"):
+        return {"group": group, "curve": curve, "codec": "bmz" if "/" in curve else curve,
+                "model": curve.split("/")[-1], "setting": setting, "mode": "lossy",
+                "complete": True, "bpp": bpp, "psnr": psnr, "ssim": 0.9}
+
+    curves = [pt("bmz/a", "q1", 0.5, 30), pt("bmz/a", "q2", 1.0, 35), pt("bmz/a", "q3", 2.0, 38),
+              pt("bmz/max-error", "d4", 1.5, 40), pt("bmz/max-error", "d1", 3.0, 50),
+              pt("JPEG2000", "psnr60", 0.1, 60),  # classical points never enter it
+              pt("bmz/a", "q1", 0.5, 30, group="h")]  # one bmz curve: no envelope
+    env = rdcurve.envelope(curves)
+    assert [(e["setting"], e["bpp"]) for e in env] == [
+        ("a:q1", 0.5), ("a:q2", 1.0), ("max-error:d4", 1.5), ("max-error:d1", 3.0)]
+    assert {e["curve"] for e in env} == {"bmz/envelope"} and {e["group"] for e in env} == {"g"}
+    assert rdcurve.envelope(curves + env) == env  # an envelope already there is not an input

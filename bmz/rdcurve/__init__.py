@@ -21,7 +21,9 @@ Groups
 Measurements (one row per volume × codec × setting)
     Classical codecs: :mod:`bmz.baselines` (one image per slice, ``stored − min`` at the true bit
     depth, REFERENCE.md §2's traps handled, lossless settings checked bit-exact); bmz: every quality
-    level of every chosen shipped model through :func:`bmz.api.compress` / ``decompress``.
+    level of every chosen shipped model through :func:`bmz.api.compress` / ``decompress``, and
+    ``max-error`` — bmz's bounded-error mode (``--max-error δ``, δ = 0, 1, 2, 4 … 2^(B − 4), each
+    point checked against its bound) — as one more bmz curve (``--models`` picks among both).
 
     * ``bpp``: every byte a user stores × 8 / voxels — the whole ``.bmz`` file (container,
       metadata, index, chunks) or every codec stream with its headers;
@@ -46,7 +48,9 @@ run) but are not part of that run's curves and reports.
 
 Outputs in OUTDIR
     ``points.csv`` / ``points.json`` (every row, error rows included), ``curves.csv`` (group means
-    per codec and setting, as the reference did), ``bd_rate.csv`` / ``bd_rate.md`` (BD-rate of every
+    per codec and setting, as the reference did; with two or more bmz curves also
+    ``bmz/envelope``, bmz's best operating points — the Pareto front over them, see
+    :func:`.curves.envelope`), ``bd_rate.csv`` / ``bd_rate.md`` (BD-rate of every
     curve vs JPEG 2000 and vs ``--anchor``, PSNR and SSIM), ``rd_<group>.png`` (bpp–PSNR and
     bpp–SSIM, log-rate axis), ``errormap_<group>.png`` (one slice per codec at about the same bpp)
     and ``report.md`` tying them together.
@@ -68,10 +72,10 @@ from tqdm import tqdm
 
 from .. import baselines
 from ..errors import InputError
-from .common import (ALL_CODECS, BMZ, CHECK_BPP, CHECK_DB, CURVE_FIELDS, D8, DHI, FIELDS, GUIDANCE,
-                     J2K, RATES, _err)
-from .curves import (at_rates, bd_table, compare, curves_by, group_curves, lossy, read_reference,
-                     reference_check)
+from .common import (ALL_CODECS, BMZ, CHECK_BPP, CHECK_DB, CURVE_FIELDS, D8, DHI, ENVELOPE,
+                     FIELDS, GUIDANCE, J2K, MAX_ERROR, RATES, _err)
+from .curves import (at_rates, bd_table, compare, curves_by, envelope, group_curves, lossy,
+                     read_reference, reference_check)
 from .inputs import InputItem, depth_class, discover, load_volume, middle_slices
 from .measure import (CodecSpec, Task, _base_row, _init_worker, bmz_file_format, code_bmz,
                       code_point, resolve_codecs, run_task, settings_for)
@@ -80,9 +84,9 @@ from .points import _sort_rows, load_points, point_key, write_csv, write_json
 from .report import Result, machine_info, report_reference_check, write_bd_md, write_report
 
 __all__ = [
-    "InputItem", "Result", "discover", "run", "group_curves", "bd_table", "compare",
+    "InputItem", "Result", "discover", "run", "group_curves", "envelope", "bd_table", "compare",
     "reference_check", "FIELDS", "CURVE_FIELDS", "ALL_CODECS", "J2K", "RATES", "GUIDANCE",
-    "D8", "DHI", "CHECK_DB", "CHECK_BPP", "at_rates", "curves_by", "lossy", "read_reference",
+    "D8", "DHI", "MAX_ERROR", "ENVELOPE", "CHECK_DB", "CHECK_BPP", "at_rates", "curves_by", "lossy", "read_reference",
     "depth_class", "load_volume", "middle_slices", "CodecSpec", "bmz_file_format", "code_bmz",
     "code_point", "resolve_codecs", "load_points", "point_key", "write_csv", "write_json",
     "machine_info", "report_reference_check", "write_bd_md", "write_report", "plot_group",
@@ -212,6 +216,7 @@ def run(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike,
                                      "points": [{k: r.get(k) for k in FIELDS} for r in rows]})
 
     curves = group_curves(rows)
+    curves += envelope(curves)
     write_csv(out / "curves.csv", curves, CURVE_FIELDS)
     anchors = [J2K] + ([anchor_id] if anchor_id != J2K else [])
     bd = bd_table(curves, anchors)

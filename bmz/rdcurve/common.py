@@ -7,6 +7,10 @@ import math
 
 J2K = "JPEG2000"
 BMZ = "bmz"
+#: bmz's bounded-error mode as one more bmz curve (``--max-error δ`` at δ = 0, 1, 2, 4, …)
+MAX_ERROR = "max-error"
+#: the curve of bmz's best operating points: per group, the Pareto front over every bmz curve
+ENVELOPE = "envelope"
 #: command-line codec names, in report order
 ALL_CODECS = ("bmz", "jpeg", "jpeg2000", "htj2k", "jpegls", "jpegxl", "avif")
 RATES = (0.25, 0.5, 1.0, 2.0)  # table rates (bpp), as REFERENCE.md

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import metrics
-from .common import BMZ, CHECK_BPP, CHECK_DB, J2K, RATES, _curve_of, _f, _num
+from .common import BMZ, CHECK_BPP, CHECK_DB, ENVELOPE, J2K, RATES, _curve_of, _f, _num
 
 
 def group_curves(rows: list[dict]) -> list[dict]:
@@ -39,6 +39,29 @@ def group_curves(rows: list[dict]) -> list[dict]:
         d["ms_ssim"] = float(np.mean(ms)) if ms and all(np.isfinite(ms)) else None
         out.append(d)
     out.sort(key=lambda d: (d["group"], d["curve"] != J2K, d["curve"], d["bpp"]))
+    return out
+
+
+def envelope(curves: list[dict]) -> list[dict]:
+    """bmz's best operating points, per group with at least two bmz curves: the Pareto front
+    (no other bmz point has fewer bits and at least the PSNR) over the complete lossy points of
+    every bmz curve (quality levels and ``max-error`` bounds). Each point is one setting used for
+    every volume of the group, so an encoder reaches it by choosing the model and setting; its
+    ``setting`` says which (``MODEL:SETTING``). The curve is ``bmz/envelope``."""
+    out = []
+    for g in sorted({c["group"] for c in curves}):
+        bm = {cid: lossy(cur) for cid, cur in curves_by(curves, g).items()
+              if cid.startswith(BMZ + "/") and cid != f"{BMZ}/{ENVELOPE}"}
+        bm = {cid: pts for cid, pts in bm.items() if pts}
+        if len(bm) < 2:
+            continue
+        pts = sorted((p for cur in bm.values() for p in cur), key=lambda p: (p["bpp"], -p["psnr"]))
+        best = -math.inf
+        for p in pts:
+            if p["psnr"] > best:
+                best = p["psnr"]
+                out.append({**p, "curve": f"{BMZ}/{ENVELOPE}", "model": ENVELOPE,
+                            "setting": f"{p['model']}:{p['setting']}"})
     return out
 
 

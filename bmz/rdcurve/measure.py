@@ -17,7 +17,7 @@ from ..bitstream import BmzReader
 from ..bitstream.container import FORMAT_VERSION
 from ..codec import chunks, zoo
 from ..errors import InputError
-from .common import ALL_CODECS, BMZ, _err
+from .common import ALL_CODECS, BMZ, MAX_ERROR, _err
 from .inputs import InputItem, depth_class, load_volume
 
 
@@ -45,7 +45,8 @@ class CodecSpec:
 
 def resolve_codecs(codecs: Sequence[str] | None, models: Sequence[str] | None) -> list[CodecSpec]:
     """Codec specs for ``codecs`` (command-line names; default all) and bmz ``models`` (default
-    every shipped one). Unknown names raise :class:`bmz.errors.InputError`."""
+    every shipped one and ``max-error``, bmz's bounded-error mode). Unknown names raise
+    :class:`bmz.errors.InputError`."""
     names = list(codecs) if codecs else list(ALL_CODECS)
     specs: list[CodecSpec] = []
     for n in names:
@@ -54,15 +55,18 @@ def resolve_codecs(codecs: Sequence[str] | None, models: Sequence[str] | None) -
             continue
         if key.lower() == BMZ:
             avail = zoo.available_models()
-            chosen = list(models) if models else sorted(avail)
+            chosen = list(models) if models else sorted(avail) + ([MAX_ERROR] if avail else [])
             if not chosen:
                 specs.append(CodecSpec(BMZ, "(none)", "", error=(
                     "no shipped bmz model found (models/ or $BMZ_MODEL_PATH); train and export "
                     "one, or leave bmz out of --codecs")))
             for m in chosen:
+                if m == MAX_ERROR:
+                    specs.append(CodecSpec(BMZ, m, chunks.BOUNDED.coder_id()))
+                    continue
                 if m not in avail:
                     raise InputError(f"--models: no shipped model {m!r}; available: "
-                                     f"{', '.join(sorted(avail)) or 'none'}")
+                                     f"{', '.join(sorted(avail) + [MAX_ERROR])}")
                 specs.append(CodecSpec(BMZ, m, zoo.sha256_file(avail[m])))
             continue
         try:
@@ -78,14 +82,19 @@ def resolve_codecs(codecs: Sequence[str] | None, models: Sequence[str] | None) -
     return out
 
 
-def bmz_settings(model: str) -> list[baselines.Setting]:
+def bmz_settings(model: str, bits: int = 8) -> list[baselines.Setting]:
+    """A model's quality levels (``q1``…), or for ``max-error`` the bounds δ = 0 (lossless),
+    1, 2, 4 … 2^(bits − 4) of a ``bits``-deep volume (``d0``…): max error ≤ 1/16 of its range."""
+    if model == MAX_ERROR:
+        deltas = [0] + [2 ** i for i in range(max(1, int(bits) - 3))]
+        return [baselines.Setting(f"d{d}", d, lossless=d == 0) for d in deltas]
     m, _ = zoo.load_model(model)
     return [baselines.Setting(f"q{q}", q) for q in range(1, int(m.n_qualities) + 1)]
 
 
 def settings_for(spec: CodecSpec, bits: int) -> list[baselines.Setting]:
     if spec.kind == BMZ:
-        return bmz_settings(spec.name)
+        return bmz_settings(spec.name, bits)
     return list(baselines.get_codec(spec.name).settings_for(bits))
 
 
@@ -95,15 +104,23 @@ def quality_metrics(ref: np.ndarray, rec: np.ndarray) -> dict:
             "ms_ssim": metrics.ms_ssim(ref, rec, rng), "maxerr": metrics.max_abs_error(ref, rec)}
 
 
-def code_bmz(vol: np.ndarray, model: str, quality: int) -> tuple[dict, np.ndarray]:
-    """bmz at one quality: sizes (whole file, chunks only), times and the reconstruction."""
+def code_bmz(vol: np.ndarray, model: str, param: int) -> tuple[dict, np.ndarray]:
+    """bmz at one setting (a model's quality level, or for ``max-error`` the bound δ): sizes
+    (whole file, chunks only), times and the reconstruction."""
     t0 = time.perf_counter()
-    data = api.compress(vol, quality=quality, model=model)
+    if model == MAX_ERROR:
+        data = api.compress(vol, max_error=int(param))
+    else:
+        data = api.compress(vol, quality=param, model=model)
     t1 = time.perf_counter()
     rec = api.decompress(data)
     t2 = time.perf_counter()
     if rec.shape != vol.shape or rec.dtype != vol.dtype:
         raise RuntimeError(f"decoded {rec.shape} {rec.dtype}, expected {vol.shape} {vol.dtype}")
+    if model == MAX_ERROR:
+        err = metrics.max_abs_error(vol, rec)
+        if err > int(param):
+            raise RuntimeError(f"max error {err} > the bound {int(param)}")
     with BmzReader(data, name="<bytes>") as r:
         chunks = int(sum(r.chunk_sizes()))
     return {"n_bytes": len(data), "hdr_bytes": len(data) - chunks, "enc_s": t1 - t0,
@@ -130,9 +147,12 @@ def _base_row(item: InputItem, spec: CodecSpec | None, max_slices: int | None) -
 
 def bmz_file_format(model: str | None = None) -> str:
     """What bmz's output bytes depend on besides the weights: container version / chunk format
-    (e.g. ``1.1/4``; ``1.1/5 G8`` for a model with inter-slice context coding groups of 8). Part
-    of a bmz point's cache key: a format or grouping change re-measures the model."""
+    (e.g. ``1.1/4``; ``1.1/5 G8`` for a model with inter-slice context coding groups of 8; for
+    ``max-error`` the bounded-error format and its groups). Part of a bmz point's cache key: a
+    format or grouping change re-measures the model."""
     v = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
+    if model == MAX_ERROR:
+        return f"{v}/{chunks.BOUNDED.FORMAT} G{chunks.BOUNDED.DEFAULT_GROUP}"
     if model is not None:
         from ..codec import models, zoo
 
