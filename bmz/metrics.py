@@ -226,3 +226,36 @@ def interp_log_rate(rate, dist, at) -> np.ndarray:
     inside = np.isfinite(la) & (la >= lr[0]) & (la <= lr[-1])
     out[inside] = np.interp(la[inside], lr, d)
     return out
+
+
+def envelope_points(curves: dict) -> list[tuple]:
+    """The best operating points of several RD curves of one image set: ``curves`` maps a name to
+    (rates, qualities); returns (name, index) of each point kept, by rate. A point is kept when no
+    point of any curve has at most its rate and at least its quality (a tie keeps one), and no
+    *other* curve, interpolated linearly in log-rate between its own points, needs fewer bits
+    for its quality: so the kept points, interpolated as any curve is, never fall below a curve
+    they came from (a point picked only because it sits just left of another curve's point, and
+    below that curve, is not kept)."""
+    pts = []
+    lines = {}
+    for name, (rate, dist) in curves.items():
+        r, d = np.asarray(rate, dtype=np.float64), np.asarray(dist, dtype=np.float64)
+        lines[name] = _clean_curve(r, d)
+        pts += [(float(r[i]), float(d[i]), name, i) for i in range(len(r))
+                if np.isfinite(r[i]) and np.isfinite(d[i]) and r[i] > 0]
+    pts.sort(key=lambda p: (p[0], -p[1]))
+    out, best = [], -math.inf
+    for r, d, name, i in pts:
+        if d <= best:
+            continue  # another point has fewer (or as many) bits and at least this quality
+        beaten = False
+        for other, (lr, ld) in lines.items():
+            if other == name or len(lr) < 2 or not ld[0] <= d <= ld[-1]:
+                continue
+            if 10.0 ** float(np.interp(d, ld, np.log10(lr))) < r * (1 - 1e-12):
+                beaten = True
+                break
+        if not beaten:
+            best = d
+            out.append((name, i))
+    return out

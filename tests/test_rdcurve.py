@@ -401,7 +401,7 @@ def test_max_error_curve_is_bounded_and_enters_the_envelope(tmp_path, monkeypatc
     assert "bmz/envelope" in (tmp_path / "o" / "curves.csv").read_text()
 
 
-def test_envelope_is_the_pareto_front_of_the_bmz_curves():
+def test_envelope_keeps_the_points_no_other_bmz_curve_beats():
     def pt(curve, setting, bpp, psnr, group="g"):
         return {"group": group, "curve": curve, "codec": "bmz" if "/" in curve else curve,
                 "model": curve.split("/")[-1], "setting": setting, "mode": "lossy",
@@ -409,6 +409,8 @@ def test_envelope_is_the_pareto_front_of_the_bmz_curves():
 
     curves = [pt("bmz/a", "q1", 0.5, 30), pt("bmz/a", "q2", 1.0, 35), pt("bmz/a", "q3", 2.0, 38),
               pt("bmz/max-error", "d4", 1.5, 40), pt("bmz/max-error", "d1", 3.0, 50),
+              # left of a:q2 but below a's curve (a needs ~0.76 bpp for 33 dB): not kept
+              pt("bmz/max-error", "d8", 0.95, 33),
               pt("JPEG2000", "psnr60", 0.1, 60),  # classical points never enter it
               pt("bmz/a", "q1", 0.5, 30, group="h")]  # one bmz curve: no envelope
     env = rdcurve.envelope(curves)

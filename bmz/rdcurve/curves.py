@@ -43,11 +43,12 @@ def group_curves(rows: list[dict]) -> list[dict]:
 
 
 def envelope(curves: list[dict]) -> list[dict]:
-    """bmz's best operating points, per group with at least two bmz curves: the Pareto front
-    (no other bmz point has fewer bits and at least the PSNR) over the complete lossy points of
-    every bmz curve (quality levels and ``max-error`` bounds). Each point is one setting used for
-    every volume of the group, so an encoder reaches it by choosing the model and setting; its
-    ``setting`` says which (``MODEL:SETTING``). The curve is ``bmz/envelope``."""
+    """bmz's best operating points, per group with at least two bmz curves: the complete lossy
+    points of every bmz curve (quality levels and ``max-error`` bounds) that
+    :func:`bmz.metrics.envelope_points` keeps — none beaten by a point or by another curve's
+    interpolation. Each point is one setting used for every volume of the group, so an encoder
+    reaches it by choosing the model and setting; its ``setting`` says which
+    (``MODEL:SETTING``). The curve is ``bmz/envelope``."""
     out = []
     for g in sorted({c["group"] for c in curves}):
         bm = {cid: lossy(cur) for cid, cur in curves_by(curves, g).items()
@@ -55,13 +56,12 @@ def envelope(curves: list[dict]) -> list[dict]:
         bm = {cid: pts for cid, pts in bm.items() if pts}
         if len(bm) < 2:
             continue
-        pts = sorted((p for cur in bm.values() for p in cur), key=lambda p: (p["bpp"], -p["psnr"]))
-        best = -math.inf
-        for p in pts:
-            if p["psnr"] > best:
-                best = p["psnr"]
-                out.append({**p, "curve": f"{BMZ}/{ENVELOPE}", "model": ENVELOPE,
-                            "setting": f"{p['model']}:{p['setting']}"})
+        keep = metrics.envelope_points({cid: ([p["bpp"] for p in pts], [p["psnr"] for p in pts])
+                                        for cid, pts in bm.items()})
+        for cid, i in keep:
+            p = bm[cid][i]
+            out.append({**p, "curve": f"{BMZ}/{ENVELOPE}", "model": ENVELOPE,
+                        "setting": f"{p['model']}:{p['setting']}"})
     return out
 
 
