@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from . import api
+from . import api, target
+from ._fileutil import check_output_path
 from ._version import __version__
 from .codec import zoo
 from .errors import BmzError, InputError
@@ -100,17 +101,33 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
                    "(inter-slice models, and --max-error / --lossless with any model; decoding a "
                    "slice touches at most G-1 others; 1 = every slice on its own); default: the "
                    "model's (`bmz models`), 8 with --max-error / --lossless")
+@click.option("--target-psnr", "target_psnr", default=None, type=float, metavar="P",
+              help="the smallest file whose PSNR (peak = volume max - min) reaches P dB: tries "
+                   "the model's levels and --max-error bounds and keeps the smaller (reads the "
+                   "volume whole; several trial encodes)")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 def encode(src, dst, quality, model, series, force, verify, compare, max_error, lossless,
-           base_quality, keep_encapsulated, group, quiet) -> None:
+           base_quality, keep_encapsulated, group, target_psnr, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     _check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     verify = verify or compare
-    rep = api.encode_file(src, dst, quality=quality, model=model,
-                          series=series, force=force, progress=not quiet, verify=verify,
-                          max_error=max_error, lossless=lossless,
-                          base_quality=base_quality or "auto",
-                          keep_encapsulated=keep_encapsulated, group=group)
+    if target_psnr is not None:
+        if quality is not None or max_error is not None or lossless or base_quality:
+            raise InputError("--target-psnr chooses the quality or the max error itself: leave "
+                             "out --quality, --max-error, --lossless and --base-quality")
+        check_output_path(dst, force=force)  # fail before the search, not after
+        rep, choice = target.encode_file_for_psnr(src, dst, target_psnr, model=model,
+                                                  series=series, group=group, force=force,
+                                                  progress=not quiet, verify=verify)
+        max_error = choice.max_error
+        if not quiet:
+            click.echo(f"chosen for --target-psnr {target_psnr:g}: {choice.describe()}")
+    else:
+        rep = api.encode_file(src, dst, quality=quality, model=model,
+                              series=series, force=force, progress=not quiet, verify=verify,
+                              max_error=max_error, lossless=lossless,
+                              base_quality=base_quality or "auto",
+                              keep_encapsulated=keep_encapsulated, group=group)
     for note in rep.notes:  # what a decode of this file cannot give back as it was
         click.echo(f"bmz: warning: {note}", err=True)
     if not quiet:

@@ -9,7 +9,7 @@ Components, lowest first; each may import only itself and the components it list
 * ``file`` (reading a ``.bmz``): ``codec``, ``codec.chunks``, ``bitstream``, ``io``;
 * ``api``: the core below it;
 * the tools (``rdcurve``, ``batch``, ``interpolation``, ``train``, ``baselines``,
-  ``zarr_codec``): the core and each other; the core never imports a tool;
+  ``zarr_codec``, ``target``): the core and each other; the core never imports a tool;
 * ``cli``: everything but the package; the package ``bmz`` itself: what it re-exports.
 
 Every import counts, at the top of a module or inside a function, but for those under
@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bmz"
 
 LEAVES = ("bmz.errors", "bmz._version", "bmz._deps", "bmz._fileutil")
 TOOLS = ("bmz.rdcurve", "bmz.batch", "bmz.interpolation", "bmz.train", "bmz.baselines",
-         "bmz.zarr_codec")
+         "bmz.zarr_codec", "bmz.target")
 CORE = ("io", "codec", "codec.chunks", "bitstream", "metrics", "file", "api")
 
 #: component -> the components it may import (besides itself)
