@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .codec import pipeline
+from .codec import pipeline, zoo
 from .codec.models import build_model
 from .io.discover import inputs
 
@@ -366,18 +366,17 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
 
     The card's measured RD (``rd_val``) is written by ``benchmarks/rd_val.py --update-cards``,
     which measures every shipped model through the real codec on ``val/``."""
-    from .codec import zoo
-
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = build_model(state["model_name"], **state["model_config"])
     load_trained_state(model, state["model"])
     out_p = Path(out)
     weights = out_p.with_suffix(".pt")
     tmp = weights.with_name(weights.stem + ".new.pt")
-    sha = zoo.save_frozen(model, tmp)
+    n_params = sum(p.numel() for n, p in model.named_parameters())
+    half = n_params > zoo.HALF_ABOVE_PARAMETERS  # float16 transforms: the repository stays cloneable
+    sha = zoo.save_frozen(model, tmp, half=half)
     zoo.archive_superseded(weights, sha)  # files encoded with the old weights stay decodable
     os.replace(tmp, weights)
-    n_params = sum(p.numel() for n, p in model.named_parameters())
     card = {
         "name": out_p.stem,
         "architecture": state["model_name"],
@@ -396,6 +395,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
                      "validation_history": state.get("history", [])[-5:]},
         "licence": "weights: BSD-3-Clause (trained on IXI CC BY-SA 3.0 and permissively licensed data)",
         "file": weights.name,
+        "storage": ("float16 analysis/synthesis convolutions, exact integer fixed-point synthesis"
+                    if half else "float32, exact integer fixed-point synthesis"),
         "sha256": sha,
         "rd_val": [],
     }
@@ -487,7 +488,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    groups = 2 if state is None or len(state["opt"]["param_groups"]) == 2 else 1
+    groups = 2 if state is None or state["opt"] is None or len(state["opt"]["param_groups"]) == 2 else 1
     mults = [1.0, DENSITY_LR_MULT][:groups]
     params = dict(model.named_parameters())
     param_groups = [{"params": [params[n] for n in names]} for names in _optimizer_groups(model, groups)]
@@ -503,7 +504,10 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     step, history = 0, []
     if state is not None:
         load_trained_state(model, state["model"])
-        opt.load_state_dict(state["opt"])
+        if state["opt"] is None:  # a lean checkpoint (big models): Adam's moments start afresh
+            log.info("lean checkpoint: float16 weights, no optimiser moments (Adam restarts)")
+        else:
+            opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
         sched.load_state_dict(state["sched"])
         _set_rng_state(state["rng"], sampler)
@@ -516,10 +520,21 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
             g["lr"] = base * lr_factor(step, steps)
         log.info("resumed %s at step %d (base lr %.2e)", resume, step, sched.base_lrs[0])
 
+    # models over zoo.HALF_ABOVE_PARAMETERS keep lean checkpoints — float16 weights and no
+    # Adam moments (a 28 M-parameter U-Net's full state is 342 MB, its lean one 57 MB) — so that
+    # one checkpoint per model fits the repository; resuming restarts the moments
+    lean = sum(p.numel() for p in model.parameters()) > zoo.HALF_ABOVE_PARAMETERS
+
+    def _model_state() -> dict:
+        sd = model.state_dict()
+        if not lean:
+            return sd
+        return {k: v.to(torch.float16) if v.dtype == torch.float32 else v for k, v in sd.items()}
+
     def save_checkpoint():
         _atomic_torch_save({"model_name": model_name, "model_config": config, "seed": seed,
                             "batch_size": batch_size, "step": step, "steps": steps,
-                            "model": model.state_dict(), "opt": opt.state_dict(),
+                            "model": _model_state(), "opt": None if lean else opt.state_dict(),
                             "aux_opt": aux_opt.state_dict(), "sched": sched.state_dict(),
                             "rng": _rng_state(sampler), "history": history, "data": data,
                             "depth": depth, "patch": patch}, ckpt_p)

@@ -183,3 +183,38 @@ def test_encoding_without_a_quality_uses_the_models_default():
     assert data == api.compress(vol, quality=default)
     with pytest.raises(bmz_errors.InputError, match=f"from 1 to {model.n_qualities}"):
         api.compress(vol, quality=model.n_qualities + 1)
+
+
+@pytest.mark.parametrize("name", ["unet-noskip-c", "hyperprior"])
+def test_compact_weights_decode_exactly_as_the_full_ones(name, tmp_path):
+    """Shipped weights hold the fixed-point synthesis as exact integers (int16/32/64 instead of
+    float64) and, with ``half`` (big models), the float transforms as float16: the decoder's
+    tensors are unchanged, so the same symbols decode to the same array; the files shrink."""
+    m = _small(name)
+    m.freeze()
+    full = zoo.compact_state(m)
+    assert not [k for k, v in full.items() if k.startswith("fx_s.w") and v.is_floating_point()]
+    paths = {}
+    for half in (False, True):
+        p = tmp_path / f"{name}-{half}.pt"
+        zoo.save_frozen(m, p, half=half)
+        paths[half] = p
+    assert paths[True].stat().st_size < paths[False].stat().st_size
+    loaded = {}
+    for half, p in paths.items():
+        blob = torch.load(p, weights_only=True)
+        convs = [v for k, v in blob["state_dict"].items()
+                 if k.startswith("g_a.") and k.endswith("weight") and v.dim() == 4]
+        assert convs and all((v.dtype == torch.float16) == half for v in convs)
+        mm = build_model(blob["model_name"], **blob["config"])
+        mm.load_state_dict(blob["state_dict"])
+        loaded[half] = mm.eval()
+    for k, v in m.state_dict().items():  # everything but the float16 transforms comes back exact
+        if not k.startswith(("g_a.", "g_s.")):
+            assert torch.equal(loaded[True].state_dict()[k], v), k
+            assert torch.equal(loaded[False].state_dict()[k], v), k
+    rng = np.random.default_rng(1)
+    sym = torch.from_numpy(rng.integers(-6, 7, size=(1, m.M, 5, 6))).to(torch.int32)
+    ref = m.synthesize(sym, 0)
+    assert torch.equal(loaded[False].synthesize(sym, 0), ref)
+    assert torch.equal(loaded[True].synthesize(sym, 0), ref)

@@ -191,3 +191,31 @@ def test_context_model_trains_in_pairs_and_decodes_exactly(shared_data, tmp_path
         assert not torch.equal(wrong, y1)
     except ValueError:
         pass
+
+
+def test_big_models_keep_lean_checkpoints_and_half_weights(data_dir, tmp_path, monkeypatch):
+    """Above zoo.HALF_ABOVE_PARAMETERS (the full-width U-Nets) a checkpoint holds float16
+    weights and no Adam moments, resuming restarts the moments, and the exported weights store
+    their float transforms in float16 (their card says so)."""
+    from bmz.codec import zoo
+
+    monkeypatch.setattr(zoo, "HALF_ABOVE_PARAMETERS", 0)
+    small = {"widths": [4, 8, 8], "M": 8, "lambdas": [0.01, 0.1]}
+    threads = torch.get_num_threads()
+    try:
+        kw = dict(batch_size=2, validate_every=1000, checkpoint_minutes=100, threads=1,
+                  model_config=small, patch=32)
+        ckpt = train("unet-noskip-v1", str(tmp_path / "u"), [str(data_dir)], [str(data_dir)],
+                     steps=4, until=2, **kw)
+        st = torch.load(ckpt, weights_only=False)
+        assert st["opt"] is None and st["step"] == 2
+        assert {v.dtype for k, v in st["model"].items() if k.startswith("g_")} == {torch.float16}
+        ckpt = train("unet-noskip-v1", str(tmp_path / "u"), [str(data_dir)], [str(data_dir)],
+                     steps=4, resume=str(ckpt), **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    card = json.loads((tmp_path / "u.json").read_text())
+    assert card["storage"].startswith("float16")
+    blob = torch.load(tmp_path / "u.pt", weights_only=True)
+    assert blob["state_dict"]["g_a.0.0.weight"].dtype == torch.float16

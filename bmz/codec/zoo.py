@@ -214,8 +214,51 @@ def _check_card(path: Path) -> str:
     return sha
 
 
-def save_frozen(model, path: str | os.PathLike) -> str:
-    """Freeze ``model`` (CDF tables, integer hyper-synthesis) and write it atomically; → SHA-256."""
+#: models of more parameters are stored with ``half`` (:func:`save_frozen`) by ``bmz export``
+HALF_ABOVE_PARAMETERS = 10_000_000
+
+
+def compact_state(model, half: bool = False) -> dict:
+    """``model``'s state dict in the smallest dtypes that change nothing decoding reads:
+    float64 tensors holding integers (the fixed-point synthesis' weights) as int16 / int32 /
+    int64, whichever holds them. With ``half``, also the float convolution weights and biases of
+    the analysis and (float) synthesis transforms as float16: the encoder then runs with those
+    values (what the shipped file says), while the decoder's fixed-point tensors stay exact.
+    Loading needs nothing special: ``load_state_dict`` copies each tensor into the model's own
+    dtype (what a float16 value says, a float32 holds exactly)."""
+    import torch
+
+    halves = set()
+    if half:
+        for prefix in ("g_a", "g_s"):
+            mod = getattr(model, prefix, None)
+            if mod is None:
+                continue
+            for name, m in mod.named_modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    base = f"{prefix}.{name}." if name else f"{prefix}."
+                    halves |= {base + "weight", base + "bias"}
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().clone()
+        if v.dtype == torch.float64 and v.numel() and bool(torch.all(v == torch.round(v))):
+            m = float(v.abs().max())
+            for dt in (torch.int16, torch.int32, torch.int64):
+                if m <= torch.iinfo(dt).max:
+                    v = v.to(dt)
+                    break
+        elif k in halves and v.dtype == torch.float32:
+            h = v.to(torch.float16)
+            if bool(torch.all(torch.isfinite(h))):
+                v = h
+        out[k] = v
+    return out
+
+
+def save_frozen(model, path: str | os.PathLike, half: bool = False) -> str:
+    """Freeze ``model`` (CDF tables, integer hyper-synthesis) and write it atomically, its state
+    in the smallest exact dtypes (:func:`compact_state`; ``half``: float16 transforms); →
+    SHA-256."""
     import torch
 
     from .._fileutil import atomic_output
@@ -223,7 +266,7 @@ def save_frozen(model, path: str | os.PathLike) -> str:
     model = model.cpu().eval()
     model.freeze()
     blob = {"format": "bmz-weights/1", "model_name": model.model_name, "config": model.config(),
-            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            "state_dict": compact_state(model, half)}
     with atomic_output(path) as f:
         torch.save(blob, f)
     return sha256_file(path)
