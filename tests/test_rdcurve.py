@@ -281,9 +281,9 @@ def test_run_error_rows_groups_and_reuse(tiny_inputs, tmp_path):
     assert len([r for r in kept if not r["error"]]) == n_ok
 
 
-def test_run_bmz_with_a_tiny_model(tmp_path, monkeypatch):
-    """The bmz curve: every quality of a (random, tiny) model; bytes = the whole .bmz file,
-    bpp_nohdr = slice chunks only; a missing model is an error row, not a crash."""
+def _tiny_model(tmp_path, monkeypatch) -> str:
+    """A random two-level hyperprior shipped as ``tiny-test`` in ``tmp_path/models`` (on the
+    model path) → its SHA-256."""
     import torch
 
     from bmz.codec import zoo
@@ -296,6 +296,13 @@ def test_run_bmz_with_a_tiny_model(tmp_path, monkeypatch):
                           mdir / "tiny-test.pt")
     zoo.write_card(mdir / "tiny-test.json", {"name": "tiny-test", "sha256": sha})
     monkeypatch.setenv("BMZ_MODEL_PATH", str(mdir))
+    return sha
+
+
+def test_run_bmz_with_a_tiny_model(tmp_path, monkeypatch):
+    """The bmz curve: every quality of a (random, tiny) model; bytes = the whole .bmz file,
+    bpp_nohdr = slice chunks only; a missing model is an error row, not a crash."""
+    sha = _tiny_model(tmp_path, monkeypatch)
     inp = tmp_path / "v.npy"
     np.save(inp, _phantom(8, n=2, h=40, w=40))
     res = rdcurve.run([inp], tmp_path / "o", codecs=["bmz", "jpeg2000"], models=["tiny-test"],
@@ -304,6 +311,8 @@ def test_run_bmz_with_a_tiny_model(tmp_path, monkeypatch):
     assert [r["setting"] for r in b] == ["q1", "q2"] and all(not r["error"] for r in b)
     assert all(r["version"] == sha and 0 < r["hdr_bytes"] < r["n_bytes"] for r in b)
     assert {x["anchor"] for x in res.bd} <= {"JPEG2000", "bmz/tiny-test"}
+    from bmz.codec import zoo
+
     monkeypatch.setenv("BMZ_MODEL_PATH", str(tmp_path / "nothing"))
     monkeypatch.setattr(zoo, "model_dirs", lambda: [])
     res = rdcurve.run([inp], tmp_path / "o2", codecs=["bmz"], progress=False, plots=False)
@@ -363,18 +372,7 @@ def test_max_error_curve_is_bounded_and_enters_the_envelope(tmp_path, monkeypatc
     """``max-error`` is one more bmz curve (δ = 0, 1, 2 … 2^(B − 4), every point within its
     bound, δ = 0 lossless); with a model's curve beside it, ``bmz/envelope`` is their Pareto
     front and gets BD-rates like any curve."""
-    import torch
-
-    from bmz.codec import zoo
-    from bmz.codec.models import build_model
-
-    torch.manual_seed(0)
-    mdir = tmp_path / "models"
-    mdir.mkdir()
-    sha = zoo.save_frozen(build_model("hyperprior", N=8, M=8, lambdas=[0.01, 0.1]),
-                          mdir / "tiny-test.pt")
-    zoo.write_card(mdir / "tiny-test.json", {"name": "tiny-test", "sha256": sha})
-    monkeypatch.setenv("BMZ_MODEL_PATH", str(mdir))
+    _tiny_model(tmp_path, monkeypatch)
     assert [s.name for s in rdcurve.measure.bmz_settings(rdcurve.MAX_ERROR, 8)] == [
         "d0", "d1", "d2", "d4", "d8", "d16"]
     assert rdcurve.measure.bmz_settings(rdcurve.MAX_ERROR, 12)[-1].param == 256
