@@ -36,16 +36,20 @@ import threading
 from types import SimpleNamespace
 
 import numpy as np
-from numcodecs.abc import Codec
-from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy
-from numcodecs.registry import register_codec
 
 from . import api
+from ._deps import optional
 from ._version import __version__
 from .codec import zoo
 from .codec.chunks.bounded import check_base_quality, check_max_error
 from .errors import InputError
 from .file import BmzFile
+
+# numcodecs comes with the extra bmz[zarr]; without it, importing this module says so
+optional("numcodecs", "zarr", "the Zarr codec (bmz.zarr_codec)")
+from numcodecs.abc import Codec  # noqa: E402
+from numcodecs.compat import ensure_bytes, ensure_ndarray, ndarray_copy  # noqa: E402
+from numcodecs.registry import register_codec  # noqa: E402
 
 CODEC_ID = "bmz"
 _LOCK = threading.Lock()
