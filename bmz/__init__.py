@@ -5,6 +5,8 @@
 >>> volume2 = bmz.decompress(data)              # same dtype and shape
 """
 
+import importlib
+
 from . import errors
 from ._version import __version__
 from .api import (compress, compress_dataset, decode_file, decompress,
@@ -19,8 +21,6 @@ def __getattr__(name):
     # latent mixing (bmz.interpolation, and its bmz.interpolate(codes, weights)) is imported on
     # first use, so that `import bmz` stays free of torch
     if name in ("interpolate", "interpolation"):
-        import importlib
-
         module = importlib.import_module(".interpolation", __name__)
         return module if name == "interpolation" else module.interpolate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

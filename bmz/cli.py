@@ -11,12 +11,14 @@ import math
 import sys
 
 import click
+import numpy as np
 
 from . import api, target
+from ._deps import optional
 from ._fileutil import check_output_path
 from ._version import __version__
 from .codec import zoo
-from .errors import BmzError, InputError
+from .errors import BmzError, InputError, MissingDependencyError
 
 
 def _fail(e: BaseException) -> None:
@@ -152,16 +154,11 @@ def _jpeg2000_comparison(src, series, rep, slice_bytes) -> str:
     at the size of its .bmz file (``slice_bytes``: its slices' sizes), and its PSNR against bmz's
     (``rep``, verified). imagecodecs is
     an optional extra (bench): without it, the line says how to get the comparison."""
-    from ._deps import optional
-    from .errors import MissingDependencyError
-
     try:
         optional("imagecodecs", "bench", "the JPEG 2000 comparison")
     except MissingDependencyError as e:
         return f"JPEG 2000 at the same bpp: not measured ({e})"
     # the tool (bmz.baselines), imported only here, where its extra is installed
-    import numpy as np
-
     from . import baselines, io, metrics
 
     vol = np.asarray(io.read(src, series=series).data)

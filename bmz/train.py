@@ -20,13 +20,16 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from . import io as bio
 from .codec import pipeline, zoo
 from .codec.models import build_model
 from .io.discover import inputs
@@ -78,8 +81,6 @@ def _discover(folders: list[str]) -> list[tuple[str, Path]]:
 def _read(path: Path, kind: str) -> list[tuple[str, np.ndarray]]:
     """The volumes of one input, named: a DICOM folder gives each of its series (several are
     named ``folder#SeriesNumber``); an input that cannot be read is skipped, logged."""
-    from . import io as bio  # (packs need no readers: they train where no DICOM stack is)
-
     try:
         series = bio.list_series(path) if kind == "dicom" else []
         if len(series) <= 1:
@@ -427,8 +428,6 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
     comes first) and the run stops with a checkpoint at the budget. ``patch``: the side of the
     square training patches (default 128; kept by the checkpoint: a resumed run goes on with its
     own unless given) — smaller patches make big models trainable on a CPU."""
-    from tqdm import tqdm
-
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -538,8 +537,6 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
                             "aux_opt": aux_opt.state_dict(), "sched": sched.state_dict(),
                             "rng": _rng_state(sampler), "history": history, "data": data,
                             "depth": depth, "patch": patch}, ckpt_p)
-
-    import signal
 
     stop = {"signal": None}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import time
@@ -78,8 +79,6 @@ class Manifest:
             for e in rows:
                 f.write((json.dumps(e, sort_keys=True) + "\n").encode())
         with atomic_output(self.folder / MANIFEST_CSV) as f:
-            import io
-
             text = io.StringIO()
             w = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
             w.writeheader()

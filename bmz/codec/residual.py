@@ -29,6 +29,7 @@ reconstruction, so the bound is checked on exactly the values the decoder will p
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -782,8 +783,6 @@ def _digest() -> str:
     """SHA-256 of everything that steers the coder's decisions besides its code: the prior
     tables and the constants. Part of :data:`CODER_ID`, so a file coded with other tables is
     refused by name instead of failing its CRC."""
-    import hashlib
-
     h = hashlib.sha256()
     for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, RATES, STRETCH,
               np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN, N_PRED_BASE,

@@ -22,6 +22,7 @@ slice of the group needs. The arithmetic is exact on every machine and thread co
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -524,8 +525,6 @@ def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
 
 
 def _digest() -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, P_DY, P_DX, RATES,
               STRETCH, np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN,

@@ -261,19 +261,15 @@ def save_frozen(model, path: str | os.PathLike, half: bool = False) -> str:
     SHA-256."""
     import torch
 
-    from .._fileutil import atomic_output
-
     model = model.cpu().eval()
     model.freeze()
     blob = {"format": "bmz-weights/1", "model_name": model.model_name, "config": model.config(),
             "state_dict": compact_state(model, half)}
-    with atomic_output(path) as f:
+    with _fileutil.atomic_output(path) as f:
         torch.save(blob, f)
     return sha256_file(path)
 
 
 def write_card(path: str | os.PathLike, card: dict) -> None:
-    from .._fileutil import atomic_output
-
-    with atomic_output(path) as f:
+    with _fileutil.atomic_output(path) as f:
         f.write((json.dumps(card, indent=2, sort_keys=False) + "\n").encode())

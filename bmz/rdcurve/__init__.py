@@ -63,8 +63,10 @@ curves, BD-rates, comparisons, the reference check), :mod:`.plots` (figures), :m
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -192,9 +194,6 @@ def run(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike,
         finally:
             torch.set_num_threads(nt)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker) as ex:
             futs = {ex.submit(run_task, t): t for t in tasks}

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ...errors import FormatError
 from .. import pipeline
 from . import _learned, constant, learned_compact
 from ._base import SliceContext, SliceLatents
@@ -31,8 +32,6 @@ MAX_GROUP = 1024
 
 
 def check_meta(name, codec: dict) -> None:
-    from ...errors import FormatError
-
     g = codec.get("group")
     if not (isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= MAX_GROUP):
         raise FormatError(f"{name}: metadata field 'codec.group' ({g!r}) is invalid")
