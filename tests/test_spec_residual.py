@@ -212,3 +212,17 @@ def test_a_wrong_constant_or_a_damaged_stream_is_caught():
             sd.decode_chunk3(chunk, vol.shape[1:], S, 0, C1)
     finally:
         sd.E_TH[:] = saved
+
+
+@pytest.mark.parametrize("coder", [residual, residual3d])
+def test_a_stream_whose_first_byte_is_not_0_is_refused(coder):
+    """§10.2 / §10.6.4: encoders always write 0 first (no carry reaches that byte); a reader
+    refuses a stream where it is not 0, by bmz's decoder and by the specification's."""
+    s = _volume(1, 16, 16)[0].astype(np.int64)
+    data = coder.encode(s, 1500, 0)[0]
+    assert data[0] == 0
+    forged = b"\x01" + data[1:]
+    with pytest.raises(ValueError, match="first byte"):
+        coder.decode(forged, s.shape, 1500, 0)
+    with pytest.raises(sd.Invalid, match="first byte"):
+        sd.decode_slice(forged, 16, 16, 1500, 0, C3 if coder is residual3d else C1)

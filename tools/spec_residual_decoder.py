@@ -144,6 +144,8 @@ class RangeDecoder:
     """§10.6.4."""
 
     def __init__(self, data: bytes):
+        if len(data) and data[0] != 0:
+            raise Invalid("residual stream: first byte not 0")
         self.B = data
         self.pos = 0
         self.range = 0xFFFFFFFF

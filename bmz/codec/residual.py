@@ -763,6 +763,16 @@ def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
         return buf[:n].tobytes(), rec
 
 
+def stream_buffer(data: bytes) -> np.ndarray:
+    """A residual stream's bytes as the decoder's buffer; ValueError when its first byte is not
+    0 (the range coder's initial cache byte: 0 in every stream an encoder writes, docs/FORMAT.md
+    §10.2; an empty stream reads as zeros)."""
+    buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
+    if buf.size and buf[0] != 0:
+        raise ValueError("residual stream cannot be decoded (corrupt: its first byte is not 0)")
+    return buf
+
+
 def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
            base: np.ndarray | None = None) -> np.ndarray:
     """Bytes of :func:`encode` → the reconstruction (int64). Raises ValueError when the stream
@@ -772,7 +782,7 @@ def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
     x = np.zeros((H, W), np.int64)
     has_base = base is not None
     b = np.ascontiguousarray(base, dtype=np.int64) if has_base else np.zeros((1, 1), np.int64)
-    buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
+    buf = stream_buffer(data)
     n, status = _code_slice(1, x, x, b, has_base, int(maxv), int(delta), buf, *_args())
     if status != 0:
         raise ValueError("residual stream cannot be decoded (corrupt)")

@@ -32,7 +32,7 @@ from .residual import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_
                        D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med,
                        _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit,
                        _causal, _spatial_predictions, _nlms_spatial, _base_predictions,
-                       _texture)
+                       _texture, stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -516,7 +516,7 @@ def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
     x = np.zeros((H, W), np.int64)
     ref, kind, perr, st = _setup((H, W), base, prev)
     err = np.zeros((H, W), np.int64)
-    buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
+    buf = stream_buffer(data)
     n, status = _code_slice(1, x, x, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
                             E_TAB, STRETCH, _SQ_T, LR, _NO_STATS, _NO_ACC, _NO_ACC)
     if status != 0:
