@@ -440,7 +440,7 @@ class JPEGLS(SliceCodec):
 
     Precision: imagecodecs' ``jpegls_encode(data, level)`` has no bit-depth argument; CharLS
     declares the container's 8 or 16 bits (SOF55 P = 16 and an LSE with MAXVAL = 65535 for
-    ``uint16``). For 9–15-bit data that costs ~1–3 % against declaring B (REFERENCE.md §2;
+    ``uint16``). For 9–15-bit data that costs some rate against declaring B (REFERENCE.md §2;
     pyjpegls can declare B); for 8-bit data (all of val's 8-bit group) it is exact. NEAR is in
     stored-value units, so for B > 8 the sweep adds NEAR 128 and 255 (the largest JPEG-LS allows)
     where the range admits them."""
@@ -531,8 +531,8 @@ def _jxl_1x1_bytes(setting: Setting, bits: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 AVIF_QUALITIES = (0, 8, 16, 25, 35, 45, 55, 65, 72, 80, 86, 91, 95, 98, 99)
-#: aom speed 6: what the reference ran (its 0.7–3 MB/s encode speed); imagecodecs' default is
-#: aom's slowest preset here (0.03–0.06 MB/s, 20–50× slower, +0.5–1 dB at the same rate)
+#: aom speed 6: what the reference ran; imagecodecs' default is aom's slowest preset here (far
+#: slower, for a small gain at the same rate)
 AVIF_SPEED = 6
 
 

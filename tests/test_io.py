@@ -369,9 +369,8 @@ def _frames_of(vol: Volume, i: int) -> np.ndarray:
     return np.stack([vol.data[k] for _, k in ks])
 
 
-# the attachment (the kept non-pixel bytes, xz) measured with liblzma 5.4: 22096 bytes of 4.69 MB,
-# 1780 of 31 KB, 15672 of 4.08 MB, 16080 of 290 KB (everything, the elements over 64 KiB the
-# DICOM-JSON meta of older files dropped included); the bounds leave room for another liblzma
+# the attachment (the kept non-pixel bytes, xz: everything, the elements over 64 KiB the
+# DICOM-JSON meta of older files dropped included): bounds with room for another liblzma
 @pytest.mark.parametrize("folder, n_files, max_kept", [
     ("val/dcm_qa_decubitus/HFS_t1_fl2d_sag", 35, 30_000),  # Siemens Prisma, CSA headers
     ("val/datalad_example_dicom_structural", 20, 3_000),  # studyforrest

@@ -46,7 +46,7 @@ EXAMPLE = REPO / "examples" / "orthanc_pipeline.py"
 # stored in uint16, explicit VR little endian (1.4 MB, mostly Siemens private headers).
 SERIES = "dicom/dcm_qa_xa30i/5001_anat-T1w_acq-tfl"
 TIMEOUT = 30  # seconds, every HTTP request
-STARTUP_TIMEOUT = 30  # seconds for Orthanc to answer /system (it takes ~0.2 s)
+STARTUP_TIMEOUT = 30  # seconds for Orthanc to answer /system
 
 ORTHANC_BINARIES = ["/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc", "/usr/bin/Orthanc",
                     "/usr/local/bin/Orthanc"]

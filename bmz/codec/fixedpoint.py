@@ -35,8 +35,8 @@ from compressai.layers import GDN
 #: fractional bits of the activations (resolution 2**-14 of a latent unit)
 ACT_BITS = 14
 #: fractional bits of weights and GDN parameters (even: the GDN square root halves it); weights
-#: need this many: at 14 bits the reconstruction of the shipped hyperprior loses 0.5–1 dB at
-#: its top qualities, at 20 bits < 0.01 dB (measured, see benchmarks/fixedpoint.py)
+#: need this many for the fixed-point synthesis to match the float one at the top qualities
+#: (benchmarks/fixedpoint.py; benchmarks/results/fixedpoint.md)
 WEIGHT_BITS = 20
 #: fractional bits of the activations entering a GDN norm (Σ γ x² needs far less resolution
 #: than x itself, and its squares must stay small enough to be summed exactly)

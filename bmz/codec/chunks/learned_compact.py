@@ -3,8 +3,8 @@
 Layout: the kind byte, the floor as an unsigned LEB128 varint (1 byte below 128; at most 3,
 minimal), then the model's slice payload with every entropy-coded part in one stream
 (``single_stream=True``; docs/FORMAT.md §10.1). The decoded values are those of the same latents
-in a :mod:`.learned` chunk; for the hyperprior the chunk is 5–8 bytes smaller (no length field,
-one stream's sealing), for the factorized families 1 byte (the floor)."""
+in a :mod:`.learned` chunk, without its length field and (for the hyperprior) with one stream's
+sealing instead of two: docs/FORMAT.md §10.1 gives the saving per model family."""
 
 from __future__ import annotations
 
