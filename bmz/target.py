@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import api, metrics
-from . import io as bio
 from .codec import pipeline, zoo
 from .errors import InputError
 
@@ -191,6 +190,8 @@ def encode_file_for_psnr(src, dst, target_psnr: float, model: str | None = None,
     ``src`` (read whole for the search) → (report, choice). ``options``: ``encode_file``'s
     others (``force``, ``progress``, ``verify``…); the written file is an ordinary ``.bmz``
     with the input's metadata, its slices coded as the choice says."""
+    from . import io as bio  # loads nibabel and pydicom: only when a file is read
+
     vol = bio.read(src, series=series)
     choice = choose_for_psnr(vol.data, target_psnr, model=model, group=group,
                              probe_slices=probe_slices)
