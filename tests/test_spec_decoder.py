@@ -105,28 +105,41 @@ def test_range_decoder_matches_constriction(seed):
 
 
 # ---- latents and arrays of real files ----------------------------------------------------------
-def _bmz_latents(model, meta, chunks):
-    """bmz's own entropy decoding of every learned slice (its decode_latents)."""
-    from bmz.codec import pipeline
-
-    q = int(meta["codec"]["quality"]) - 1
-    shape = pipeline.padded_shape(tuple(meta["shape"][-2:]), model.downsampling)
+def _walk(chunks, decode, context):
+    """Each chunk's latents in order: ``decode(chunk, prev)`` for a learned chunk (``prev``: what
+    ``context`` made of the previous slice's latent, None after a constant slice), None for a
+    constant one."""
     out, prev = [], None
     for ch in chunks:
         if ch[0] == 0:
             out.append(None)
             prev = None
             continue
-        floor, streams = spec_decoder.chunk_streams(SPEC_MODELS[id(model)], ch)
+        lat = decode(ch, prev)
+        if context is not None:
+            prev = context(lat["y"])
+        out.append(lat)
+    return out
+
+
+def _bmz_latents(model, meta, chunks):
+    """bmz's own entropy decoding of every learned slice (its decode_latents)."""
+    from bmz.codec import pipeline
+
+    q = int(meta["codec"]["quality"]) - 1
+    shape = pipeline.padded_shape(tuple(meta["shape"][-2:]), model.downsampling)
+
+    def decode(ch, prev):
+        _, streams = spec_decoder.chunk_streams(SPEC_MODELS[id(model)], ch)
         payload = ch[3:] if ch[0] == 1 else b"".join(streams)
         kw = {"single_stream": ch[0] != 1}
         if ch[0] == 4:
             kw["prev"] = prev
-        lat = model.decode_latents(payload, shape, q, **kw)
-        if getattr(model, "inter_slice", False):
-            prev = model.context_input(lat["y"], q)
-        out.append({k: v[0].numpy().astype(np.int64) for k, v in lat.items()})
-    return out
+        return model.decode_latents(payload, shape, q, **kw)
+
+    ctx = (lambda y: model.context_input(y, q)) if getattr(model, "inter_slice", False) else None
+    return [None if lat is None else {k: v[0].numpy().astype(np.int64) for k, v in lat.items()}
+            for lat in _walk(chunks, decode, ctx)]
 
 
 SPEC_MODELS: dict[int, object] = {}
@@ -136,18 +149,12 @@ def _spec_latents(sm, meta, chunks):
     q = int(meta["codec"]["quality"]) - 1
     H, W = meta["shape"][-2:]
     shape = (H + (-H) % sm.D, W + (-W) % sm.D)
-    out, prev = [], None
-    for ch in chunks:
-        if ch[0] == 0:
-            out.append(None)
-            prev = None
-            continue
+
+    def decode(ch, prev):
         _, streams = spec_decoder.chunk_streams(sm, ch)
-        lat = sm.decode_latents(streams, shape, q, prev if ch[0] == 4 else None)
-        if sm.ctx:
-            prev = sm.context_input(lat["y"], q)
-        out.append(lat)
-    return out
+        return sm.decode_latents(streams, shape, q, prev if ch[0] == 4 else None)
+
+    return _walk(chunks, decode, (lambda y: sm.context_input(y, q)) if sm.ctx else None)
 
 
 @pytest.mark.parametrize("folder,name", FILES)

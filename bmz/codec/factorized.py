@@ -102,12 +102,6 @@ class GainedFactorizedCodec(BmzModel):
         return self.coders[q].encode(sym, entropy.channel_indexes(sym.shape)), sym
 
     @torch.no_grad()
-    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
-                         single_stream: bool = False) -> torch.Tensor:
-        """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
-        return self.synthesize(self.decode_latents(data, shape, q)["y"], q)
-
-    @torch.no_grad()
     def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,
                        single_stream: bool = False) -> dict[str, torch.Tensor]:
         """Entropy-decode one slice payload of padded size ``shape``, without synthesis →

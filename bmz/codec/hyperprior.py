@@ -75,6 +75,13 @@ class BmzModel(nn.Module):
     def config(self) -> dict:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
+                         single_stream: bool = False) -> torch.Tensor:
+        """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not
+        clamped): :meth:`decode_latents` (each model's), then the fixed-point synthesis."""
+        return self.synthesize(self.decode_latents(data, shape, q, single_stream)["y"], q)
+
     def load_state_dict(self, state_dict, strict: bool = True):
         """Like ``nn.Module.load_state_dict``, but CDF tables (whose size is only known after
         ``freeze()``) take the stored shape instead of failing on a size mismatch."""
@@ -247,12 +254,6 @@ class GainedScaleHyperprior(BmzModel):
             return entropy.stream_bytes(z_enc), y_sym
         z_bytes = entropy.stream_bytes(z_enc)
         return len(z_bytes).to_bytes(4, "little") + z_bytes + entropy.stream_bytes(y_enc), y_sym
-
-    @torch.no_grad()
-    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
-                         single_stream: bool = False) -> torch.Tensor:
-        """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
-        return self.synthesize(self.decode_latents(data, shape, q, single_stream)["y"], q)
 
     @torch.no_grad()
     def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,

@@ -364,12 +364,6 @@ class ResidualVQVAE(BmzModel):
         return data, self._latent_sum(idx)
 
     @torch.no_grad()
-    def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
-                         single_stream: bool = False) -> torch.Tensor:
-        """Decode one slice of padded size ``shape`` → ``x_hat`` ``(1, 1, H, W)`` (float, not clamped)."""
-        return self.synthesize(self.decode_latents(data, shape, q)["y"], q)
-
-    @torch.no_grad()
     def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,
                        single_stream: bool = False) -> dict[str, torch.Tensor]:
         """Entropy-decode one slice payload of padded size ``shape`` → ``{"y": the integer latent
