@@ -159,10 +159,7 @@ class BmzFile:
     def check(self) -> None:
         """Check the metadata (done on opening unless ``check=False``; FormatError naming the field)."""
         shape, self.dtype, self.mapping, self.codec = check_meta(self.name, self.meta)
-        self.n_slices = shape[0] if len(shape) == 3 else 1
-        if self._reader.n_slices != self.n_slices:
-            raise FormatError(f"{self.name}: index holds {self._reader.n_slices} slices, "
-                              f"metadata says {self.n_slices}")
+        self.n_slices = self._check_index_count(shape)
         self.shape = shape
         self.slice_shape = (int(shape[-2]), int(shape[-1]))
         self._ctx = chunks.SliceContext(self.slice_shape, self.mapping, self.dtype, self.codec,
@@ -174,6 +171,23 @@ class BmzFile:
         if self._grouped:
             self._cache_size = max(self._cache_size, 2)
         self.checked = True
+
+    def _check_index_count(self, shape) -> int:
+        """The number of slices ``shape`` says, checked against the index's → FormatError."""
+        n = int(shape[0]) if len(shape) == 3 else 1
+        if self._reader.n_slices != n:
+            raise FormatError(f"{self.name}: index holds {self._reader.n_slices} slices, "
+                              f"metadata says {n}")
+        return n
+
+    def check_index_count(self) -> None:
+        """Only the index's slice count against the metadata's ``shape`` (what ``bmz verify``
+        checks without the rest of the metadata): FormatError when they disagree, nothing when
+        ``shape`` is not a list of 2 or 3 integers (then the full :meth:`check` names it)."""
+        shape = self.meta.get("shape")
+        if (isinstance(shape, list) and len(shape) in (2, 3)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+            self._check_index_count(shape)
 
     # ---- the metadata ----------------------------------------------------------------------
     @property

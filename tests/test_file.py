@@ -89,3 +89,7 @@ def test_damaged_metadata_names_the_field(small):
     meta["codec"] = dict(meta["codec"], quality=2)
     with pytest.raises(FormatError, match="index holds 2 slices, metadata says 3"):
         BmzFile(pack(meta, cs[:2]))
+    from bmz import api  # bmz verify refuses it too (every checksum there is valid)
+
+    with pytest.raises(FormatError, match="index holds 2 slices, metadata says 3"):
+        api.verify(pack(meta, cs[:2]))
