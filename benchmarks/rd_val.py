@@ -292,11 +292,13 @@ def write_family(out: Path, res, comps: dict, group: str) -> list[dict]:
 
 #: why a registered architecture has no shipped weights (measured on this project's machine)
 NOT_SHIPPED = {
-    "unet-noskip-v1": "needs a GPU: 5.9 s per training step (batch 8 of 128², one CPU core), "
-                      "so the 4 000 steps of the other zoo baselines are 6.5 core-hours; weights "
-                      "of 114 MB (float32)",
-    "unet-noskip-v2": "needs a GPU: 2.25× V1's weights and compute (about 13 s per CPU training "
-                      "step); weights of 256 MB (float32)",
+    "unet-noskip-v1": "not trained yet: 5.9 s per training step (batch 8 of 128², one CPU core), "
+                      "about 0.9 s at 64² patches; shipped weights would be 96 MB (float16 "
+                      "transforms + exact integer fixed-point synthesis), a lean checkpoint 57 MB",
+    "unet-noskip-v2": "not trained yet: 2.25× V1's weights and compute (about 13 s per CPU training "
+                      "step at 128²); weights would be 212 MB even with float16 transforms (over "
+                      "the repository's 200 MB per change: needs the fixed-point synthesis "
+                      "derived from the float16 weights at load)",
 }
 
 
