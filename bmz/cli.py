@@ -100,9 +100,11 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
                    "(inter-slice models, and --max-error / --lossless with any model; decoding a "
                    "slice touches at most G-1 others; 1 = every slice on its own); default: the "
                    "model's (`bmz models`), 8 with --max-error / --lossless")
+@click.option("--jobs", "threads", default=None, type=click.IntRange(min=1),
+              help="slices coded in parallel (default: every core; identical bytes for any number)")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 def encode(src, dst, quality, model, series, force, verify, compare, max_error, lossless,
-           base_quality, keep_encapsulated, group, quiet) -> None:
+           base_quality, keep_encapsulated, group, threads, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     _check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     verify = verify or compare
@@ -110,7 +112,7 @@ def encode(src, dst, quality, model, series, force, verify, compare, max_error, 
                           series=series, force=force, progress=not quiet, verify=verify,
                           max_error=max_error, lossless=lossless,
                           base_quality=base_quality or "auto",
-                          keep_encapsulated=keep_encapsulated, group=group)
+                          keep_encapsulated=keep_encapsulated, group=group, threads=threads)
     for note in rep.notes:  # what a decode of this file cannot give back as it was
         click.echo(f"bmz: warning: {note}", err=True)
     if not quiet:
