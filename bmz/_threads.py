@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -25,8 +26,8 @@ from .errors import InputError
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["default_threads", "resolve", "pin_torch", "worker_pool", "ordered", "handing_on",
-           "Future"]
+__all__ = ["default_threads", "resolve", "pin_torch", "worker_pool", "ordered", "wait",
+           "handing_on", "Future"]
 
 
 def default_threads() -> int:
@@ -80,22 +81,35 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], threads: int | None,
             window: int | None = None, name: str = "bmz-encode") -> Iterator[R]:
     """``fn(item)`` for each of ``items``, yielded in order.
 
-    ``threads`` (None: every core) = 1: on the calling thread, one item at a time. Otherwise on
-    a pool of that many workers (torch on one thread in each): items are drawn from ``items`` on
-    the calling thread (a lazy reader's slices are read in order there) as results are taken,
-    at most ``window`` (default ``2 × threads``) submitted and not yet yielded, so memory stays
-    bounded whatever the number of items. An item's work may wait for a value an earlier item
-    hands on (a :class:`Future` set inside :func:`handing_on`): items start in order, so the
-    earlier one is running or done. Closing the generator early (or an error) cancels what has
-    not started and waits for what has."""
+    ``threads`` (None: every core) = 1: on the calling thread, one item at a time. Otherwise at
+    most ``threads`` items compute at once (torch on one thread in each): items are drawn from
+    ``items`` on the calling thread (a lazy reader's slices are read in order there) as results
+    are taken, at most ``window`` (default ``2 × threads``) of them submitted and not yet yielded,
+    so memory stays bounded whatever the number of items.
+
+    An item's work may wait for what an earlier item hands on: a :class:`Future` the earlier
+    one sets inside :func:`handing_on`, waited for with :func:`wait`. Every item in the window
+    has a thread of its own, and one that waits gives its turn to compute to another, so a
+    chain of items waiting on each other never holds the cores (nor deadlocks: the earlier item
+    is running). Closing the generator early (or an error) waits for the items started."""
     threads = resolve(threads)
     it = iter(items)
-    if threads == 1:
+    if threads == 1:  # inline: a hand-on is always there before the item that waits for it
         for item in it:
             yield fn(item)
         return
     window = max(1, int(window or 2 * threads))
-    pool = worker_pool(threads, name)
+    turns = threading.BoundedSemaphore(threads)
+
+    def run(item):
+        with turns:
+            _local.turns = turns
+            try:
+                return fn(item)
+            finally:
+                _local.turns = None
+
+    pool = worker_pool(window, name)  # a thread per item in the window (started as needed)
     pending: deque = deque()
     end = object()
     try:
@@ -104,7 +118,7 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], threads: int | None,
                 item = next(it, end)
                 if item is end:
                     break
-                pending.append(pool.submit(fn, item))
+                pending.append(pool.submit(run, item))
             if not pending:
                 return
             out = pending.popleft().result()
@@ -113,11 +127,27 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], threads: int | None,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_local = threading.local()
+
+
+def wait(f: Future):
+    """``f.result()`` — what an earlier item of :func:`ordered` hands on — giving this item's
+    turn to compute to another while it waits."""
+    turns = getattr(_local, "turns", None)
+    if turns is None or f.done():
+        return f.result()
+    turns.release()
+    try:
+        return f.result()
+    finally:
+        turns.acquire()
+
+
 @contextlib.contextmanager
 def handing_on(*futures: Future) -> Iterator[None]:
     """Around the work that computes what a unit hands on to the next (``futures``, each set
     with ``set_result`` by that work): an error inside also fails those not yet set, so a unit
-    waiting on one (``f.result()``) fails with it instead of waiting for ever."""
+    waiting on one (:func:`wait`) fails with it instead of waiting for ever."""
     try:
         yield
     except BaseException as e:

@@ -284,7 +284,9 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
 
     ``threads``: slices coded (and, with ``verify``, decoded) in parallel (default: every core;
     the bytes are identical for any number). The input streams through: slices are read in
-    order and at most ``2 × threads`` of them are in flight, never the volume.
+    order and a bounded window of them is in flight, never the volume (``2 × threads`` slices;
+    bounded-error slice groups, which keep two threads busy each: enough whole groups for every
+    thread).
 
     A DICOM series keeps every file's bytes but its pixel data (the file's attachment,
     :mod:`bmz.io.dicom.kept`): a ``lossless`` file decodes to the original files (byte-identical

@@ -23,6 +23,7 @@ the coding and the check run one slice apart), with the same bytes for any count
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -229,20 +230,22 @@ class GroupEncoder(bounded.BoundedEncoder):
                     own[0].set_result(const[2])
                     own[1].set_result(const[2])
                 return const[:2]
-            chunk, rec, nbase, ctx = self._encode_one(s, prev[0].result() if prev else None)
+            chunk, rec, nbase, ctx = self._encode_one(s, _threads.wait(prev[0]) if prev else None)
             if own is not None:
                 own[0].set_result(ctx)
-            back_ctx = self._check_one(s, chunk, rec, prev[1].result() if prev else None)
+            back_ctx = self._check_one(s, chunk, rec, _threads.wait(prev[1]) if prev else None)
             if own is not None:
                 own[1].set_result(back_ctx)
         return chunk, (nbase, len(chunk) - nbase)
 
     def chunks(self, vol, threads: int | None = 1):
         """The chunks of ``vol``'s slices, in order (a generator: slices are read in order on the
-        calling thread and coded ``threads`` at once, None: every core, a bounded window of them
-        in flight; :func:`bmz._threads.ordered`). Groups are independent; inside a group each
-        slice's coding waits for the previous slice's coding, its check for the previous check.
-        The same bytes for any count."""
+        calling thread and coded ``threads`` at once, None: every core;
+        :func:`bmz._threads.ordered`).
+        Groups are independent; inside a group each slice's coding waits for the previous
+        slice's coding, its check for the previous check, so a group keeps two threads busy and
+        ``max(2 × threads, (threads // 2 + 1) × G)`` slices are in flight (enough groups for
+        every thread). The same bytes for any count."""
         if self.base_quality == "auto":
             raise RuntimeError("GroupEncoder.choose() must resolve base_quality 'auto' first")
         n, G = vol.shape[0], self.group
@@ -254,9 +257,13 @@ class GroupEncoder(bounded.BoundedEncoder):
                 yield np.asarray(vol[k]), prev if k % G else None, own
                 prev = own
 
-        for chunk, part in _threads.ordered(self._unit, items(), threads):
-            self.parts.append(part)
-            yield chunk
+        # a group keeps two threads busy (its coding, its check): enough groups in flight for all
+        t = _threads.resolve(threads)
+        window = max(2 * t, (t // 2 + 1) * G)
+        with contextlib.closing(_threads.ordered(self._unit, items(), t, window)) as coded:
+            for chunk, part in coded:
+                self.parts.append(part)
+                yield chunk
 
 
 #: the table's name for this kind's encoder (``codec_fields``, ``encode_slice``, ``chunks``)

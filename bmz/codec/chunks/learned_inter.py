@@ -146,7 +146,7 @@ class Encoder:
                 own.set_result(handed)
         if chunk is not None:
             return chunk
-        return self._finish(prepared, prev.result() if prev is not None else None)
+        return self._finish(prepared, _threads.wait(prev) if prev is not None else None)
 
     def chunks(self, vol, threads: int | None = 1):
         """The chunks of ``vol``'s slices, in order, ``threads`` slices at once (None: every core;
