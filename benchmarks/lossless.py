@@ -163,8 +163,7 @@ def main() -> int:
         return 0
     import torch
 
-    torch.set_num_threads(1)
-    bounded_inter.THREADS = 1  # single-thread timings; the all-cores runs set it back
+    torch.set_num_threads(1)  # single-thread timings (threads=1); the all-cores runs say None
     # warm up the JIT (and its cache) outside the timings
     bmz.decompress(bmz.compress(np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64) % 999,
                                 max_error=1))
@@ -190,18 +189,16 @@ def main() -> int:
                   file=sys.stderr, flush=True)
 
         for d in deltas:
-            data, te = _timed(bmz.compress, vol, max_error=d)
-            back, td = _timed(bmz.decompress, data)
+            data, te = _timed(bmz.compress, vol, max_error=d, threads=1)
+            back, td = _timed(bmz.decompress, data, threads=1)
             err = int(np.abs(back.astype(np.int64) - vol).max())
             if err > d or back.dtype != vol.dtype:
                 raise RuntimeError(f"{name}: bmz max error {err} > δ = {d}")
             add("bmz", d, len(data), err, te, td, base_quality=api.info(data)["quality"],
                 G=bounded_inter.DEFAULT_GROUP)
             if d == 0:  # all cores: groups coded and decoded in parallel, the same bytes
-                bounded_inter.THREADS = None
-                data2, te = _timed(bmz.compress, vol, max_error=d)
-                back2, td = _timed(bmz.decompress, data2)
-                bounded_inter.THREADS = 1
+                data2, te = _timed(bmz.compress, vol, max_error=d, threads=None)
+                back2, td = _timed(bmz.decompress, data2, threads=None)
                 if data2 != data or not np.array_equal(back2, back):
                     raise RuntimeError(f"{name}: all cores gave other bytes or values than one thread")
                 add("bmz all cores", d, len(data2), err, te, td, G=bounded_inter.DEFAULT_GROUP)
@@ -216,12 +213,10 @@ def main() -> int:
                 for cname, label in (("JPEG2000", "JPEG 2000"), ("JPEG-XL", "JPEG XL")):
                     nb, te, td = classical_lossless(cname, img, bits)
                     add(label, 0, nb, 0, te, td)
-        bounded_inter.THREADS = None  # the group study: bytes only, on all cores
-        for d in [int(x) for x in args.study_deltas.split(",")]:
+        for d in [int(x) for x in args.study_deltas.split(",")]:  # the group study: bytes only
             for G in [int(g) for g in args.groups.split(",")]:
-                data = bmz.compress(vol, max_error=d, group=G, base_quality=0)
+                data = bmz.compress(vol, max_error=d, group=G, base_quality=0, threads=None)
                 add(f"bmz G{G}", d, len(data), "", G=G)
-        bounded_inter.THREADS = 1
         if not args.no_base_study:
             for d in (0, 4):
                 for q in (1, 2):

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from . import metrics
+from . import _threads, metrics
 from ._version import __version__
 from ._fileutil import check_output_path
 from .bitstream import BmzWriter
@@ -144,7 +144,8 @@ def _dicom_notes(source: str, source_meta: dict | None, lossless: bool) -> tuple
 def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | None,
                source: str, source_meta: dict | None, progress: bool, force: bool,
                name: str, max_error: int | None = None, base_quality="auto",
-               group: int | None = None, attachment: bytes | None = None) -> CodingReport:
+               group: int | None = None, attachment: bytes | None = None,
+               threads: int | None = None) -> CodingReport:
     source_meta, notes = _dicom_notes(source, source_meta, max_error == 0)
     a, (vmin, vmax) = _check_array(array, name)
     vol = a if a.ndim == 3 else a[None]
@@ -157,7 +158,7 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
         enc = chunks.BOUNDED.Encoder(model, mapping, max_error,
                                      chunks.BOUNDED.check_base_quality(base_quality, model), G)
         with pipeline.single_thread():
-            quality = enc.choose(vol)
+            quality = enc.choose(vol, threads)
     else:
         if quality is None:
             quality = zoo.default_quality(model.lambdas)
@@ -168,8 +169,8 @@ def _encode_to(writer_dst, array: np.ndarray, quality: int, model_name: str | No
             _group_size(model, model_name, group)  # refuses a group > 1
             enc = chunks.LOSSY.encoder(model, mapping, qi)
     codec = {"model": model_name, "weights_sha256": sha, "quality": int(quality), **enc.codec_fields()}
-    # an encoder that codes whole groups at once (bounded groups, on all cores) gives chunks()
-    encoded = enc.chunks(vol) if hasattr(enc, "chunks") else None
+    # every chunk, in order, coded on `threads` threads (a bounded window of slices in flight)
+    encoded = enc.chunks(vol, threads) if hasattr(enc, "chunks") else None
     rep_ = _write_chunks(writer_dst, a, vol, mapping, codec, source, source_meta, progress, force,
                          enc.encode_slice, attachment, encoded)
     rep_.notes = notes
@@ -184,15 +185,20 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
     meta = {"bmz_version": __version__, "shape": list(a.shape), "dtype": a.dtype.str,
             "source": source, "source_meta": source_meta or {}, "intensity": mapping, "codec": codec}
     sizes = []
+    # one torch thread (here, and in each worker of `encoded`): the same bytes for any count
     with pipeline.single_thread(), BmzWriter(writer_dst, meta, vol.shape[0], force=force,
                                              attachment=attachment) as w:
         slices: Iterable[int] = range(vol.shape[0])
         if progress and vol.shape[0] > 1:  # only once the output is open: errors come first
             slices = tqdm(slices, desc="encode", unit="slice", leave=False)
-        for k in slices:
-            chunk = encode_slice(vol[k]) if encoded is None else next(encoded)
-            sizes.append(len(chunk))
-            w.add(chunk)
+        try:
+            for k in slices:
+                chunk = encode_slice(vol[k]) if encoded is None else next(encoded)
+                sizes.append(len(chunk))
+                w.add(chunk)
+        finally:
+            if encoded is not None:
+                encoded.close()  # an error: the slices not started are dropped
     # n_bytes is filled in by the caller that knows where the bytes went
     return CodingReport(None, tuple(a.shape), a.dtype.str, 0, a.nbytes, sizes)
 
@@ -200,7 +206,8 @@ def _write_chunks(writer_dst, a, vol, mapping: dict, codec: dict, source: str,
 def compress(array: np.ndarray, quality: int | None = None, model: str | None = None, *,
              source: str = "numpy", source_meta: dict | None = None,
              max_error: int | None = None, lossless: bool = False,
-             base_quality: int | str = "auto", group: int | None = None) -> bytes:
+             base_quality: int | str = "auto", group: int | None = None,
+             threads: int | None = None) -> bytes:
     """Encode a 2-D or 3-D integer array (slices along axis 0) → a complete ``.bmz`` file as bytes.
 
     ``quality``: 1 (smallest) .. the model's number of levels; default: the model's default
@@ -213,13 +220,19 @@ def compress(array: np.ndarray, quality: int | None = None, model: str | None = 
 
     ``group=G`` (models with inter-slice context, e.g. ``hyperprior-ctx``): slices are coded in
     groups of G consecutive slices, each with the previous one as context; decoding one slice
-    then reads at most G − 1 others. Default: the model's (its card's ``default_group``)."""
+    then reads at most G − 1 others. Default: the model's (its card's ``default_group``).
+
+    ``threads``: slices (and slice groups) coded in parallel (default: every core). The bytes
+    are identical for any number: each slice's float arithmetic runs on one thread whatever the
+    count, and a slice coded with its predecessor as context waits for it."""
 
     check_fidelity_options(quality, max_error, lossless, base_quality)
     delta = chunks.BOUNDED.check_max_error(max_error, lossless)
+    threads = _threads.resolve(threads)
     buf = io.BytesIO()
     _encode_to(buf, array, quality, model, source, source_meta, progress=False, force=True,
-               name="array", max_error=delta, base_quality=base_quality, group=group)
+               name="array", max_error=delta, base_quality=base_quality, group=group,
+               threads=threads)
     return buf.getvalue()
 
 
@@ -260,13 +273,20 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
                 model: str | None = None, series: str | None = None, force: bool = True,
                 progress: bool = False, verify: bool = False, *, max_error: int | None = None,
                 lossless: bool = False, base_quality: int | str = "auto",
-                group: int | None = None, keep_encapsulated: bool = False) -> CodingReport:
+                group: int | None = None, keep_encapsulated: bool = False,
+                threads: int | None = None) -> CodingReport:
     """Read a NIfTI / DICOM / ``.npy`` image and write its ``.bmz`` file (atomically).
 
     With ``verify``, the written file is decoded and compared with the input: the report's
     ``psnr`` (peak = volume max − min) and ``max_error`` are filled in. ``max_error``,
     ``lossless``, ``base_quality``: guaranteed fidelity, ``group``: slice groups, as in
     :func:`compress`.
+
+    ``threads``: slices coded (and, with ``verify``, decoded) in parallel (default: every core;
+    the bytes are identical for any number). The input streams through: slices are read in
+    order and a bounded window of them is in flight, never the volume (``2 × threads`` slices;
+    bounded-error slice groups, which keep two threads busy each: enough whole groups for every
+    thread).
 
     A DICOM series keeps every file's bytes but its pixel data (the file's attachment,
     :mod:`bmz.io.dicom.kept`): a ``lossless`` file decodes to the original files (byte-identical
@@ -277,6 +297,7 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
 
     check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     delta = chunks.BOUNDED.check_max_error(max_error, lossless)
+    threads = _threads.resolve(threads)
     check_output_path(dst, force=force)  # fail before the work, not after
     # NIfTI and .npy stream slice by slice
     vol = bio.read(src, series=series, lazy=True, keep_encapsulated=keep_encapsulated)
@@ -284,23 +305,23 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike, quality: int | N
         # io always gives (n, H, W); a 2-D original (e.g. 2-D npy) is recorded by its source meta
         rep = _encode_to(dst, vol.data, quality, model, vol.source, vol.meta, progress, force,
                          str(src), max_error=delta, base_quality=base_quality, group=group,
-                         attachment=vol.attachment)
+                         attachment=vol.attachment, threads=threads)
         rep.path = str(dst)
         rep.n_bytes = os.path.getsize(dst)
         if verify:
-            rep.psnr, rep.max_error = _compare(vol.data, dst, progress)
+            rep.psnr, rep.max_error = _compare(vol.data, dst, progress, threads)
     finally:
         if isinstance(vol.data, bio.SliceStack):
             vol.data.close()
     return rep
 
 
-def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
+def _compare(original, bmz_path, progress: bool, threads: int | None = 1) -> tuple[float, int]:
     """PSNR (peak = the original's max − min) and max |error| of a written file against the
-    original (array or SliceStack), one slice at a time."""
+    original (array or SliceStack), one slice at a time (decoded on ``threads`` threads)."""
     sse, max_err, lo, hi = 0, 0, None, None
     with BmzFile(bmz_path) as f:
-        back, _, bar = _decoded_stack(f, None, progress)
+        back, _, bar = _decoded_stack(f, None, progress, threads=threads)
         try:
             with pipeline.single_thread():
                 for k in range(back.shape[0]):
@@ -311,6 +332,7 @@ def _compare(original, bmz_path, progress: bool) -> tuple[float, int]:
                     lo = int(a.min()) if lo is None else min(lo, int(a.min()))
                     hi = int(a.max()) if hi is None else max(hi, int(a.max()))
         finally:
+            back.close()
             bar.close()
     return metrics.psnr_from_mse(sse / max(1, back.size), (hi or 0) - (lo or 0)), max_err
 
@@ -494,7 +516,7 @@ def _check_dicom_output(src, dst, slices, force: bool) -> None:
 def compress_dataset(datasets, quality: int | None = None, model: str | None = None, *,
                      max_error: int | None = None, lossless: bool = False,
                      base_quality="auto", keep_encapsulated: bool = False,
-                     group: int | None = None) -> bytes:
+                     group: int | None = None, threads: int | None = None) -> bytes:
     """Encode a DICOM series held in memory → a complete ``.bmz`` file as bytes.
 
     ``max_error`` / ``lossless`` / ``base_quality``: guaranteed fidelity, as for :func:`compress`
@@ -512,16 +534,19 @@ def compress_dataset(datasets, quality: int | None = None, model: str | None = N
 
     Raises :class:`InputError` naming the dataset (``dataset 2``...): not DICOM, no pixel data,
     no transfer syntax, colour, 1-bit, several series, slices of different sizes; or an option
-    combination that means nothing (``quality`` with ``lossless``...)."""
+    combination that means nothing (``quality`` with ``lossless``...).
+
+    ``threads``: slices coded in parallel (default: every core; the same bytes for any number)."""
     from .io import dicom
 
     check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     delta = chunks.BOUNDED.check_max_error(max_error, lossless)
+    threads = _threads.resolve(threads)
     vol = dicom.read_datasets(datasets, keep_encapsulated=keep_encapsulated)
     buf = io.BytesIO()
     _encode_to(buf, vol.data, quality, model, "dicom", vol.meta, progress=False, force=True,
                name="datasets", max_error=delta, base_quality=base_quality, group=group,
-               attachment=vol.attachment)
+               attachment=vol.attachment, threads=threads)
     return buf.getvalue()
 
 

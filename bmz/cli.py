@@ -107,9 +107,11 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
               help="the smallest file whose PSNR (peak = volume max - min) reaches P dB: tries "
                    "the model's levels and --max-error bounds and keeps the smaller (reads the "
                    "volume whole; several trial encodes)")
+@click.option("--jobs", "threads", default=None, type=click.IntRange(min=1),
+              help="slices coded in parallel (default: every core; identical bytes for any number)")
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 def encode(src, dst, quality, model, series, force, verify, compare, max_error, lossless,
-           base_quality, keep_encapsulated, group, target_psnr, quiet) -> None:
+           base_quality, keep_encapsulated, group, target_psnr, threads, quiet) -> None:
     """Encode a NIfTI / DICOM / .npy image SRC into a .bmz file."""
     _check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
     verify = verify or compare
@@ -120,7 +122,8 @@ def encode(src, dst, quality, model, series, force, verify, compare, max_error, 
         check_output_path(dst, force=force)  # fail before the search, not after
         rep, choice = target.encode_file_for_psnr(src, dst, target_psnr, model=model,
                                                   series=series, group=group, force=force,
-                                                  progress=not quiet, verify=verify)
+                                                  progress=not quiet, verify=verify,
+                                                  threads=threads)
         max_error = choice.max_error
         if not quiet:
             click.echo(f"chosen for --target-psnr {target_psnr:g}: {choice.describe()}")
@@ -129,7 +132,8 @@ def encode(src, dst, quality, model, series, force, verify, compare, max_error, 
                               series=series, force=force, progress=not quiet, verify=verify,
                               max_error=max_error, lossless=lossless,
                               base_quality=base_quality or "auto",
-                              keep_encapsulated=keep_encapsulated, group=group)
+                              keep_encapsulated=keep_encapsulated, group=group,
+                              threads=threads)
     for note in rep.notes:  # what a decode of this file cannot give back as it was
         click.echo(f"bmz: warning: {note}", err=True)
     if not quiet:

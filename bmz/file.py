@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ._threads import default_threads, worker_pool
 from ._version import __version__
 from .bitstream import BmzReader
 from .codec import chunks, pipeline, zoo
@@ -35,7 +35,8 @@ MAX_SLICE_VOXELS = 1 << 24
 #: FormatError naming the file and slice)
 _DECODE_ERRORS = (ValueError, RuntimeError, IndexError, OverflowError)
 
-__all__ = ["BmzFile", "check_meta", "open_reader", "slice_indices", "MAX_SLICE_VOXELS"]
+__all__ = ["BmzFile", "check_meta", "open_reader", "slice_indices", "default_threads",
+           "MAX_SLICE_VOXELS"]
 
 
 def open_reader(src, name: str | None = None) -> BmzReader:
@@ -120,14 +121,6 @@ def slice_indices(n: int, slices) -> list[int]:
             raise InputError(f"slice {k} out of range: the volume has {n} slices")
         out.append(k % n)
     return out
-
-
-def default_threads() -> int:
-    """The threads decoding uses unless told: every core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class BmzFile:
@@ -414,11 +407,10 @@ class BmzFile:
             else:
                 units.append([i])
         unit_of = {i: u for u, us in enumerate(units) for i in us}
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bmz-decode")
+        pool = worker_pool(threads, "bmz-decode")
         # a group's chain runs on `pool`; its slices' syntheses on their own pool (a chain waits
         # for them, so they must not queue behind other chains)
-        synth = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bmz-synth") \
-            if g > 1 else None
+        synth = worker_pool(threads, "bmz-synth") if g > 1 else None
         futures: dict[int, object] = {}
         window = 2 * threads
 

@@ -24,9 +24,12 @@ stored units of the original; ``base_quality`` as in :func:`bmz.compress`) for g
 fidelity. Any other keyword is passed on to :func:`bmz.compress` if this version of bmz has it,
 and refused by name otherwise.
 
-Chunks are coded one at a time per process (a lock): encoding is then byte-for-byte the same
-whatever zarr's thread pool does. Run several processes (e.g. Dask over chunk regions) to use
-several cores.
+Chunks are coded one at a time per process (a lock), each on every core: the slices of a 3-D
+chunk are coded and decoded in parallel (:data:`THREADS`), and the bytes are the same for any
+thread count and whatever zarr's thread pool does. Several processes that each code chunks (e.g.
+Dask over chunk regions, one process per core) should set ``bmz.zarr_codec.THREADS = 1`` in each
+process, so as not to run N × N threads. The thread count is not a codec setting: it does not
+change a byte, and is not stored with the array.
 """
 
 from __future__ import annotations
@@ -53,12 +56,15 @@ from numcodecs.registry import register_codec  # noqa: E402
 
 CODEC_ID = "bmz"
 _LOCK = threading.Lock()
+#: threads each chunk is coded and decoded on (None: every core); the bytes are the same for any
+THREADS: int | None = None
 
 
 def _compress_settings() -> set[str]:
     """Keyword settings :func:`bmz.compress` accepts beyond the array, quality and model."""
     params = inspect.signature(api.compress).parameters
-    return {n for n in params if n not in ("array", "quality", "model", "source", "source_meta")}
+    return {n for n in params
+            if n not in ("array", "quality", "model", "source", "source_meta", "threads")}
 
 
 class Bmz(Codec):
@@ -120,11 +126,12 @@ class Bmz(Codec):
         bounded = self.settings.get("max_error") is not None or self.settings.get("lossless")
         quality = None if bounded else self.quality  # bounded chunks have a base_quality instead
         with _LOCK:
-            return api.compress(np.ascontiguousarray(a), quality, self.model, **self.settings)
+            return api.compress(np.ascontiguousarray(a), quality, self.model, **self.settings,
+                                threads=THREADS)
 
     def decode(self, buf, out=None):
         with _LOCK, BmzFile(ensure_bytes(buf), name="<bytes>") as f:
-            arr = f.read()
+            arr = f.read(threads=THREADS)
         if out is not None:
             return ndarray_copy(arr, out)
         return arr

@@ -2,7 +2,8 @@
 
 Components, lowest first; each may import only itself and the components it lists:
 
-* the leaves (``errors``, ``_version``, ``_deps``, ``_fileutil``): nothing else of bmz;
+* the leaves (``errors``, ``_version``, ``_deps``, ``_fileutil``, ``_threads``): nothing else of
+  bmz;
 * ``io`` (readers and writers), ``codec`` (models, entropy and residual coders), ``bitstream``
   (the container) and ``metrics``: the leaves only, not each other;
 * ``codec.chunks`` (the chunk formats): ``codec``;
@@ -26,7 +27,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bmz"
 
-LEAVES = ("bmz.errors", "bmz._version", "bmz._deps", "bmz._fileutil")
+LEAVES = ("bmz.errors", "bmz._version", "bmz._deps", "bmz._fileutil", "bmz._threads")
 TOOLS = ("bmz.rdcurve", "bmz.batch", "bmz.interpolation", "bmz.train", "bmz.baselines",
          "bmz.zarr_codec", "bmz.target")
 CORE = ("io", "codec", "codec.chunks", "bitstream", "metrics", "file", "api")

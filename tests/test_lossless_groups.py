@@ -150,11 +150,9 @@ def test_forged_inter_chunk_at_group_start_is_refused(prisma7):
         bmz.decompress(_repack(data, meta_edit=old_format), slices=[1])
 
 
-def test_same_bytes_for_any_thread_count(prisma7, monkeypatch):
-    outs = []
-    for threads in (1, 2, 3):
-        monkeypatch.setattr(bounded_inter, "THREADS", threads)
-        outs.append(bmz.compress(prisma7, max_error=1, group=2, base_quality=0))
+def test_same_bytes_for_any_thread_count(prisma7):
+    outs = [bmz.compress(prisma7, max_error=1, group=2, base_quality=0, threads=threads)
+            for threads in (1, 2, 3)]
     assert outs[0] == outs[1] == outs[2]
 
 

@@ -100,19 +100,28 @@ def _peak(fn) -> int:
         tracemalloc.stop()
 
 
-def test_memory_does_not_grow_with_slices(tmp_path, sample):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_memory_does_not_grow_with_slices(tmp_path, sample, threads):
     """Peak Python/NumPy memory of encode_file and decode_file (to .nii.gz and .npy) is the same
     for a volume 4× as deep: slices stream through, the volume is never held. Holding it would add
-    its 1.5 MB of extra slices (more, for the float copies) to the peak."""
+    its 1.5 MB of extra slices (more, for the float copies) to the peak. On several threads too:
+    a window of 2 × threads slices in flight (that the encoders' window holds, slice groups
+    included: tests/test_threads.py, ``test_encode_window_is_bounded``)."""
     model = "cnn-ae-8"  # the memory behaviour is the model's; the smallest shipped one is fastest
     zoo.load_model(model)
 
     def run(reps: int) -> tuple[int, int, int]:
         src = _nifti(np.concatenate([sample] * reps), tmp_path / f"v{reps}.nii.gz")
         bmz = tmp_path / f"v{reps}.bmz"
-        enc = _peak(lambda: api.encode_file(src, bmz, quality=2, model=model))
-        dec = _peak(lambda: api.decode_file(bmz, tmp_path / f"o{reps}.nii.gz"))
-        npy = _peak(lambda: api.decode_file(bmz, tmp_path / f"o{reps}.npy"))
+        # on several threads the peak also depends on how far ahead the workers are when it is
+        # taken: the lowest of two runs
+        tries = 1 if threads == 1 else 2
+        enc = min(_peak(lambda: api.encode_file(src, bmz, quality=2, model=model,
+                                                threads=threads)) for _ in range(tries))
+        dec = min(_peak(lambda: api.decode_file(bmz, tmp_path / f"o{reps}.nii.gz",
+                                                threads=threads)) for _ in range(tries))
+        npy = min(_peak(lambda: api.decode_file(bmz, tmp_path / f"o{reps}.npy", threads=threads))
+                  for _ in range(tries))
         back = np.load(tmp_path / f"o{reps}.npy")
         assert back.shape == (77 * reps, 42, 76)
         np.testing.assert_array_equal(back, api.decompress(bmz.read_bytes()))

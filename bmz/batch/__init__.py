@@ -11,6 +11,11 @@ this module only finds the inputs, says what each task does, and keeps the manif
   and loads the model into the worker process's cache (:func:`bmz.codec.zoo.load_model`) when the
   worker starts (and again in a worker the nanny restarts); tasks then find it there. Every result
   says how many models its process has loaded (``model_loads``) and on how many threads.
+- **All cores, once.** The cluster runs a task per worker thread on every core (the default
+  ``LocalCluster``: one single-threaded worker process per core), so each task codes its volume's
+  slices on one thread (:data:`.tasks.TASK_THREADS`), where ``bmz encode`` / ``bmz decode`` alone
+  use every core for one volume: N tasks × N threads would only oversubscribe the cores. The
+  bytes are the same either way.
 - **Restartable.** A re-run skips an input whose manifest entry is ``ok`` for the same input
   (size and modification time), quality or error bound, model and weights, and whose output still
   has the recorded SHA-256 and passes ``bmz verify`` (checked on the workers); everything else is

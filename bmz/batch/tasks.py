@@ -28,6 +28,12 @@ except ImportError:  # a core install: bmz batch needs bmz[dask]
 
 log = logging.getLogger(__name__)
 
+#: threads one task codes a volume on. Dask already runs a task per worker thread on every core
+#: (the default LocalCluster: one single-threaded worker process per core), so a task's own
+#: slices run on one thread: more would only oversubscribe the cores (N tasks × N threads). The
+#: bytes are the same for any count (``bmz encode --jobs``).
+TASK_THREADS = 1
+
 
 def _require_distributed():
     if _WorkerPlugin is object:
@@ -155,7 +161,8 @@ def encode_task(job: Job, dst_root: str, quality: int, model: str, verify: bool 
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         kw = {} if bound is None else {"max_error": bound, "base_quality": base_quality}
         rep = api.encode_file(job.src, out, quality=quality, model=model,
-                              series=job.series, force=True, progress=False, verify=verify, **kw)
+                              series=job.series, force=True, progress=False, verify=verify,
+                              threads=TASK_THREADS, **kw)
         if bound is not None and rep.max_error is not None and rep.max_error > bound:
             _remove_stale(out)  # cannot happen (the encoder checks); never let it pass silently
             raise BmzError(f"{job.src}: decoded max error {rep.max_error} exceeds the bound {bound}")
@@ -181,7 +188,7 @@ def decode_task(job: Job, dst_root: str, fmt: str, expect: dict | None = None) -
         if done is not None:
             return done
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        rep, _ = api.decode_file(job.src, out, force=True, progress=False)
+        rep, _ = api.decode_file(job.src, out, force=True, progress=False, threads=TASK_THREADS)
         n_slices = int(rep.shape[0]) if len(rep.shape) == 3 else 1
         res.update(status="ok", bytes=os.path.getsize(out), raw_bytes=rep.raw_bytes,
                    bmz_bytes=rep.n_bytes, shape=list(rep.shape), dtype=rep.dtype,
@@ -219,7 +226,7 @@ def verify_task(job: Job, expect: dict | None = None, decode: bool = False) -> d
                 problems.append("SHA-256 differs from the manifest (not the file it records)")
         if decode and status == "ok":
             with BmzFile(job.src) as f:
-                f.read()
+                f.read(threads=TASK_THREADS)
         res["status"] = status
         res["error"] = "; ".join(problems) or None
     except BmzError as e:

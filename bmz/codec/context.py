@@ -242,6 +242,23 @@ class ContextHyperprior(GainedScaleHyperprior):
         an = self._analysis(x, q)
         return self._code(an, q, single_stream, prev), an["y"]
 
+    def analysis(self, x: torch.Tensor, q: int) -> dict:
+        """What :meth:`analyse` computes from the slice alone, before any entropy coding (its
+        symbols ``"y"``, ``"z"`` and the integer hyper-synthesis ``"h"``): slices of a group
+        are analysed independently (on as many threads as there are), then coded with their
+        predecessor's symbols as context (:meth:`code_best`)."""
+        return self._analysis(x, q)
+
+    @torch.no_grad()
+    def code_best(self, an: dict, q: int, prev: torch.Tensor | None) -> tuple[bytes, bool]:
+        """Code an :meth:`analysis` alone and, when ``prev`` is given, with it as context (single
+        stream) → (the smaller payload, whether it is the one coded with ``prev``)."""
+        alone = self._code(an, q, True, None)
+        if prev is None:
+            return alone, False
+        ctx = self._code(an, q, True, prev)
+        return (ctx, True) if len(ctx) < len(alone) else (alone, False)
+
     @torch.no_grad()
     def analyse_best(self, x: torch.Tensor, q: int, prev: torch.Tensor
                      ) -> tuple[bytes, torch.Tensor, bool]:
@@ -250,9 +267,8 @@ class ContextHyperprior(GainedScaleHyperprior):
         are the same either way; where neighbouring slices differ (thick slices, motion) the
         context can cost more than it saves."""
         an = self._analysis(x, q)
-        alone = self._code(an, q, True, None)
-        ctx = self._code(an, q, True, prev)
-        return (ctx, an["y"], True) if len(ctx) < len(alone) else (alone, an["y"], False)
+        payload, used = self.code_best(an, q, prev)
+        return payload, an["y"], used
 
     @torch.no_grad()
     def decode_latents(self, data: bytes, shape: tuple[int, int], q: int,

@@ -107,13 +107,13 @@ def quality_metrics(ref: np.ndarray, rec: np.ndarray) -> dict:
 def code_bmz(vol: np.ndarray, model: str, param: int) -> tuple[dict, np.ndarray]:
     """bmz at one setting (a model's quality level, or for ``max-error`` the bound δ): sizes
     (whole file, chunks only), times and the reconstruction."""
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # one thread, as the baselines (and --jobs processes) run
     if model == MAX_ERROR:
-        data = api.compress(vol, max_error=int(param))
+        data = api.compress(vol, max_error=int(param), threads=1)
     else:
-        data = api.compress(vol, quality=param, model=model)
+        data = api.compress(vol, quality=param, model=model, threads=1)
     t1 = time.perf_counter()
-    rec = api.decompress(data)
+    rec = api.decompress(data, threads=1)
     t2 = time.perf_counter()
     if rec.shape != vol.shape or rec.dtype != vol.dtype:
         raise RuntimeError(f"decoded {rec.shape} {rec.dtype}, expected {vol.shape} {vol.dtype}")

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from ... import _threads
 from .. import pipeline
 from . import constant
 from ._base import SliceContext, SliceLatents
@@ -44,10 +45,16 @@ def chunk_bytes(model, s: np.ndarray, mapping: dict, quality: int, kind: int,
                 write_floor: FloorWriter, payload: bytes, sym) -> bytes:
     """A learned chunk of ``kind``: its header with the floor the slice's reconstruction (from
     the latent symbols ``sym``) calls for, then ``payload``."""
+    return bytes([kind]) + write_floor(floor_of(model, s, mapping, quality, sym)) + payload
+
+
+def floor_of(model, s: np.ndarray, mapping: dict, quality: int, sym) -> int:
+    """The floor slice ``s``'s reconstruction from the latent symbols ``sym`` calls for
+    (:func:`bmz.codec.pipeline.choose_floor`)."""
     H, W = s.shape
     rec = pipeline.from_unit(model.synthesize_float(sym, quality)[0, 0, :H, :W].numpy(), mapping,
                              np.int64)
-    return bytes([kind]) + write_floor(pipeline.choose_floor(s, rec, mapping)) + payload
+    return pipeline.choose_floor(s, rec, mapping)
 
 
 def header(model, chunk: bytes, mapping: dict | None, read_floor: FloorReader) -> tuple[int, bytes]:
@@ -100,3 +107,9 @@ class Encoder:
 
     def encode_slice(self, s: np.ndarray) -> bytes:
         return self._encode(self.model, s, self.mapping, self.quality)
+
+    def chunks(self, vol, threads: int | None = 1):
+        """The chunks of ``vol``'s slices, in order: slices are coded on their own, ``threads``
+        at once (None: every core; :func:`bmz._threads.ordered`), the same bytes for any count."""
+        slices = (np.asarray(vol[k]) for k in range(vol.shape[0]))
+        return _threads.ordered(self.encode_slice, slices, threads)

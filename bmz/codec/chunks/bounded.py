@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ... import _threads
 from ...errors import BmzError, FormatError, InputError
 from . import constant, learned
 from ._base import SliceContext, SliceLatents
@@ -88,8 +89,10 @@ class BoundedEncoder:
 
     # -- choosing the base quality ---------------------------------------------------------
 
-    def choose(self, vol) -> int:
-        """Resolve ``"auto"`` on a sample of ``vol``'s slices → the base quality (0 = none)."""
+    def choose(self, vol, threads: int | None = 1) -> int:
+        """Resolve ``"auto"`` on a sample of ``vol``'s slices → the base quality (0 = none). The
+        sample's slices are coded ``threads`` at once (None: every core): the same choice for any
+        count."""
         if self.base_quality != "auto":
             return int(self.base_quality)
         n = vol.shape[0]
@@ -102,10 +105,15 @@ class BoundedEncoder:
         best, best_q = None, 0
         for q in (0,) + tuple(q for q in AUTO_QUALITIES if q <= self.model.n_qualities):
             total = 0
-            for s in sample:
-                total += len(self._chunk(s, q, fallback=False)[0])
-                if best is not None and total >= best:
-                    break
+            sizes = _threads.ordered(lambda s, q=q: len(self._chunk(s, q, fallback=False)[0]),
+                                     sample, threads)
+            try:
+                for size in sizes:
+                    total += size
+                    if best is not None and total >= best:
+                        break
+            finally:
+                sizes.close()  # what a break leaves: not started is cancelled
             if best is not None and total >= best:
                 break  # a costlier base layer than one that already lost will not win either
             best, best_q = total, q

@@ -17,19 +17,18 @@ before it.
 
 The encoder codes each group's first slice alone (with a base layer where that is smaller), every
 other one after its predecessor, and checks every chunk by decoding it as any reader will. Groups
-are independent: :meth:`GroupEncoder.chunks` codes them on :data:`THREADS` threads, with the same
-bytes for any count.
+are independent: :meth:`GroupEncoder.chunks` codes them on any number of threads (inside a group,
+the coding and the check run one slice apart), with the same bytes for any count.
 """
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from typing import Sequence
 
 import numpy as np
 
+from ... import _threads
 from ...errors import BmzError
 from . import bounded, constant, learned_inter
 from ._base import SliceContext
@@ -46,8 +45,6 @@ HOLDS = (bounded.KIND, KIND)
 MAX_GROUP = learned_inter.MAX_GROUP
 #: the slice group size of bounded-error files when none is asked for (benchmarks/results/lossless.md)
 DEFAULT_GROUP = 8
-#: threads coding groups at once (None: every core); the bytes are the same for any count
-THREADS: int | None = None
 _HEADER = 5  # kind, CRC-32
 
 file_needs_model = bounded.file_needs_model
@@ -144,8 +141,8 @@ def decode(chunk: bytes, ctx: SliceContext, previous: Sequence = ()) -> np.ndarr
 class GroupEncoder(bounded.BoundedEncoder):
     """Encodes the slices of one volume with max error ``delta`` in groups of ``group`` slices:
     the first slice of a group alone (kind ``0x02``, with a learned base layer where that is
-    smaller), every other one after the previous (kind ``0x05``). :meth:`chunks` codes whole
-    groups on :data:`THREADS` threads; :meth:`encode_slice` codes slices 0, 1, 2, … in order."""
+    smaller), every other one after the previous (kind ``0x05``). :meth:`chunks` codes a volume
+    on any number of threads; :meth:`encode_slice` codes slices 0, 1, 2, … in order."""
 
     def __init__(self, model, mapping: dict, delta: int, base_quality="auto", group: int = DEFAULT_GROUP):
         super().__init__(model, mapping, delta, base_quality)
@@ -160,36 +157,57 @@ class GroupEncoder(bounded.BoundedEncoder):
         res, out = _residual3d().encode(v, self.maxv, self.delta, base)
         return res, out.rec, out
 
+    _BUG = ("bounded chunk failed its encode-time check (decoded values differ from the "
+            "encoder's or exceed the bound); this is a bmz bug, nothing was written")
+
+    def _constant(self, s: np.ndarray):
+        """(chunk, part, hand-on) of a slice whose values span at most 2δ, else None."""
+        lo, hi = int(s.min()), int(s.max())
+        if hi - lo > 2 * self.delta:
+            return None
+        c = lo + (hi - lo) // 2
+        return constant.encode(c), (0, constant.SIZE), constant_context(c - self.vmin, s.shape)
+
+    def _encode_one(self, s: np.ndarray, prev):
+        """One non-constant slice coded after ``prev`` (what the encoder's coding of the
+        previous slice handed on; None at a group start) → (chunk, reconstruction − min, base
+        bytes, hand-on)."""
+        if self.base_quality == "auto":
+            raise RuntimeError("GroupEncoder.choose() must resolve base_quality 'auto' first")
+        try:
+            if prev is None:
+                return self._chunk(s, int(self.base_quality), self.fallback)
+            res, ctx = _residual3d().encode(s.astype(np.int64) - self.vmin, self.maxv,
+                                            self.delta, prev=prev)
+            chunk = bytes([KIND]) + bounded.recon_crc(ctx.rec).to_bytes(4, "little") + res
+            return chunk, ctx.rec, 0, ctx
+        except (RuntimeError, ValueError) as e:
+            raise BmzError(f"{self._BUG} ({e})") from e
+
+    def _check_one(self, s: np.ndarray, chunk: bytes, rec: np.ndarray, prev_back):
+        """The guarantee: ``chunk`` decoded as any reader will (after ``prev_back``, what the
+        check's decode of the previous slice handed on) gives ``rec`` and is within δ of ``s``
+        (else :class:`~bmz.errors.BmzError`) → what this decode hands on."""
+        try:
+            back, back_ctx = decode_chunk(chunk, s.shape, self.mapping, self.delta,
+                                          lambda: self.model, prev_back)
+        except (RuntimeError, ValueError) as e:
+            raise BmzError(f"{self._BUG} ({e})") from e
+        if not np.array_equal(back, rec + self.vmin) or \
+                int(np.abs(back - s.astype(np.int64)).max()) > self.delta:
+            raise BmzError(self._BUG)
+        return back_ctx
+
     def _slice(self, s: np.ndarray, prev, prev_back):
         """One slice after ``prev`` / ``prev_back`` (what the encoder's and the check's decode of
         the previous slice handed on; None at a group start), verified by decoding it as a reader
         will → (chunk, (base bytes, residual bytes), prev, prev_back for the next slice)."""
         s = np.asarray(s)
-        lo, hi = int(s.min()), int(s.max())
-        if hi - lo <= 2 * self.delta:
-            c = lo + (hi - lo) // 2
-            ctx = constant_context(c - self.vmin, s.shape)
-            return constant.encode(c), (0, constant.SIZE), ctx, ctx
-        if self.base_quality == "auto":
-            raise RuntimeError("GroupEncoder.choose() must resolve base_quality 'auto' first")
-        bug = ("bounded chunk failed its encode-time check (decoded values differ from the "
-               "encoder's or exceed the bound); this is a bmz bug, nothing was written")
-        try:
-            if prev is None:
-                chunk, rec, nbase, ctx = self._chunk(s, int(self.base_quality), self.fallback)
-            else:
-                res, ctx = _residual3d().encode(s.astype(np.int64) - self.vmin, self.maxv,
-                                                self.delta, prev=prev)
-                rec, nbase = ctx.rec, 0
-                chunk = bytes([KIND]) + bounded.recon_crc(rec).to_bytes(4, "little") + res
-            # the guarantee: decode the chunk as any reader will, and compare with the original
-            back, back_ctx = decode_chunk(chunk, s.shape, self.mapping, self.delta,
-                                          lambda: self.model, prev_back)
-        except (RuntimeError, ValueError) as e:
-            raise BmzError(f"{bug} ({e})") from e
-        if not np.array_equal(back, rec + self.vmin) or \
-                int(np.abs(back - s.astype(np.int64)).max()) > self.delta:
-            raise BmzError(bug)
+        const = self._constant(s)
+        if const is not None:
+            return const + (const[2],)
+        chunk, rec, nbase, ctx = self._encode_one(s, prev)
+        back_ctx = self._check_one(s, chunk, rec, prev_back)
         return chunk, (nbase, len(chunk) - nbase), ctx, back_ctx
 
     def encode_slice(self, s: np.ndarray) -> bytes:
@@ -199,43 +217,53 @@ class GroupEncoder(bounded.BoundedEncoder):
         self.parts.append(part)
         return chunk
 
-    def _group(self, slices: list[np.ndarray]) -> list[tuple[bytes, tuple[int, int]]]:
-        """The chunks of one group → [(chunk, (base bytes, residual bytes))]."""
-        out, prev, prev_back = [], None, None
-        for s in slices:
-            chunk, part, prev, prev_back = self._slice(s, prev, prev_back)
-            out.append((chunk, part))
-        return out
+    def _unit(self, item):
+        """One slice of :meth:`chunks` → (chunk, part). ``prev``: the previous slice's two
+        hand-ons (futures; None at a group start), ``own``: this slice's (None when no slice
+        needs them). The coding waits for the previous slice's coding only, the check for the
+        previous check: the two chains of a group run on two threads, one slice apart."""
+        s, prev, own = item
+        with _threads.handing_on(*(own or ())):
+            const = self._constant(s)
+            if const is not None:
+                if own is not None:
+                    own[0].set_result(const[2])
+                    own[1].set_result(const[2])
+                return const[:2]
+            chunk, rec, nbase, ctx = self._encode_one(s, _threads.wait(prev[0]) if prev else None)
+            if own is not None:
+                own[0].set_result(ctx)
+            back_ctx = self._check_one(s, chunk, rec, _threads.wait(prev[1]) if prev else None)
+            if own is not None:
+                own[1].set_result(back_ctx)
+        return chunk, (nbase, len(chunk) - nbase)
 
-    def chunks(self, vol):
+    def chunks(self, vol, threads: int | None = 1):
         """The chunks of ``vol``'s slices, in order (a generator: slices are read in order on the
-        calling thread, groups coded on :data:`THREADS` threads, a few groups ahead)."""
+        calling thread and coded ``threads`` at once, None: every core;
+        :func:`bmz._threads.ordered`).
+        Groups are independent; inside a group each slice's coding waits for the previous
+        slice's coding, its check for the previous check, so a group keeps two threads busy and
+        ``max(2 × threads, (threads // 2 + 1) × G)`` slices are in flight (enough groups for
+        every thread). The same bytes for any count."""
         if self.base_quality == "auto":
             raise RuntimeError("GroupEncoder.choose() must resolve base_quality 'auto' first")
         n, G = vol.shape[0], self.group
-        # the learned base layer runs torch: one thread then; the residual coder releases the GIL
-        threads = 1 if self.base_quality else max(1, int(THREADS or os.cpu_count() or 1))
-        if threads == 1:
-            for a in range(0, n, G):
-                for chunk, part in self._group([vol[k] for k in range(a, min(a + G, n))]):
-                    self.parts.append(part)
-                    yield chunk
-            return
-        with ThreadPoolExecutor(threads) as ex:
-            pending: deque = deque()
-            starts = iter(range(0, n, G))
-            while True:
-                while len(pending) < 2 * threads:
-                    a = next(starts, None)
-                    if a is None:
-                        break
-                    group = [np.asarray(vol[k]) for k in range(a, min(a + G, n))]
-                    pending.append(ex.submit(self._group, group))
-                if not pending:
-                    break
-                for chunk, part in pending.popleft().result():
-                    self.parts.append(part)
-                    yield chunk
+
+        def items():
+            prev = None
+            for k in range(n):
+                own = (_threads.Future(), _threads.Future()) if (k + 1) % G and k + 1 < n else None
+                yield np.asarray(vol[k]), prev if k % G else None, own
+                prev = own
+
+        # a group keeps two threads busy (its coding, its check): enough groups in flight for all
+        t = _threads.resolve(threads)
+        window = max(2 * t, (t // 2 + 1) * G)
+        with contextlib.closing(_threads.ordered(self._unit, items(), t, window)) as coded:
+            for chunk, part in coded:
+                self.parts.append(part)
+                yield chunk
 
 
 #: the table's name for this kind's encoder (``codec_fields``, ``encode_slice``, ``chunks``)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ... import _threads
 from ...errors import FormatError
 from .. import pipeline
 from . import _learned, constant, learned_compact
@@ -91,9 +92,15 @@ def decode(chunk: bytes, ctx: SliceContext, previous: Sequence[SliceLatents] = (
 
 
 class Encoder:
-    """Encodes a volume's slices in order into a file of chunk format 5 with groups of ``group``:
-    a group's first slice alone, every other with its predecessor as context where that codes
-    smaller. ``encode_slice`` must be called for slices 0, 1, 2, … in order."""
+    """Encodes a volume's slices into a file of chunk format 5 with groups of ``group``: a
+    group's first slice alone, every other with its predecessor as context where that codes
+    smaller. :meth:`chunks` codes a volume on any number of threads (the same bytes);
+    :meth:`encode_slice` must be called for slices 0, 1, 2, … in order.
+
+    What a slice is coded with is its predecessor's latent symbols — which the analysis of that
+    slice alone gives, not its coding — so every slice is analysed on its own (the costly part:
+    the analysis transform and the float synthesis that chooses the floor) and only the entropy
+    coding waits for the previous slice's analysis."""
 
     def __init__(self, model, mapping: dict, quality: int, group: int):
         if not getattr(model, "inter_slice", False):
@@ -104,23 +111,57 @@ class Encoder:
     def codec_fields(self) -> dict:
         return {"chunk_format": FORMAT, "group": self.group}
 
+    def _prepare(self, s: np.ndarray, hand_on: bool):
+        """Slice ``s`` on its own → (its constant chunk or None, its analysis and floor, what it
+        hands on to the next slice of its group when ``hand_on``: None for a constant slice)."""
+        if constant.is_constant(s):
+            return constant.encode(s.flat[0]), None, None
+        m, q = self.model, self.quality
+        an = m.analysis(_learned.network_input(m, s, self.mapping), q)
+        floor = _learned.floor_of(m, s, self.mapping, q, an["y"])
+        return None, (an, floor), group_context(m, an["y"], q) if hand_on else None
+
+    def _finish(self, prepared, prev) -> bytes:
+        """The chunk of a prepared slice, coded with ``prev`` (the previous slice's hand-on; None
+        at a group start or after a constant slice) where that is smaller."""
+        an, floor = prepared
+        payload, used = self.model.code_best(an, self.quality, prev)
+        kind = KIND if used else learned_compact.KIND
+        return bytes([kind]) + learned_compact.write_floor(floor) + payload
+
     def encode_slice(self, s: np.ndarray) -> bytes:
         k, self._k = self._k, self._k + 1
         prev = self._prev if k % self.group else None
-        if constant.is_constant(s):
-            self._prev = None
-            return constant.encode(s.flat[0])
-        m, q = self.model, self.quality
-        x = _learned.network_input(m, s, self.mapping)
-        if prev is not None:  # with the previous slice as context, or alone where that is smaller
-            payload, sym, used = m.analyse_best(x, q, prev)
-            kind = KIND if used else learned_compact.KIND
-        else:
-            payload, sym = m.analyse(x, q, single_stream=True)
-            kind = learned_compact.KIND
-        self._prev = group_context(m, sym, q)
-        return _learned.chunk_bytes(m, s, self.mapping, q, kind, learned_compact.write_floor,
-                                    payload, sym)
+        chunk, prepared, self._prev = self._prepare(s, True)
+        return chunk if chunk is not None else self._finish(prepared, prev)
+
+    def _unit(self, item) -> bytes:
+        """One slice of :meth:`chunks`: prepared, its hand-on set (``own``), then coded once the
+        previous slice's hand-on (``prev``) is there."""
+        s, prev, own = item
+        with _threads.handing_on(*([own] if own is not None else [])):
+            chunk, prepared, handed = self._prepare(s, own is not None)
+            if own is not None:
+                own.set_result(handed)
+        if chunk is not None:
+            return chunk
+        return self._finish(prepared, _threads.wait(prev) if prev is not None else None)
+
+    def chunks(self, vol, threads: int | None = 1):
+        """The chunks of ``vol``'s slices, in order, ``threads`` slices at once (None: every core;
+        :func:`bmz._threads.ordered`): each slice is analysed as soon as a thread is free, its
+        coding waits for its predecessor's analysis only. The same bytes for any count."""
+        n, G = vol.shape[0], self.group
+
+        def items():
+            prev = None
+            for k in range(n):
+                own = _threads.Future() if (k + 1) % G and k + 1 < n else None
+                yield np.asarray(vol[k]), prev if k % G else None, own
+                prev = own
+
+        return _threads.ordered(self._unit, items(), threads)
+
 
 def encoder(model, mapping: dict, quality: int, group: int = 1) -> Encoder:
     """The encoder of files of this format at quality index ``quality``, groups of ``group``."""
