@@ -289,3 +289,28 @@ def test_levels_cannot_be_added_on_resume():
              "opt": {"state": {}, "param_groups": []}}
     with pytest.raises(ValueError, match="cannot be added"):
         extend_qualities(state, TINY["lambdas"] + [0.16])
+
+
+def test_a_drifted_latent_scale_is_normalised_at_freeze(trained, ixi):
+    """Training does not pin the latent's scale (the analysis' last and the synthesis' first
+    convolution trade a factor freely); a model whose latent grew 2^16× (as a 54k-step CPU run's
+    did) would overflow the integer codebook sums. freeze() divides it back by a power of two:
+    the same indices, the same decoded slice as the undrifted model."""
+    big = build_model("vqvae", **TINY)
+    big.load_state_dict(trained.state_dict())
+    big.eval()
+    s = 2.0 ** 16
+    with torch.no_grad():
+        big.g_a[-1].weight.mul_(s)
+        big.g_a[-1].bias.mul_(s)
+        big.g_s[0].weight.div_(s)
+        big.codebooks.mul_(s)
+        big.ema_sum.mul_(s)
+        big.latent_energy.mul_(s * s)
+    big.freeze()
+    assert torch.equal(big.codebooks_fx, trained.codebooks_fx)
+    x = _unit(ixi[len(ixi) // 2])[None, None, :64, :64]
+    for q in range(trained.n_qualities):
+        a, sym_a = trained.analyse(x, q)
+        b, sym_b = big.analyse(x, q)
+        assert a == b and torch.equal(big.synthesize(sym_b, q), trained.synthesize(sym_a, q))

@@ -181,6 +181,8 @@ def synthesis_ops(name: str, config: dict) -> list:
     """The synthesis's ops in decode order; index i uses ``fx_s.w{i}`` / ``fx_s.b{i}``."""
     if name in ("hyperprior", "hyperprior-ctx", "factorized"):
         return [T5, "igdn"] * (int(config.get("stages", 3)) - 1) + [T5]
+    if name == "vqvae":  # conv3 IGDN conv3 IGDN, then the GDN mirror of the analysis
+        return [C3, "igdn", C3, "igdn"] + [T5, "igdn"] * (int(config.get("stages", 2)) - 1) + [T5]
     if name.startswith("cnn-ae-"):
         return [("deconv", 2, 1, 1), "relu", ("deconv", 2, 1, 1), "relu", C3]
     if name.startswith("unet-noskip-"):

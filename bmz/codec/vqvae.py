@@ -310,6 +310,7 @@ class ResidualVQVAE(BmzModel):
         """Integer codebooks (units 2**-ACT_BITS), one 16-bit CDF table per stage from its
         prior, and the fixed-point synthesis — from the current weights, once."""
         A = fixedpoint.ACT_BITS
+        self._normalise_scale()
         cb = torch.round(self.codebooks.double() * 2.0**A)
         if float(cb.abs().amax(dim=(1, 2)).sum()) >= 2.0**31:
             raise OverflowError("vqvae codebooks too large for int32 latent sums")
@@ -320,6 +321,27 @@ class ResidualVQVAE(BmzModel):
         self._freeze_fixed_synthesis()
         self.frozen.fill_(1)
         self._coder = None
+
+    @torch.no_grad()
+    def _normalise_scale(self) -> None:
+        """Bring the latent back to unit scale before the codebooks are rounded: nothing in
+        training pins it (the encoder's last convolution and the decoder's first can trade a
+        factor freely), and it can drift by orders of magnitude — until the integer latent sums
+        overflow. Divides the latent (the analysis' last convolution), the codebooks and their
+        EMA state by a power of two ``s`` and multiplies the synthesis' first convolution by it:
+        exactly the same function, the same indices (the search is scale-free, its bit price
+        scales with the latent energy), in floating point without rounding."""
+        rms = math.sqrt(max(float(self.latent_energy), 1e-30))
+        s = 2.0 ** round(math.log2(rms))
+        if s == 1.0:
+            return
+        last, first = self.g_a[-1], self.g_s[0]
+        last.weight.div_(s)
+        last.bias.div_(s)
+        first.weight.mul_(s)
+        self.codebooks.div_(s)
+        self.ema_sum.div_(s)
+        self.latent_energy.div_(s * s)
 
     @property
     def coder(self) -> "entropy.TableCoder":
