@@ -362,6 +362,25 @@ def _rel(path: str) -> str:
         return str(path)
 
 
+def check_decodable(model, size: int = 64) -> None:
+    """Refuse weights whose bit-exact decoder cannot decode their own files: every quality of a
+    smooth test slice (a disc with texture, the shape of an MRI slice) is analysed and decoded
+    through the fixed-point synthesis; a model whose activations leave the exact range
+    (:class:`~bmz.codec.fixedpoint.FixedPointError`) raises ValueError naming the level."""
+    from .codec.fixedpoint import FixedPointError
+
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.16) * (0.6 + 0.3 * np.sin(12 * xx) * np.cos(9 * yy))
+    x = torch.from_numpy(disc.astype(np.float32))[None, None]
+    for q in range(model.n_qualities):
+        _, sym = model.analyse(x, q)
+        try:
+            model.synthesize(sym, q)
+        except FixedPointError as e:
+            raise ValueError(f"{model.model_name}: quality {q + 1} cannot be decoded by the "
+                             f"bit-exact decoder ({e}); not exported") from None
+
+
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "") -> Path:
     """Freeze a training checkpoint into shipped weights ``OUT.pt`` and its model card ``OUT.json``.
 
@@ -376,6 +395,11 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
     n_params = sum(p.numel() for n, p in model.named_parameters())
     half = n_params > zoo.HALF_ABOVE_PARAMETERS  # float16 transforms: the repository stays cloneable
     sha = zoo.save_frozen(model, tmp, half=half)
+    try:
+        check_decodable(zoo._load(str(tmp), sha))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     zoo.archive_superseded(weights, sha)  # files encoded with the old weights stay decodable
     os.replace(tmp, weights)
     card = {

@@ -219,3 +219,19 @@ def test_big_models_keep_lean_checkpoints_and_half_weights(data_dir, tmp_path, m
     assert card["storage"].startswith("float16")
     blob = torch.load(tmp_path / "u.pt", weights_only=True)
     assert blob["state_dict"]["g_a.0.0.weight"].dtype == torch.float16
+
+
+def test_export_refuses_weights_the_exact_decoder_cannot_decode(tmp_path):
+    """The committed vqvae checkpoint (54,713 CPU steps) decodes in float, but its synthesis
+    works at activations beyond the fixed-point decoder's exact range: export refuses it, names
+    the level, and writes nothing."""
+    from pathlib import Path
+
+    from bmz.train import export
+
+    ckpt = Path(__file__).resolve().parents[1] / "models" / "checkpoints" / "vqvae.ckpt"
+    if not ckpt.is_file():
+        pytest.skip("no vqvae checkpoint")
+    with pytest.raises(ValueError, match="quality 1 cannot be decoded by the bit-exact decoder"):
+        export(ckpt, tmp_path / "vqvae")
+    assert list(tmp_path.iterdir()) == []
