@@ -552,7 +552,9 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         sd = model.state_dict()
         if not lean:
             return sd
-        return {k: v.to(torch.float16) if v.dtype == torch.float32 else v for k, v in sd.items()}
+        # the fixed-point twins are derived by freeze(): a lean checkpoint leaves them out
+        return {k: v.to(torch.float16) if v.dtype == torch.float32 else v for k, v in sd.items()
+                if not k.startswith(_DERIVED)}
 
     def save_checkpoint():
         _atomic_torch_save({"model_name": model_name, "model_config": config, "seed": seed,

@@ -147,6 +147,38 @@ def test_fixed_point_refuses_absurd_activations():
     assert issubclass(fp.FixedPointError, ValueError)
 
 
+def test_a_drifted_synthesis_is_rescaled_into_the_exact_range():
+    """A synthesis whose first layer's output grew 2^14× (nothing in training pins the scale
+    inside it; the inverse GDN and the next convolution absorb the factor) computes the same
+    function in float, but its activations leave the exact range. activation_scales() finds the
+    powers of two that build() folds into the integer weights, and the fixed-point net follows
+    the float one again as closely as the undrifted net."""
+    net, y = _net(1), torch.randn(1, 6, 8, 8, generator=torch.Generator().manual_seed(2)) * 3
+    drifted = _net(1)
+    s = 2.0**14
+    with torch.no_grad():
+        drifted[0].weight.mul_(s)
+        drifted[0].bias.mul_(s)
+        g = drifted[1]
+        g.gamma.copy_(g.gamma_reparam.init(g.gamma_reparam(g.gamma) / s**2))
+        drifted[3][0].weight.div_(s)
+        ref = net(y)
+        assert float((drifted(y) - ref).abs().max()) < 1e-4  # the same function in float
+    a0 = torch.round(y.double() * 2**fp.ACT_BITS).long()
+    plain = fp.FixedPointSynthesis(drifted)
+    plain.build()
+    with pytest.raises(fp.FixedPointError):
+        plain(a0)
+    scales = fp.activation_scales(drifted, [y])
+    assert set(scales) == {0} and scales[0] <= -12
+    fx = fp.FixedPointSynthesis(drifted)
+    fx.build(scales)
+    assert float((fx(a0) - ref.double()).abs().max()) < 2e-3
+    assert np.array_equal(fx(a0).numpy(), _ref_forward(fx, a0.numpy()))  # still the specified integers
+    # an undrifted net needs no scales: its weights stay bit-identical
+    assert fp.activation_scales(net, [y]) == {}
+
+
 def test_unsupported_layers_are_refused():
     with pytest.raises(TypeError):
         fp.FixedPointSynthesis(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Sigmoid()))

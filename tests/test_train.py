@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bmz.train import train
+from bmz.codec.models import build_model
+from bmz.train import export, train
 
 TINY = {"N": 8, "M": 8, "lambdas": [0.01, 0.1]}
 
@@ -143,7 +144,6 @@ def test_context_model_trains_in_pairs_and_decodes_exactly(shared_data, tmp_path
     st = torch.load(ckpt, weights_only=False)
     assert st["depth"] == 2 and st["step"] == 0
     from bmz.codec import pipeline
-    from bmz.codec.models import build_model
     from bmz.train import load_trained_state
 
     hp = build_model("hyperprior", **TINY)
@@ -210,6 +210,7 @@ def test_big_models_keep_lean_checkpoints_and_half_weights(data_dir, tmp_path, m
         st = torch.load(ckpt, weights_only=False)
         assert st["opt"] is None and st["step"] == 2
         assert {v.dtype for k, v in st["model"].items() if k.startswith("g_")} == {torch.float16}
+        assert not any(k.startswith("fx_s.") for k in st["model"])  # derived at export
         ckpt = train("unet-noskip-v1", str(tmp_path / "u"), [str(data_dir)], [str(data_dir)],
                      steps=4, resume=str(ckpt), **kw)
     finally:
@@ -222,16 +223,42 @@ def test_big_models_keep_lean_checkpoints_and_half_weights(data_dir, tmp_path, m
 
 
 def test_export_refuses_weights_the_exact_decoder_cannot_decode(tmp_path):
-    """The committed vqvae checkpoint (54,713 CPU steps) decodes in float, but its synthesis
-    works at activations beyond the fixed-point decoder's exact range: export refuses it, names
-    the level, and writes nothing."""
+    """Weights whose synthesis no rescaling brings back into the fixed-point decoder's exact
+    range (here an output layer 2^40 times too strong: the last layer keeps its scale) decode in
+    float but not bit-exactly: export refuses them, names the level, and writes nothing."""
+    m = build_model("vqvae", N=8, D=4, K=8, lambdas=[0.01, 0.02])
+    with torch.no_grad():
+        m.g_s[-1].weight.mul_(2.0**40)
+    ckpt = tmp_path / "bad.ckpt"
+    torch.save({"model_name": "vqvae", "model_config": m.config(), "model": m.state_dict(),
+                "step": 1, "batch_size": 1, "seed": 0}, ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match="quality 1 cannot be decoded by the bit-exact decoder"):
+        export(ckpt, out / "vqvae")
+    assert list(out.iterdir()) == []
+
+
+def test_export_rescales_a_drifted_synthesis(tmp_path):
+    """The committed vqvae checkpoint (54,713 CPU steps) runs its synthesis at activations in
+    the tens of thousands: freeze() folds powers of two into the fixed-point weights, and the
+    exported weights decode a real slice bit-exactly, as close to the float synthesis as the
+    other models' decoders are."""
     from pathlib import Path
 
-    from bmz.train import export
+    from bmz.codec import zoo
 
     ckpt = Path(__file__).resolve().parents[1] / "models" / "checkpoints" / "vqvae.ckpt"
     if not ckpt.is_file():
         pytest.skip("no vqvae checkpoint")
-    with pytest.raises(ValueError, match="quality 1 cannot be decoded by the bit-exact decoder"):
-        export(ckpt, tmp_path / "vqvae")
-    assert list(tmp_path.iterdir()) == []
+    weights = export(ckpt, tmp_path / "vqvae")
+    m = zoo._load(str(weights), zoo.sha256_file(weights))
+    assert m._synthesis_scales()  # this run needs them
+    yy, xx = np.mgrid[0:96, 0:96] / 96
+    x = torch.from_numpy((((yy - .5) ** 2 + (xx - .5) ** 2 < .2) * (.5 + .4 * np.sin(20 * xx * yy)))
+                         .astype(np.float32))[None, None]
+    for q in (0, m.n_qualities - 1):
+        _, sym = m.analyse(x, q)
+        exact = m.synthesize(sym, q)
+        assert float((exact - m.synthesize_float(sym, q).double()).abs().max()) < 0.03
+        assert torch.equal(exact, m.synthesize(sym.clone(), q))

@@ -27,6 +27,8 @@ identical array on any thread count, batch, slice order, machine or device.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -126,6 +128,31 @@ def exact_conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor,
     return acc.to(torch.float64)
 
 
+@torch.no_grad()
+def activation_scales(net: nn.Module, inputs: list[torch.Tensor], top_bits: int = 4) -> dict[int, int]:
+    """Powers of two that bring a synthesis' activations back to a few units, for
+    :meth:`FixedPointSynthesis.build`: for each convolution but the last whose float output on
+    ``inputs`` (typical latents) reaches ``2**top_bits`` or more, ``e < 0`` with its largest
+    magnitude times ``2**e`` below ``2**top_bits``. Nothing else is rescaled. A transform
+    trained without anything pinning its internal scale (a latent that drifted, an inverse GDN
+    with a vanishing ``γ``) can reach magnitudes where the exact integer sums, and the
+    resolution of ``γ``, run out; rescaled, it decodes exactly what it computes in float."""
+    ops = _flatten(net)
+    peak: dict[int, float] = {}
+    for x in inputs:
+        a = x.to(torch.float32)
+        for i, m in enumerate(ops):
+            a = m(a)
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                peak[i] = max(peak.get(i, 0.0), _absmax(a))
+    last = len(ops) - 1
+    out = {}
+    for i, v in peak.items():
+        if i != last and v >= 2.0**top_bits:
+            out[i] = top_bits - 1 - math.floor(math.log2(v))
+    return out
+
+
 class FixedPointSynthesis(nn.Module):
     """Fixed-point twin of a synthesis ``net`` (see the module docstring). ``build()`` quantises the
     float weights once, after training; the integers live in buffers and ship with the weights."""
@@ -147,17 +174,28 @@ class FixedPointSynthesis(nn.Module):
         self.register_buffer("built", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
-    def build(self) -> None:
+    def build(self, log2_scales: dict[int, int] | None = None) -> None:
+        """Quantise the float layers. ``log2_scales`` (layer index → ``e``) makes convolution
+        ``i`` compute its output times ``2**e`` (:func:`activation_scales`): the next layer is
+        adjusted so that the function is unchanged — a convolution's weights are divided by
+        the scale of its input, an inverse GDN's ``γ`` by its square (``x·sqrt(β + γx²)`` scales
+        with ``x`` when ``γ`` absorbs ``1/c²``), a ReLU passes the scale on. The last layer keeps
+        scale 1. Nothing of this reaches the decoder but the integers."""
         A, Fb = ACT_BITS, WEIGHT_BITS
+        log2_scales = log2_scales or {}
+        cin = 0  # log2 of the scale of the current layer's input
         for i, m in enumerate(self._ops):
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                getattr(self, f"w{i}").copy_(torch.round(m.weight.detach().double() * 2.0**Fb))
+                cout = 0 if i == len(self._ops) - 1 else int(log2_scales.get(i, 0))
+                w = m.weight.detach().double() * 2.0 ** (cout - cin)
+                getattr(self, f"w{i}").copy_(torch.round(w * 2.0**Fb))
                 b = m.bias.detach().double() if m.bias is not None else torch.zeros(
                     getattr(self, f"b{i}").shape, dtype=torch.float64)
-                getattr(self, f"b{i}").copy_(torch.round(b * 2.0 ** (A + Fb)).long())
+                getattr(self, f"b{i}").copy_(torch.round(b * 2.0 ** (A + Fb + cout)).long())
+                cin = cout
             elif isinstance(m, GDN):
                 C = m.beta.shape[0]
-                gamma = m.gamma_reparam(m.gamma).detach().double().reshape(C, C, 1, 1)
+                gamma = m.gamma_reparam(m.gamma).detach().double().reshape(C, C, 1, 1) * 2.0 ** (-2 * cin)
                 beta = m.beta_reparam(m.beta).detach().double()
                 getattr(self, f"w{i}").copy_(torch.round(gamma * 2.0**Fb))
                 getattr(self, f"b{i}").copy_(torch.round(beta * 2.0 ** (2 * GDN_ACT_BITS + Fb)).long())

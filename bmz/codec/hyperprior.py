@@ -107,9 +107,14 @@ class BmzModel(nn.Module):
     @torch.no_grad()
     def _freeze_fixed_synthesis(self) -> None:
         A = fixedpoint.ACT_BITS
-        self.fx_s.build()
+        self.fx_s.build(self._synthesis_scales())
         self.dec_inv_gain_fx.copy_(torch.round(torch.exp2(self.log2_inv_gain.detach().double()) * 2.0**A).long())
         self.dec_offset_fx.copy_(torch.round(self._latent_offsets() * 2.0**A).long())
+
+    def _synthesis_scales(self) -> dict[int, int] | None:
+        """Per-layer powers of two for the fixed-point synthesis
+        (:func:`bmz.codec.fixedpoint.activation_scales`); none by default."""
+        return None
 
     def activations(self, sym: torch.Tensor, q: int) -> torch.Tensor:
         """Decoded integer latent symbols of quality ``q`` → the fixed-point synthesis's input:

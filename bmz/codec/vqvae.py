@@ -323,6 +323,32 @@ class ResidualVQVAE(BmzModel):
         self._coder = None
 
     @torch.no_grad()
+    def _synthesis_scales(self) -> dict[int, int]:
+        """Rescale the fixed-point synthesis where its activations grow large: nothing in training
+        pins the scale inside ``g_s`` either (a 54,713-step run reached activations in the tens
+        of thousands, an inverse GDN ``γ`` far below the weights' resolution). Calibrated on
+        latents the decoder can actually receive: every level's sum of code vectors, each
+        stage's indices drawn from its prior (seeded, so the weights are reproducible), plus a
+        smooth slice analysed at every level."""
+        g = torch.Generator().manual_seed(0)
+        C = self.codebooks.double()
+        p = self._prior().double()
+        inputs = []
+        for q in range(self.n_qualities):
+            y = torch.zeros(16 * 16, self.D, dtype=torch.float64)
+            for s in range(q + 1):
+                y += C[s][torch.multinomial(p[s], 16 * 16, replacement=True, generator=g)]
+            inputs.append(y.reshape(1, 16, 16, self.D).permute(0, 3, 1, 2).float())
+        yy, xx = torch.meshgrid(torch.arange(64.0) / 64, torch.arange(64.0) / 64, indexing="ij")
+        disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.16) * (0.6 + 0.3 * torch.sin(12 * xx) * torch.cos(9 * yy))
+        y = self.g_a(disc.float()[None, None]).permute(0, 2, 3, 1).reshape(-1, self.D).double()
+        for q in range(self.n_qualities):
+            mu = float(self._mu(q)) if self.rate_weight > 0 else None
+            _, _, codes = self._rvq(y, self.codebooks.double(), q + 1, mu=mu)
+            inputs.append(codes.sum(0).reshape(1, 16, 16, self.D).permute(0, 3, 1, 2).float())
+        return fixedpoint.activation_scales(self.g_s, inputs)
+
+    @torch.no_grad()
     def _normalise_scale(self) -> None:
         """Bring the latent back to unit scale before the codebooks are rounded: nothing in
         training pins it (the encoder's last convolution and the decoder's first can trade a
