@@ -247,6 +247,27 @@ def test_model_decoder_turns_forged_payloads_into_value_errors():
         assert torch.isfinite(x).all()
 
 
+@pytest.mark.parametrize("model", ["hyperprior", "hyperprior-ctx", "cnn-ae-8"])
+def test_words_after_a_learned_stream_are_refused(model):
+    """A learned chunk with data after its last stream (two or more 32-bit words: the range
+    decoder's look-ahead) names the slice as damaged instead of decoding as if they were not
+    there; the other slices still decode."""
+    from bmz import api
+    from bmz.bitstream import BmzReader, pack
+    from bmz.errors import FormatError
+
+    rng = np.random.default_rng(10)
+    vol = (rng.random((2, 40, 44)) * 300).astype(np.uint16)
+    good = api.compress(vol, quality=3, model=model)
+    with BmzReader(good) as r:
+        meta, chunks = r.meta, [r.chunk(k) for k in range(r.n_slices)]
+    for extra in (b"\x00" * 8, bytes(range(1, 13))):
+        forged = pack(meta, [chunks[0], chunks[1] + extra])
+        with pytest.raises(FormatError, match="slice 1"):
+            api.decompress(forged)
+        assert np.array_equal(api.decompress(forged, slices=[0]), api.decompress(good, slices=[0]))
+
+
 @pytest.mark.parametrize("model", ["hyperprior", "hyperprior-ctx"])
 def test_forged_files_with_valid_checksums_give_bmz_errors_only(model):
     """A file whose CRCs are all valid but whose learned chunks are forged (random bytes, truncated,

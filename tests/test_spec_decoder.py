@@ -102,6 +102,21 @@ def test_range_decoder_matches_constriction(seed):
             assert got == item[2].tolist()
         else:
             assert dec.decode(spec_decoder.uniform_cdf(item[1])) == item[2]
+    # the end-of-stream rule (§10.1) is constriction's, whatever follows the sealed words
+    for extra in ([], [0], [int(rng.integers(2**32))], [0, 0], [2**32 - 1] * 2,
+                  rng.integers(2**32, size=3).tolist()):
+        full = np.concatenate([words, np.asarray(extra, dtype=np.uint32)]).astype(np.uint32)
+        ref = cs.queue.RangeDecoder(full)
+        dec = spec_decoder.RangeDecoder(full.astype("<u4").tobytes())
+        for item in script:
+            if item[0] == "cat":
+                pmf = np.diff(tables[item[1]].astype(np.float64)) / 65536.0
+                ref.decode(cs.model.Categorical(pmf, perfect=False), len(item[2]))
+                [dec.decode(spec_decoder.categorical_cdf(tables[item[1]])) for _ in item[2]]
+            else:
+                ref.decode(cs.model.Uniform(item[1]))
+                dec.decode(spec_decoder.uniform_cdf(item[1]))
+        assert dec.exhausted() == ref.maybe_exhausted() == (len(extra) < 2)
 
 
 # ---- latents and arrays of real files ----------------------------------------------------------

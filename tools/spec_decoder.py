@@ -61,6 +61,16 @@ class RangeDecoder:
             self.point = ((self.point << 32) & MASK64) | nxt
         return s
 
+    def exhausted(self) -> bool:
+        """After the last symbol: every word read, and the look-ahead holds no more than the
+        sealing left (§10.1: two or more words after the stream's end are refused)."""
+        return self.pos >= len(self.words) and (
+            self.range == MASK64 or ((self.point - self.lower) & MASK64) < (1 << 33) - 1)
+
+    def finish(self) -> None:
+        if not self.exhausted():
+            raise Damaged("data after the end of the entropy-coded stream")
+
 
 def categorical_cdf(c16) -> list[int]:
     """constriction's Categorical(perfect=False) table of a stored 16-bit CDF row (§10.5.3)."""
@@ -272,7 +282,9 @@ class SpecModel:
             M = self.lat_offset.shape[1]
             h, w = H // self.D, W // self.D
             idx = np.broadcast_to(np.arange(M)[:, None, None], (M, h, w))
-            return {"y": self.q_tables[q].decode(dz, idx).reshape(M, h, w)}
+            y = self.q_tables[q].decode(dz, idx).reshape(M, h, w)
+            dz.finish()
+            return {"y": y}
         N, M = self.medians.shape[0], self.gain_int.shape[1]
         zh, zw = H // self.D, W // self.D
         zidx = np.broadcast_to(np.arange(N)[:, None, None], (N, zh, zw))
@@ -281,7 +293,9 @@ class SpecModel:
         if not self.ctx:
             idx = np.searchsorted(np.asarray(self.thresholds), h + self.gain_int[q][:, None, None],
                                   side="left")
-            return {"z": z, "y": self.y_tables.decode(dy, idx).reshape(h.shape)}
+            y = self.y_tables.decode(dy, idx).reshape(h.shape)
+            dz.finish(), dy.finish()
+            return {"z": z, "y": y}
         Mh, Hh, Wh = h.shape
         ii, jj = np.meshgrid(np.arange(Hh), np.arange(Wh), indexing="ij")
         anchor = np.broadcast_to(((ii + jj) % 2 == 0)[None], h.shape)
@@ -291,6 +305,7 @@ class SpecModel:
         ctx_in = self.context_input(y, q) * anchor
         idx1, m1 = self.entropy_params(h, ctx_in, prev, q)
         y[~anchor] = self.y_tables.decode(dy, idx1[~anchor]) + m1[~anchor]
+        dz.finish(), dy.finish()
         return {"z": z, "y": y}
 
     def context_input(self, y: np.ndarray, q: int) -> np.ndarray:

@@ -294,6 +294,7 @@ class ContextHyperprior(GainedScaleHyperprior):
         y[~mask] = y_coder.decode_from(y_dec, idx1[~mask]).to(torch.int64) + m1[~mask]
         if y.numel() and (int(y.max()) > 2**31 - 1 or int(y.min()) < -2**31):
             raise ValueError("decoded latent out of the int32 range")
+        entropy.check_exhausted(z_dec, y_dec)
         return {"y": y.to(torch.int32), "z": z_sym}
 
     @torch.no_grad()

@@ -190,8 +190,12 @@ class TableCoder:
                 enc.encode((r >> sh) & ((1 << w) - 1), Uniform(max(2, 1 << w)))
 
     def decode(self, data: bytes, indexes: torch.Tensor) -> torch.Tensor:
-        """Decode values for ``indexes``; raises ValueError on a stream that cannot be decoded."""
-        return self.decode_from(stream_decoder(data), indexes)
+        """Decode values for ``indexes``; raises ValueError on a stream that cannot be decoded
+        or that holds data after its last value (:func:`check_exhausted`)."""
+        dec = stream_decoder(data)
+        out = self.decode_from(dec, indexes)
+        check_exhausted(dec)
+        return out
 
     def decode_from(self, dec, indexes: torch.Tensor) -> torch.Tensor:
         """Read values for ``indexes`` from an open range decoder (:func:`stream_decoder`);
@@ -257,6 +261,15 @@ def stream_encoder():
 def stream_bytes(enc) -> bytes:
     """The sealed stream of a range encoder: its 32-bit words, little-endian."""
     return enc.get_compressed().astype("<u4").tobytes()
+
+
+def check_exhausted(*decoders) -> None:
+    """Refuse words left in a stream after its last symbol was decoded (ValueError). The range
+    decoder reads two words ahead, so this detects two or more extra words; a writer's sealed
+    stream always passes (docs/FORMAT.md §10.1)."""
+    for dec in decoders:
+        if not dec.maybe_exhausted():
+            raise ValueError("entropy-coded stream holds data after its last symbol")
 
 
 def stream_decoder(data: bytes):

@@ -274,6 +274,7 @@ class GainedScaleHyperprior(BmzModel):
         z_sym = z_coder.decode_from(z_dec, entropy.channel_indexes(zshape))
         z_hat = z_sym.to(torch.float32) + self._z_medians()[None, :, None, None]
         y_sym = y_coder.decode_from(y_dec, self.int_hs.indexes(z_hat, q))
+        entropy.check_exhausted(z_dec, y_dec)
         return {"y": y_sym, "z": z_sym}
 
 
