@@ -10,7 +10,8 @@ Sources (all permissively licensed real MRI): the README sample (SCT T1w, MIT, 8
 the native 12-bit Siemens Prisma FLASH series (dcm_qa_decubitus, BSD-2-Clause) and a crop of a
 BOLD EPI volume stored as int32 with 14 significant bits (niivue demo images, BSD-2-Clause). Each is
 encoded with the flagship at its lowest and highest quality, with one factorized-prior model and
-with the native-precision context model (slice groups) at its lowest and highest quality;
+with the native-precision context model (slice groups) and the VQ-VAE at their lowest and
+highest quality;
 ``golden.json`` records what each file must decode to (SHA-256 of the C-order array bytes) and the
 weights it names. Retraining a model does not retire its files: the superseded weights are
 archived (``models/archive``) and the old files must keep decoding with them, so the default mode
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
         native = zoo.DEFAULT_MODEL_NATIVE  # the context model: slice groups (chunk format 5)
         if native in zoo.available_models():
             plans += [(native, 1), (native, zoo.load_model(native)[0].n_qualities)]
+        if "vqvae" in zoo.available_models():  # codebook sums, a rescaled fixed-point synthesis
+            plans += [("vqvae", 1), ("vqvae", zoo.load_model("vqvae")[0].n_qualities)]
         for mdl, q in plans:
             sha = zoo.sha256_file(zoo.find_weights(mdl))
             fmt = bmz_file_format(mdl)
