@@ -43,6 +43,8 @@ FILES = [
     ("golden", "bold_int32_14bit_hyperprior_q11.bmz"),
     ("golden", "sct_t1w_8bit_hyperprior-ctx_q13.bmz"),
     ("golden", "bold_int32_14bit_hyperprior-ctx_q1.bmz"),
+    ("golden", "prisma_12bit_vqvae_q1.bmz"),
+    ("golden", "sct_t1w_8bit_vqvae_q8.bmz"),
 ]
 
 

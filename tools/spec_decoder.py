@@ -92,10 +92,13 @@ def uniform_cdf(size: int) -> list[int]:
 class Tables:
     """The CDF tables of one entropy model (``<prefix>._quantized_cdf`` etc.)."""
 
-    def __init__(self, sd: dict, prefix: str):
-        q = sd[f"{prefix}._quantized_cdf"]
-        L = sd[f"{prefix}._cdf_length"].reshape(-1)
-        self.offset = [int(v) for v in sd[f"{prefix}._offset"].reshape(-1)]
+    def __init__(self, sd: dict, prefix: str | None, cdf=None, length=None):
+        """The tables ``<prefix>._quantized_cdf`` / ``._cdf_length`` / ``._offset``, or (the
+        VQ-VAE's per-stage priors, §10.5.3) the rows ``cdf`` of lengths ``length``, offset 0."""
+        q = sd[f"{prefix}._quantized_cdf"] if prefix else cdf
+        L = (sd[f"{prefix}._cdf_length"] if prefix else np.asarray(length)).reshape(-1)
+        self.offset = ([int(v) for v in sd[f"{prefix}._offset"].reshape(-1)] if prefix
+                       else [0] * len(L))
         self.n = [int(v) - 1 for v in L]
         self.cdf = [categorical_cdf(row[:int(length)]) for row, length in zip(q, L)]
 
@@ -221,6 +224,10 @@ class SpecModel:
             self.medians = sd["entropy_bottleneck.quantiles"][:, 0, 1].astype(np.float32)
             self.thresholds = [int(t) for t in sd["int_hs.thresholds"]]
             self.gain_int = i64(sd["int_hs.gain_int"])
+        elif self.name == "vqvae":
+            self.D = 2 ** int(self.config.get("stages", 2))
+            self.codebooks = i64(sd["codebooks_fx"])  # (S, K, Dc), units 2**-14
+            self.vq_tables = Tables(sd, None, sd["prior_cdf"], sd["prior_cdf_length"])
         else:
             self.D = self._factorized_D()
             nq = sd["dec_inv_gain_fx"].shape[0]
@@ -278,6 +285,17 @@ class SpecModel:
         H, W = shape
         dz = RangeDecoder(streams[0])
         dy = dz if len(streams) == 1 else RangeDecoder(streams[1])
+        if self.name == "vqvae":  # stage s's indices with table s; the latent sums the codes
+            h, w = H // self.D, W // self.D
+            idx = self.vq_tables.decode(dz, np.broadcast_to(np.arange(q + 1)[:, None, None], (q + 1, h, w)))
+            dz.finish()
+            idx = idx.reshape(q + 1, h, w)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.codebooks.shape[1]):
+                raise Damaged("codebook index out of range")
+            y = sum(self.codebooks[st][idx[st]] for st in range(q + 1)).transpose(2, 0, 1)
+            if y.size and (y.max() > 2**31 - 1 or y.min() < -2**31):
+                raise Damaged("latent sum out of the int32 range")
+            return {"y": y, "indices": idx}
         if not self.hyper:
             M = self.lat_offset.shape[1]
             h, w = H // self.D, W // self.D
