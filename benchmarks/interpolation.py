@@ -20,7 +20,10 @@ baseline, same information); **pixel (originals)** — blending the original sli
 For the hyperprior also the alternatives: **float32 synthesis** of the same mixture, **requantised**
 (the mixture rounded to quality 5's symbol grid, then the integer synthesis: a mixture that could
 be stored as a .bmz), and **whitened ŷ/σ + mixed ẑ** (the hyper-latents mixed too, the result
-rescaled by σ(ẑ_mix), float synthesis).
+rescaled by σ(ẑ_mix), float synthesis). For the VQ-VAE: **re-quantised to the codebooks** (the
+mixture of code sums snapped back onto the level's residual codebooks: itself a VQ code) and
+**continuous latents (encoder)** (the sources' pre-quantisation latents g_a(x) mixed, float
+synthesis: needs the original slices, which interpolation from stored files does not have).
 
 Measures (images on the stored scale / 255, i.e. [0, 1]):
 
@@ -190,6 +193,44 @@ def alternatives(codes, vs, k, w) -> dict[str, np.ndarray]:
             yw = eps * torch.exp2(model.h_s(zm))
             out["whitened ŷ/σ + mixed ẑ"].append(fin(model.g_s(yw)[0, 0, :H, :W].double().numpy()))
     return {k2: np.stack(v) for k2, v in out.items() if v}
+
+
+@torch.no_grad()
+def vq_alternatives(codes, originals, vs, k, w) -> dict[str, np.ndarray]:
+    """The VQ-VAE's two other ways to mix (rows of w) → name → stored (m, H, W) uint8:
+    **re-quantised to the codebooks** — bmz's mixture of the code sums ŷ snapped back onto the
+    level's residual codebooks (nearest code per stage, as a plain VQ search) and synthesised
+    exactly: a mixture that is itself a VQ code, storable as indices; **continuous latents** —
+    the sources' pre-quantisation latents y = g_a(x) (which need the original slices, i.e. the
+    encoder, not the stored codes) mixed and synthesised in float."""
+    cs = [codes[v] for v in vs]
+    model = cs[0].model
+    lats = [c.latents(k) for c in cs]
+    H, W = cs[0].hw
+    wq = ip.quantise_weights(w)
+    maps = [ip.mixed_mapping(cs, row) for row in wq]
+    q = lats[0].quality
+    acts = [c.activations(k).double() * 2.0**-14 for c in cs]
+    d = model.downsampling
+    ys = []
+    for o in originals:
+        lo, hi = float(o.min()), float(o.max())
+        x = torch.from_numpy((o[k].astype(np.float32) - lo) / max(hi - lo, 1.0))
+        x = torch.nn.functional.pad(x[None, None], (0, (-W) % d, 0, (-H) % d), mode="replicate")
+        ys.append(model.g_a(x).double())
+    C = model.codebooks_fx.double() * 2.0**-14
+    out = {"re-quantised to the codebooks": [], "continuous latents (encoder)": []}
+    for r, row in enumerate(wq):
+        wr = [int(x) / 65536.0 for x in row]
+        fin = lambda x: ip.finish_slice(x, row, cs, lats, maps[r], np.dtype(np.uint8))  # noqa: E731
+        a = sum(wi * ai for wi, ai in zip(wr, acts))
+        _, Dm, h, ww = a.shape
+        idx, _, _ = model._rvq(a.permute(0, 2, 3, 1).reshape(-1, Dm), C, q + 1)
+        sym = model._latent_sum(idx.reshape(q + 1, h, ww)[None])
+        out["re-quantised to the codebooks"].append(fin(model.synthesize(sym, q)[0, 0, :H, :W].numpy()))
+        y = sum(wi * yi for wi, yi in zip(wr, ys))
+        out["continuous latents (encoder)"].append(fin(model.g_s(y.float())[0, 0, :H, :W].double().numpy()))
+    return {k2: np.stack(v) for k2, v in out.items()}
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -414,6 +455,22 @@ def main(argv=None) -> None:
                 for nm in ("float32 synthesis", "requantised", "whitened ŷ/σ + mixed ẑ"):
                     run_pairs(label, nm, alt_gen(nm))
                     run_nway(label, nm, alt_gen(nm))
+            if m == "vqvae":
+                vq_alts: dict[tuple, dict] = {}
+
+                def vq_gen(name, codes=codes):
+                    def g(vs, k, w=None):
+                        ww = aw if w is None else w[None]
+                        key = (tuple(vs), k, None if w is None else tuple(w))
+                        if key not in vq_alts:
+                            vq_alts[key] = vq_alternatives(codes, [used[v] for v in vs], vs, k, ww)
+                        x = unit(vq_alts[key][name])
+                        return x if w is None else x[0]
+                    return g
+
+                for nm in ("re-quantised to the codebooks", "continuous latents (encoder)"):
+                    run_pairs(label, nm, vq_gen(nm))
+                    run_nway(label, nm, vq_gen(nm))
             for c in codes:
                 c.close()
             print(f"{label}: {bpp:.2f} bpp, {time.time() - tm:.0f} s", flush=True)
@@ -589,6 +646,36 @@ def write_outputs(args, rows, setm, pooled, smooth, held_m, held_nn, examples, a
             L.append(f"| {nm} | {_f(float(np.mean(p))) if p else 'identical'} | {max(x[1] for x in v)} | "
                      f"{100 * float(np.mean([x[2] for x in v])):.2f} % |")
         L.append("")
+
+    vq = sorted({r["model"] for r in rows if r["model"].startswith("vqvae")})
+    if vq:
+        interior = ("α=0.25", "α=0.5", "α=0.75", "3-way", "5-way")
+        L.append("## Which latent mixes best (vqvae): code sums, re-quantised codes or continuous latents\n")
+        L.append("Every interior mixture pooled, the same draws for the three: **latent** is what `bmz "
+                 "interpolate` does from stored files (mix the sums of code vectors ŷ, fixed-point "
+                 "synthesis); **re-quantised to the codebooks** snaps that mixture back onto the "
+                 "level's codebooks (so it could be stored as indices); **continuous latents** mixes "
+                 "the pre-quantisation latents g_a(x), which needs the original slices.\n")
+        L.append("| method | PSNR near | SSIM near | sharpness | NN-RMSE | path uniformity | path ratio |")
+        L.append("|---|---|---|---|---|---|---|")
+        best, ratio = None, {}
+        for meth in ("latent", "re-quantised to the codebooks", "continuous latents (encoder)"):
+            sel = [r for r in rows if r["model"] == vq[0] and r["method"] == meth and r["setting"] in interior]
+            sm = [x for x in smooth if x["model"] == vq[0] and x["method"] == meth]
+            if not sel:
+                continue
+            ps, ss = _mean(sel, "psnr_near"), _mean(sel, "ssim_near")
+            best = max(best or (ps, meth), (ps, meth))
+            ratio[meth] = float(np.mean([x["path_ratio"] for x in sm]))
+            L.append(f"| {meth} | {_f(ps)} | {_f(ss, 3)} | {_f(_mean(sel, 'sharpness'))} | "
+                     f"{_f(_mean(sel, 'nn_rmse'), 4)} | {_f(float(np.mean([x['uniformity'] for x in sm])))} | "
+                     f"{_f(float(np.mean([x['path_ratio'] for x in sm])))} |")
+        if best:
+            L.append(f"\nMeasured: **{best[1]}** gives the mixtures closest to the sources; the α path's "
+                     "length over its chord is "
+                     + ", ".join(f"{_f(v)} ({k})" for k, v in ratio.items())
+                     + ". The continuous latents need the encoder and the original slices, so `bmz "
+                     "interpolate`, which works from stored files alone, mixes the code sums.\n")
 
     if examples:
         L.append("![example α paths](interpolation_grid.png)\n")
