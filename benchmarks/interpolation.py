@@ -157,17 +157,22 @@ def _float_latent(model, lat):
     return (lat.symbols["y"].float() + off) * torch.exp2(model.log2_inv_gain[q]).float()[None, :, None, None]
 
 
+def _sources(codes, vs, k, w):
+    """What every alternative starts from: (the sources' codes, their model, slice k's latents,
+    the slice size, the quantised weights, each row's mixed mapping, the sources' synthesis
+    inputs on the latent scale)."""
+    cs = [codes[v] for v in vs]
+    lats = [c.latents(k) for c in cs]
+    wq = ip.quantise_weights(w)
+    acts = [c.activations(k).double() * 2.0**-14 for c in cs]
+    return cs, cs[0].model, lats, cs[0].hw, wq, [ip.mixed_mapping(cs, row) for row in wq], acts
+
+
 @torch.no_grad()
 def alternatives(codes, vs, k, w) -> dict[str, np.ndarray]:
     """The rejected alternatives for rows of w → name → stored (m, H, W) uint8."""
-    cs = [codes[v] for v in vs]
-    model = cs[0].model
-    lats = [c.latents(k) for c in cs]
-    H, W = cs[0].hw
-    wq = ip.quantise_weights(w)
-    maps = [ip.mixed_mapping(cs, row) for row in wq]
+    cs, model, lats, (H, W), wq, maps, acts = _sources(codes, vs, k, w)
     ys = [_float_latent(model, lat) for lat in lats]
-    acts = [c.activations(k).double() / 2.0**14 for c in cs]
     out = {"float32 synthesis": [], "requantised": [], "whitened ŷ/σ + mixed ẑ": []}
     hyper = hasattr(model, "h_s")
     if hyper:
@@ -203,14 +208,8 @@ def vq_alternatives(codes, originals, vs, k, w) -> dict[str, np.ndarray]:
     exactly: a mixture that is itself a VQ code, storable as indices; **continuous latents** —
     the sources' pre-quantisation latents y = g_a(x) (which need the original slices, i.e. the
     encoder, not the stored codes) mixed and synthesised in float."""
-    cs = [codes[v] for v in vs]
-    model = cs[0].model
-    lats = [c.latents(k) for c in cs]
-    H, W = cs[0].hw
-    wq = ip.quantise_weights(w)
-    maps = [ip.mixed_mapping(cs, row) for row in wq]
+    cs, model, lats, (H, W), wq, maps, acts = _sources(codes, vs, k, w)
     q = lats[0].quality
-    acts = [c.activations(k).double() * 2.0**-14 for c in cs]
     d = model.downsampling
     ys = []
     for o in originals:
@@ -397,6 +396,24 @@ def main(argv=None) -> None:
                 record(model, method, f"{n}-way", d, gen(vs, k, w), vs, k, w)
 
     aw = ip.alpha_weights(ALPHAS)
+
+    def cached_methods(make, on_new=None):
+        """name → generator of that method's images, for run_pairs / run_nway; ``make(vs, k,
+        weights)`` computes every method of a draw at once (cached), ``on_new`` sees each result."""
+        cache: dict[tuple, dict] = {}
+
+        def gen(name):
+            def g(vs, k, w=None):
+                ww = aw if w is None else w[None]
+                key = (tuple(vs), k, None if w is None else tuple(w))
+                if key not in cache:
+                    cache[key] = make(vs, k, ww)
+                    if on_new is not None:
+                        on_new(vs, k, ww, cache[key])
+                x = unit(cache[key][name])
+                return x if w is None else x[0]
+            return g
+        return gen
     # the model-free baseline: blending the original slices
     run_pairs("", "pixel (originals)",
               lambda vs, k: np.stack([(1 - a) * unit(used[vs[0]][k]) + a * unit(used[vs[1]][k])
@@ -435,39 +452,20 @@ def main(argv=None) -> None:
             run_nway(label, "latent", lat_n)
             run_nway(label, "pixel", pix_n)
             if m == "hyperprior":
-                alts: dict[str, dict] = {}
+                def diff(vs, k, ww, alts, codes=codes):
+                    ref_v = latent_mix(codes, vs, k, ww)[0]
+                    for nm, v in alts.items():
+                        d = np.abs(v.astype(int) - ref_v.astype(int))
+                        alt_diff.setdefault(nm, []).append(
+                            (psnr(unit(ref_v), unit(v)), int(d.max()), float(np.mean(d > 0))))
 
-                def alt_gen(name, codes=codes):
-                    def g(vs, k, w=None):
-                        ww = aw if w is None else w[None]
-                        key = (tuple(vs), k, None if w is None else tuple(w))
-                        if key not in alts:
-                            alts[key] = alternatives(codes, vs, k, ww)
-                            ref_v = latent_mix(codes, vs, k, ww)[0]
-                            for nm, v in alts[key].items():
-                                d = np.abs(v.astype(int) - ref_v.astype(int))
-                                alt_diff.setdefault(nm, []).append(
-                                    (psnr(unit(ref_v), unit(v)), int(d.max()), float(np.mean(d > 0))))
-                        x = unit(alts[key][name])
-                        return x if w is None else x[0]
-                    return g
-
+                alt_gen = cached_methods(lambda vs, k, ww, codes=codes: alternatives(codes, vs, k, ww), diff)
                 for nm in ("float32 synthesis", "requantised", "whitened ŷ/σ + mixed ẑ"):
                     run_pairs(label, nm, alt_gen(nm))
                     run_nway(label, nm, alt_gen(nm))
             if m == "vqvae":
-                vq_alts: dict[tuple, dict] = {}
-
-                def vq_gen(name, codes=codes):
-                    def g(vs, k, w=None):
-                        ww = aw if w is None else w[None]
-                        key = (tuple(vs), k, None if w is None else tuple(w))
-                        if key not in vq_alts:
-                            vq_alts[key] = vq_alternatives(codes, [used[v] for v in vs], vs, k, ww)
-                        x = unit(vq_alts[key][name])
-                        return x if w is None else x[0]
-                    return g
-
+                vq_gen = cached_methods(lambda vs, k, ww, codes=codes: vq_alternatives(
+                    codes, [used[v] for v in vs], vs, k, ww))
                 for nm in ("re-quantised to the codebooks", "continuous latents (encoder)"):
                     run_pairs(label, nm, vq_gen(nm))
                     run_nway(label, nm, vq_gen(nm))
