@@ -535,7 +535,7 @@ def batch() -> None:
 @_batch_cluster_options
 def batch_encode(src_dir, dst_dir, quality, model, force, verify, max_error, lossless,
                  base_quality, scheduler, workers, quiet) -> None:
-    """Encode every NIfTI file and DICOM series under SRC_DIR, one .bmz each."""
+    """Encode every NIfTI / .npy file and DICOM series under SRC_DIR, one .bmz each."""
     from . import batch as b
 
     _check_fidelity_options(quality, max_error, lossless, base_quality)
