@@ -71,9 +71,7 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
                             keep_encapsulated=False) -> None:
     """--quality is for lossy files, --base-quality for bounded ones (--max-error / --lossless),
     --keep-encapsulated for lossless ones: :func:`bmz.api.check_fidelity_options`."""
-    from .api import check_fidelity_options
-
-    check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
+    api.check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
 
 
 @main.command()
