@@ -24,6 +24,9 @@ from .codec import chunks, pipeline, zoo
 from .errors import BmzError, InputError, ModelError, OutputError
 from .file import MAX_SLICE_VOXELS, BmzFile, slice_indices
 
+# bmz.io (nibabel, pydicom, SciPy) and pydicom are imported inside the functions that read or write
+# image files: ``import bmz`` for arrays ↔ bytes stays light.
+
 
 @dataclass
 class CodingReport:

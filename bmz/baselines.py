@@ -329,10 +329,11 @@ class JPEG2000(SliceCodec):
     ``cp_fixed_quality = 1``, a single quality layer, irreversible 9/7 wavelet, RPCL order,
     256×256 precincts and ``min(6, int(log2(min(H, W)) - 2))`` resolutions — i.e. a target PSNR in
     dB *relative to the declared precision's peak* ``2^prec - 1`` (so the declared bit depth
-    matters: an 11-bit image declared as 16-bit gets targets ~30 dB too low, hence
-    ``bitspersample=B``). ``lossless``: reversible 5/3. We write a raw J2K codestream
-    (``codecformat='J2K'``: 129 B of headers per lossless 120×120 slice, 143 B lossy — the
-    per-slice header the reference reports); the JP2 container would add ~85 B per slice."""
+    matters: an 11-bit image declared as 16-bit gets targets far too low, the peak being
+    2^16 − 1 instead of 2^11 − 1, hence ``bitspersample=B``). ``lossless``: reversible 5/3. We
+    write a raw J2K codestream (``codecformat='J2K'``: 129 B of headers per lossless 120×120
+    slice, 143 B lossy — the per-slice header the reference reports); the JP2 container would add
+    ~85 B per slice."""
 
     name = "JPEG2000"
     label = "JPEG 2000 (OpenJPEG)"

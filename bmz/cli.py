@@ -71,9 +71,7 @@ def _check_fidelity_options(quality, max_error, lossless, base_quality,
                             keep_encapsulated=False) -> None:
     """--quality is for lossy files, --base-quality for bounded ones (--max-error / --lossless),
     --keep-encapsulated for lossless ones: :func:`bmz.api.check_fidelity_options`."""
-    from .api import check_fidelity_options
-
-    check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
+    api.check_fidelity_options(quality, max_error, lossless, base_quality, keep_encapsulated)
 
 
 @main.command()
@@ -535,7 +533,7 @@ def batch() -> None:
 @_batch_cluster_options
 def batch_encode(src_dir, dst_dir, quality, model, force, verify, max_error, lossless,
                  base_quality, scheduler, workers, quiet) -> None:
-    """Encode every NIfTI file and DICOM series under SRC_DIR, one .bmz each."""
+    """Encode every NIfTI / .npy file and DICOM series under SRC_DIR, one .bmz each."""
     from . import batch as b
 
     _check_fidelity_options(quality, max_error, lossless, base_quality)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from . import io as bio
 from .codec import pipeline, zoo
+from .codec.fixedpoint import FixedPointError
 from .codec.models import build_model
 from .io.discover import inputs
 
@@ -367,8 +368,6 @@ def check_decodable(model, size: int = 64) -> None:
     smooth test slice (a disc with texture, the shape of an MRI slice) is analysed and decoded
     through the fixed-point synthesis; a model whose activations leave the exact range
     (:class:`~bmz.codec.fixedpoint.FixedPointError`) raises ValueError naming the level."""
-    from .codec.fixedpoint import FixedPointError
-
     yy, xx = np.mgrid[0:size, 0:size] / size
     disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.16) * (0.6 + 0.3 * np.sin(12 * xx) * np.cos(9 * yy))
     x = torch.from_numpy(disc.astype(np.float32))[None, None]

@@ -172,6 +172,39 @@ def test_discovery_gives_every_input_its_own_output(shared_data, tmp_path):
     }
 
 
+def test_discovery_takes_what_bmz_encode_takes(shared_data, tmp_path):
+    """batch finds its inputs with the discovery of every command (bmz.io.discover.inputs):
+    ``.npy`` files as well as NIfTI (an archive of what ``bmz encode`` accepts), volume files
+    inside and below a DICOM folder too (an archive run skips no input file), and a DICOM folder
+    below another one is read with it, not listed again. An ``.npy`` job encodes like
+    ``bmz encode`` does."""
+    import nibabel as nib
+
+    from bmz.io import discover
+
+    vol = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8) * 7
+    (tmp_path / "arr").mkdir()
+    np.save(tmp_path / "arr" / "a.npy", vol)
+    dcm = sorted((shared_data / "val" / "datalad_example_dicom_structural").iterdir())[0]
+    (tmp_path / "scan" / "inner").mkdir(parents=True)
+    shutil.copy(dcm, tmp_path / "scan" / dcm.name)
+    shutil.copy(dcm, tmp_path / "scan" / "inner" / dcm.name)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.uint8), np.eye(4)),
+             tmp_path / "scan" / "inner" / "conv.nii.gz")
+    jobs, errors = batch.discover_encode(str(tmp_path))
+    assert not errors
+    assert {(j.kind, j.input): j.output for j in jobs} == {
+        ("numpy", "arr/a.npy"): "arr/a.bmz", ("dicom", "scan"): "scan.bmz",
+        ("nifti", "scan/inner/conv.nii.gz"): "scan/inner/conv.bmz"}
+    # train / rd-curve keep pruning below DICOM folders (a NIfTI there is usually the same scan)
+    assert [(k, p.relative_to(tmp_path).as_posix()) for k, p in discover.inputs(tmp_path)] == \
+        [("volume", "arr/a.npy"), ("dicom", "scan")]
+    job = next(j for j in jobs if j.kind == "numpy")
+    r = batch.encode_task(job, str(tmp_path / "out"), None, MODEL, True, None, 0, "auto")
+    assert r["status"] == "ok", r["error"]
+    assert np.array_equal(api.decompress((tmp_path / "out" / "arr" / "a.bmz").read_bytes()), vol)
+
+
 def test_a_killed_worker_loses_nothing(encoded):
     dst, res, killed = encoded
     # the kill happened in the middle of a task, and Dask ran that task again elsewhere

@@ -1,6 +1,10 @@
-"""The conformance files (tests/conformance): every chunk kind, chunk format and container version
-in small files, each decoding to the array whose SHA-256 conformance.json records. Another
-implementation of docs/FORMAT.md can be checked against the same files."""
+"""The conformance files (tests/conformance): every chunk kind, chunk format, container version
+and shipped model in small files, each decoding to the array whose SHA-256 conformance.json
+records. Another implementation of docs/FORMAT.md can be checked against the same files.
+
+The expected sets come from bmz itself (the chunk kinds and formats of ``bmz.codec.chunks``, the
+container versions of ``bmz.bitstream.container``, the models of ``models/*.json``): a new one
+without a conformance file fails here (add it with ``tests/conformance/make_conformance.py``)."""
 
 from __future__ import annotations
 
@@ -12,16 +16,27 @@ import numpy as np
 import pytest
 
 from bmz import api
-from bmz.bitstream import BmzReader
+from bmz.bitstream import BmzReader, container
+from bmz.codec import chunks
 
 HERE = Path(__file__).resolve().parent / "conformance"
 RECORD = json.loads((HERE / "conformance.json").read_text())
+SHIPPED_MODELS = {p.stem for p in (HERE.parents[1] / "models").glob("*.json")}
 
 
-def test_every_kind_format_and_version_is_covered():
-    assert {k for r in RECORD.values() for k in r["kinds"]} == {0, 1, 2, 3}
-    assert {r["chunk_format"] for r in RECORD.values()} == {2, 3, 4}
-    assert {r["container"] for r in RECORD.values()} == {"1.0", "1.1"}
+def test_every_kind_format_version_and_model_is_covered():
+    assert {k for r in RECORD.values() for k in r["kinds"]} == set(chunks.KINDS)
+    assert {r["chunk_format"] for r in RECORD.values()} == set(chunks.FORMATS)
+    assert {r["container"] for r in RECORD.values()} == \
+        {f"{a}.{b}" for a, b in container.KNOWN_VERSIONS}
+    # a model is covered by a file whose chunks hold its latent codes (not a bounded file's name)
+    coded = {r["model"] for r in RECORD.values()
+             if any(k != chunks.constant.KIND and hasattr(chunks.KINDS[k], "latents") for k in r["kinds"])}
+    assert SHIPPED_MODELS and SHIPPED_MODELS <= coded, f"no conformance file: {SHIPPED_MODELS - coded}"
+
+
+def test_every_conformance_file_is_recorded():
+    assert {p.name for p in HERE.glob("*.bmz")} == set(RECORD)
 
 
 @pytest.mark.parametrize("name", sorted(RECORD))
@@ -35,6 +50,11 @@ def test_conformance_file_decodes_to_its_record(name):
     back = np.ascontiguousarray(api.decompress(blob))
     assert (list(back.shape), back.dtype.str) == (rec["shape"], rec["dtype"])
     assert hashlib.sha256(back.tobytes()).hexdigest() == rec["decoded_sha256"]
+    with BmzReader(blob) as r:
+        attachment = r.attachment()
+    assert (attachment is None) == ("attachment_sha256" not in rec)
+    if attachment is not None:
+        assert hashlib.sha256(attachment).hexdigest() == rec["attachment_sha256"]
 
 
 def test_container_versions_decode_alike():

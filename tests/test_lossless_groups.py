@@ -10,6 +10,8 @@ its plain-Python run. (Old format-3 golden files: test_golden.py.)"""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -220,3 +222,34 @@ def test_random_access_at_the_end_of_a_large_group():
     data = bmz.compress(v, lossless=True, group=1024, base_quality=0)
     assert _kinds(data)[1023] == 5 and _kinds(data)[1024] == 2
     assert np.array_equal(bmz.decompress(data, slices=[1023, 1029]), v[[1023, 1029]])
+
+
+def test_residual3d_codes_with_given_tables_without_touching_the_shipped_ones():
+    """``encode(..., tables=)`` (what tools/fit_residual_prior.py codes with) starts a slice coded
+    alone from the given tables; the module's shipped tables, and the bytes of the default, stay
+    as they are; a slice after ``prev`` starts from what ``prev`` hands on."""
+    rng = np.random.default_rng(4)
+    x = np.clip(np.rint(500 + 200 * np.sin(np.arange(24 * 32).reshape(24, 32) / 9.0)
+                        + rng.normal(0, 8, (24, 32))), 0, 1000).astype(np.int64)
+    shipped = [a.copy() for a in (residual3d.PRIOR, residual3d.PRIOR_MIX, residual3d.PRIOR_APM)]
+    d0, c0 = residual3d.encode(x, 1000, 0)
+    flat = residual3d.flat_tables()
+    d1, _ = residual3d.encode(x, 1000, 0, tables=flat)
+    assert d1 != d0
+    for a, b in zip(shipped, (residual3d.PRIOR, residual3d.PRIOR_MIX, residual3d.PRIOR_APM)):
+        assert np.array_equal(a, b)
+    assert residual3d.encode(x, 1000, 0)[0] == d0
+    assert np.array_equal(residual3d.decode(d0, x.shape, 1000, 0).rec, x)
+    assert residual3d.encode(x, 1000, 0, prev=c0, tables=flat)[0] == \
+        residual3d.encode(x, 1000, 0, prev=c0)[0]
+
+
+@pytest.mark.parametrize("coder", ["residual", "residual3d"])
+def test_missing_residual_tables_are_an_error(coder, tmp_path, monkeypatch):
+    """A broken install without the shipped ``.npz`` must not code from flat tables (files no
+    other bmz decodes): the error names the missing file."""
+    mod = importlib.import_module(f"bmz.codec.{coder}")
+    missing = tmp_path / mod.TABLES_FILE.name
+    monkeypatch.setattr(mod, "TABLES_FILE", missing)
+    with pytest.raises(FileNotFoundError, match=str(missing.name)):
+        mod._fitted_tables()

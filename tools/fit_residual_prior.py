@@ -101,11 +101,11 @@ def fit3d(root: str | Path, verbose: bool = True) -> dict:
     context (the state carried on), so the inter-slice tables are fitted too. The mixer and
     secondary-estimation weights of each set (alone / inter) are averaged over the slices that
     used that set."""
-    R3.PRIOR, R3.PRIOR_MIX, R3.PRIOR_APM, R3.PRIOR_N0 = R3.flat_tables()  # never from a previous fit
+    flat = R3.flat_tables()  # fit from flat tables, never from a previous fit
     stats = np.zeros((R3.N_CNT, 2), np.int64)
-    rows_m, rows_a = R3.N_MROW // R3.N_SET, R3.PRIOR_APM.shape[0] // R3.N_SET
+    rows_m, rows_a = R3.N_MROW // R3.N_SET, flat[2].shape[0] // R3.N_SET
     mix = np.zeros((R3.N_MROW, R3.N_IN), np.int64)
-    apm = np.zeros(R3.PRIOR_APM.shape, np.int64)
+    apm = np.zeros(flat[2].shape, np.int64)
     n = np.zeros(R3.N_SET, np.int64)
     last = None
     for rel, v, maxv, d, k in _samples(root, TRAIN3D):
@@ -116,7 +116,7 @@ def fit3d(root: str | Path, verbose: bool = True) -> dict:
         for j in range(k, min(k + 1 + RUN, v.shape[0])):
             if int(v[j].max()) - int(v[j].min()) <= 2 * d:
                 break
-            _, ctx = R3.encode(v[j], maxv, d, prev=prev, stats=stats)
+            _, ctx = R3.encode(v[j], maxv, d, prev=prev, stats=stats, tables=flat)
             i = 0 if prev is None else 1
             M, A = ctx.state[1], ctx.state[2]
             mix[i * rows_m:(i + 1) * rows_m] += M[i * rows_m:(i + 1) * rows_m]

@@ -1,7 +1,8 @@
 """An independent decoder of bounded-error residual streams, written from docs/FORMAT.md §10.6
 alone (with the chunk layouts of §10.2 and §10.4): plain Python integers, no import from
 ``bmz.codec.residual*``. Slow (about 10 µs per decision); meant for small slices, to check that
-the specification and bmz agree bit for bit (tests/conformance/test_spec_residual.py).
+the specification and bmz agree bit for bit (tests/test_spec_residual.py, over every
+conformance file of formats 3 and 6).
 
 It covers both coders — nlmix1 (chunk format 3) and nlmix3d1 (chunk format 6, kinds 0x02 and
 0x05 with the state a slice hands on) — with no reference, a base layer given as an array (the

@@ -1,8 +1,8 @@
 """Archive-scale coding: whole folders encoded, decoded or verified on a Dask cluster.
 
-``bmz batch encode SRC_DIR -o DST_DIR`` finds the NIfTI files and DICOM series under ``SRC_DIR``,
-encodes each into its own ``.bmz`` under ``DST_DIR`` (same relative layout) and records every
-input in ``DST_DIR/manifest.jsonl``. The work runs on Dask ``distributed``: a ``LocalCluster`` of
+``bmz batch encode SRC_DIR -o DST_DIR`` finds the NIfTI and ``.npy`` files and DICOM series under
+``SRC_DIR`` (what ``bmz encode`` takes), encodes each into its own ``.bmz`` under ``DST_DIR`` (same
+relative layout) and records every input in ``DST_DIR/manifest.jsonl``. The work runs on Dask ``distributed``: a ``LocalCluster`` of
 worker processes by default, or any running scheduler (``--scheduler tcp://host:8786`` or a
 scheduler file). Dask does the scheduling, the retries on lost workers and the data placement;
 this module only finds the inputs, says what each task does, and keeps the manifest.
@@ -192,7 +192,8 @@ def encode(src: str, dst: str, quality: int | None = None, model: str | None = N
            force: bool = False, verify: bool = True, progress: bool = False,
            on_result: Callable[[dict], None] | None = None, max_error: int | None = None,
            lossless: bool = False, base_quality: int | str = "auto") -> BatchResult:
-    """Encode every NIfTI file and DICOM series under ``src`` into ``dst`` (see the module doc).
+    """Encode every NIfTI and ``.npy`` file and DICOM series under ``src`` into ``dst`` (see the
+    module doc).
 
     ``quality``: 1 (smallest) .. the model's number of levels; default: the model's default.
 

@@ -1,5 +1,6 @@
-"""``bmz batch``'s inputs: the NIfTI files and DICOM series under a folder (encode), or its
-``.bmz`` files (decode, verify), each with the output name it gets."""
+"""``bmz batch``'s inputs: the NIfTI and ``.npy`` files and DICOM series under a folder (encode:
+what ``bmz encode`` takes, found by :func:`bmz.io.discover.inputs`, the discovery of every
+command), or its ``.bmz`` files (decode, verify), each with the output name it gets."""
 
 from __future__ import annotations
 
@@ -8,15 +9,13 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 from ..io import discover
-from ..io.discover import NIFTI_SUFFIXES
+from ..io.discover import NIFTI_SUFFIXES, VOLUME_SUFFIXES
 from .tasks import Job, _list_series_task
 
-
-def _is_nifti(name: str) -> bool:
-    return name.lower().endswith(NIFTI_SUFFIXES)
+#: the job kind of a volume file, by its suffix (the manifest's ``kind``)
+_VOLUME_KINDS = {**{s: "nifti" for s in NIFTI_SUFFIXES}, ".npy": "numpy"}
 
 
 def _rel(path: str, root: str) -> str:
@@ -24,9 +23,10 @@ def _rel(path: str, root: str) -> str:
     return "" if rel == "." else Path(rel).as_posix()
 
 
-def _strip_nifti(rel: str) -> str:
+def _strip_suffix(rel: str) -> str:
+    """``rel`` without its volume suffix (``.nii.gz``, ``.nii``, ``.npy``)."""
     low = rel.lower()
-    for s in (".nii.gz", ".nii"):
+    for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
         if low.endswith(s):
             return rel[: -len(s)]
     return rel
@@ -38,32 +38,29 @@ def _safe(text: str) -> str:
 
 def discover_encode(src_root: str, client=None, exclude: str | None = None
                     ) -> tuple[list[Job], list[dict]]:
-    """The NIfTI files and DICOM series under ``src_root`` → (jobs, error entries).
+    """The NIfTI and ``.npy`` files and DICOM series under ``src_root`` → (jobs, error entries):
+    the inputs :func:`bmz.io.discover.inputs` finds, volume files in and below DICOM folders
+    included (an archive run codes every input file).
 
     A DICOM series is found in the top-most folder holding DICOM files directly and is read
     from that folder (recursively, like ``bmz encode FOLDER --series UID``); its headers are read
     on the cluster (``client``), one task per such folder. Output names: ``a/b.nii.gz`` →
-    ``a/b.bmz``; a folder ``a/s`` with one series → ``a/s.bmz``, with several →
+    ``a/b.bmz`` (``a/b.npy`` too); a folder ``a/s`` with one series → ``a/s.bmz``, with several →
     ``a/s/<SeriesNumber>_<SeriesInstanceUID>.bmz`` (the source root's own series: the latter, in
     the destination root). A name two inputs would share falls back to the full input name
     (``a/b.nii.gz.bmz``) or the per-series name."""
     src_root = os.path.abspath(src_root)
-    niftis: list[str] = []
+    volumes: list[str] = []
     dicom_dirs: list[str] = []
-    claimed: set[str] = set()
-    for cur, _, files in discover.walk(src_root, exclude):
-        under = any(p in claimed for p in _ancestors(cur, src_root))
-        niftis.extend(os.path.join(cur, f) for f in files if _is_nifti(f))
-        if not under and any(discover.is_dicom_file(os.path.join(cur, f)) for f in files if not _is_nifti(f)):
-            dicom_dirs.append(cur)
-            claimed.add(cur)
+    for kind, path in discover.inputs(src_root, exclude, volumes_below_dicom=True):
+        (dicom_dirs if kind == "dicom" else volumes).append(str(path))
 
     jobs: list[Job] = []
     errors: list[dict] = []
-    for p in niftis:
+    for p in volumes:
         st = os.stat(p)
         rel = _rel(p, src_root)
-        jobs.append(Job("nifti", p, rel, _strip_nifti(rel) + ".bmz",
+        jobs.append(Job(_VOLUME_KINDS[discover.suffix(p)], p, rel, _strip_suffix(rel) + ".bmz",
                         fingerprint=(st.st_size, st.st_mtime_ns)))
     listed = _map_small(client, _list_series_task, dicom_dirs)
     for d, found in zip(dicom_dirs, listed):
@@ -81,15 +78,6 @@ def discover_encode(src_root: str, client=None, exclude: str | None = None
             jobs.append(Job("dicom", d, rel or ".", out, series=s["uid"],
                             fingerprint=tuple(found["fingerprint"])))
     return _resolve_collisions(jobs), errors
-
-
-def _ancestors(path: str, root: str) -> Iterator[str]:
-    p = path
-    while True:
-        yield p
-        if p == root or len(p) <= len(root):
-            return
-        p = os.path.dirname(p)
 
 
 def _series_name(s: dict) -> str:
@@ -113,7 +101,7 @@ def _resolve_collisions(jobs: list[Job]) -> list[Job]:
 
     clash = shared(jobs)
     jobs = [j if j.output.lower() not in clash else
-            with_output(j, j.input + ".bmz") if j.kind == "nifti" else
+            with_output(j, j.input + ".bmz") if j.kind in ("nifti", "numpy") else
             with_output(j, f"{j.input}/{_safe(j.series or 'x')}.bmz")
             if j.kind == "dicom" and j.output == j.input + ".bmz" else j
             for j in jobs]

@@ -45,7 +45,7 @@ class Job:
     """One input of a batch run. Paths in ``input``/``output`` are POSIX paths relative to the
     source and destination folders (the manifest's keys); ``src`` is the absolute input path."""
 
-    kind: str  # "nifti", "dicom" (a series of the folder src) or "bmz"
+    kind: str  # "nifti", "numpy", "dicom" (a series of the folder src) or "bmz"
     src: str
     input: str
     output: str

@@ -66,6 +66,9 @@ MAGIC: bytes = b"\x89BMZ\r\n\x1a\n"
 FORMAT_VERSION: tuple[int, int] = (1, 1)
 #: The version of a file with an attachment (the block after the last chunk, since 1.2).
 ATTACHMENT_VERSION: tuple[int, int] = (1, 2)
+#: Every version with a layout of its own that this module reads: 1.0 (16-byte index entries,
+#: written before 1.1), :data:`FORMAT_VERSION` and :data:`ATTACHMENT_VERSION`.
+KNOWN_VERSIONS: tuple[tuple[int, int], ...] = ((1, 0), FORMAT_VERSION, ATTACHMENT_VERSION)
 #: The metadata key, reserved by the container, that records the attachment's length and CRC-32.
 ATTACHMENT_KEY = "attachment"
 

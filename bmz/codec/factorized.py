@@ -166,7 +166,7 @@ class UNetNoSkip(GainedFactorizedCodec):
         layer after layer: at initialisation the latent of the 17-layer V1 had a standard deviation
         of 0.02 (quantisation noise 15× larger) and the output one of 0.0006 — the network first
         had to learn a thousandfold scale, and with the default it never left a blurred mean
-        (the ~28 dB plateau of the first ``unet-noskip-c``)."""
+        (the PSNR plateau the first ``unet-noskip-c`` stalled on)."""
         for mod in [*self.g_a.modules(), *self.g_s.modules()]:
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, nonlinearity="relu", mode="fan_in")

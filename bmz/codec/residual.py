@@ -710,10 +710,19 @@ def flat_tables():
 TABLES_FILE = Path(__file__).with_name("residual_tables.npz")
 
 
+def missing_tables(path: Path) -> None:
+    """FileNotFoundError naming ``path`` when a residual coder's shipped tables are not there (a
+    broken install: coding from other tables would write files no other bmz decodes)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the residual coder's tables {path} are missing: this bmz installation is broken "
+            f"(reinstall bmz; bounded-error and lossless files cannot be coded without them)")
+
+
 def _fitted_tables():
-    """The fitted initial state (:data:`TABLES_FILE`), or the flat one where it is not shipped."""
-    if not TABLES_FILE.is_file():
-        return flat_tables()
+    """The fitted initial state (:data:`TABLES_FILE`). Its absence is an error: coding from
+    other tables would write files no other bmz decodes."""
+    missing_tables(TABLES_FILE)
     with np.load(TABLES_FILE, allow_pickle=False) as z:
         t = {k: z[k].astype(np.int64) for k in z.files}
     if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \

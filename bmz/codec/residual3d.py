@@ -29,7 +29,7 @@ import numpy as np
 
 from .residual import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
                        N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP, D_SIGN,
-                       D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med,
+                       D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med, missing_tables,
                        _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit,
                        _causal, _spatial_predictions, _nlms_spatial, _base_predictions,
                        _texture, stream_buffer)
@@ -429,9 +429,9 @@ TABLES_FILE = Path(__file__).with_name("residual3d_tables.npz")
 
 
 def _fitted_tables():
-    """The fitted initial state (:data:`TABLES_FILE`), or the flat one where it is not shipped."""
-    if not TABLES_FILE.is_file():
-        return flat_tables()
+    """The fitted initial state (:data:`TABLES_FILE`). Its absence is an error: coding from
+    other tables would write files no other bmz decodes."""
+    missing_tables(TABLES_FILE)
     with np.load(TABLES_FILE, allow_pickle=False) as z:
         t = {k: z[k].astype(np.int64) for k in z.files}
     if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \
@@ -458,16 +458,18 @@ class Context:
         self.rec, self.err, self.state = rec, err, state
 
 
-def fresh_state() -> tuple:
-    """The coder's state at the start of a slice coded alone (the fitted initial tables)."""
+def fresh_state(tables=None) -> tuple:
+    """The coder's state at the start of a slice coded alone: from the fitted initial tables,
+    or from ``tables`` (``(prior, mix, apm, n0)``, as :func:`flat_tables` returns)."""
+    prior, prior_mix, prior_apm, prior_n0 = tables or (PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0)
     C = np.empty((N_CNT, 2), np.int64)
-    C[:, 0] = PRIOR
-    C[:, 1] = PRIOR_N0
-    return (C, PRIOR_MIX.copy(), PRIOR_APM.copy(), np.zeros(N_LMS_ALL, np.int64),
-            np.zeros(N_BIAS, np.int64), np.zeros(N_BIAS, np.int64))
+    C[:, 0] = prior
+    C[:, 1] = prior_n0
+    return (C, np.array(prior_mix, np.int64), np.array(prior_apm, np.int64),
+            np.zeros(N_LMS_ALL, np.int64), np.zeros(N_BIAS, np.int64), np.zeros(N_BIAS, np.int64))
 
 
-def _setup(shape, base, prev):
+def _setup(shape, base, prev, tables=None):
     """(reference, kind, previous error map, state to start from) of a slice."""
     if base is not None and prev is not None:
         raise ValueError("a slice has a base layer or a previous slice as reference, not both")
@@ -476,18 +478,23 @@ def _setup(shape, base, prev):
             raise ValueError("previous slice of another shape")
         return prev.rec, REF_PREV, prev.err, tuple(a.copy() for a in prev.state)
     if base is not None:
-        return np.ascontiguousarray(base, dtype=np.int64), REF_BASE, _NONE, fresh_state()
-    return _NONE, REF_NONE, _NONE, fresh_state()
+        return np.ascontiguousarray(base, dtype=np.int64), REF_BASE, _NONE, fresh_state(tables)
+    return _NONE, REF_NONE, _NONE, fresh_state(tables)
 
 
 def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
            prev: Context | None = None, stats=None, mix_acc=None,
-           apm_acc=None) -> tuple[bytes, Context]:
+           apm_acc=None, tables=None) -> tuple[bytes, Context]:
     """Code slice ``x`` (integers in ``[0, maxv]``) with max error ``delta``, alone, on a learned
     base reconstruction ``base``, or after the previous slice of its group (``prev``, its
-    :class:`Context`) → (bytes, this slice's context; ``.rec`` is the reconstruction)."""
+    :class:`Context`) → (bytes, this slice's context; ``.rec`` is the reconstruction).
+
+    ``stats``, ``mix_acc``, ``apm_acc``: accumulators the fit of the initial state fills;
+    ``tables``: ``(prior, mix, apm, n0)`` to start a slice coded alone from instead of the
+    shipped ones (the fit codes with :func:`flat_tables`; a slice after ``prev`` starts from the
+    state ``prev`` hands on)."""
     x = np.ascontiguousarray(x, dtype=np.int64)
-    ref, kind, perr, state = _setup(x.shape, base, prev)
+    ref, kind, perr, state = _setup(x.shape, base, prev, tables)
     rec = np.zeros(x.shape, np.int64)
     err = np.zeros(x.shape, np.int64)
     cap = x.size * 2 + 1024

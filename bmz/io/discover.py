@@ -93,17 +93,28 @@ def walk(root: str | os.PathLike, exclude: str | None = None) -> Iterator[tuple[
         yield cur, dirs, sorted(f for f in files if not f.startswith("."))
 
 
-def inputs(root: str | os.PathLike, exclude: str | None = None) -> Iterator[tuple[str, Path]]:
+def inputs(root: str | os.PathLike, exclude: str | None = None,
+           volumes_below_dicom: bool = False) -> Iterator[tuple[str, Path]]:
     """The inputs under the folder ``root``, in :func:`walk` order: ``("volume", file)`` for each
     NIfTI or ``.npy`` file, ``("dicom", folder)`` for each top-most folder holding DICOM files
-    directly. A DICOM folder is read recursively (all its series), so the walk does not go below
-    it, and its own volume files are not listed."""
+    directly. A DICOM folder is read recursively (all its series), so no folder below it is
+    listed as a DICOM folder again; and by default the walk does not go below it and its own
+    volume files are not listed (``bmz train`` and ``bmz rd-curve``: a NIfTI beside its DICOM is
+    usually the same scan converted, counted twice). ``volumes_below_dicom``: also list the
+    volume files in and below DICOM folders (``bmz batch``: an archive run codes every input
+    file under the root, whatever folder it lies in)."""
+    top: Path | None = None  # the DICOM folder being walked below (volumes_below_dicom)
     for cur, dirs, files in walk(root, exclude):
         folder = Path(cur)
-        if any(is_dicom_file(folder / f) for f in files if suffix(f) not in VOLUME_SUFFIXES):
+        if top is not None and top not in folder.parents:
+            top = None  # left its subtree (the walk is depth-first)
+        if top is None and any(is_dicom_file(folder / f) for f in files
+                               if suffix(f) not in VOLUME_SUFFIXES):
             yield "dicom", folder
-            dirs[:] = []
-            continue
+            if not volumes_below_dicom:
+                dirs[:] = []
+                continue
+            top = folder
         for f in files:
             if suffix(f) in VOLUME_SUFFIXES:
                 yield "volume", folder / f

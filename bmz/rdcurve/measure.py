@@ -154,7 +154,7 @@ def bmz_file_format(model: str | None = None) -> str:
     if model == MAX_ERROR:
         return f"{v}/{chunks.BOUNDED.FORMAT} G{chunks.BOUNDED.DEFAULT_GROUP}"
     if model is not None:
-        from ..codec import models, zoo
+        from ..codec import models  # PyTorch: loaded when a bmz model is measured
 
         try:
             arch = zoo.read_card(model).get("architecture", model)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from pydicom.datadict import dictionary_VR
+
 PIXEL_DATA = 0x7FE00010
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -218,8 +220,6 @@ def _fragments(r: _Reader, pos: int, limit: int) -> tuple[list[tuple[int, int]],
 def _is_sequence(tag: int) -> bool:
     """Whether the data dictionary says ``tag`` is a sequence (for implicit VR)."""
     try:
-        from pydicom.datadict import dictionary_VR
-
         return dictionary_VR(tag) == "SQ"
     except KeyError:
         return False

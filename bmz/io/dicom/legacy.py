@@ -18,15 +18,13 @@ import copy
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from ...errors import FormatError, OutputError
 from .derive import SWAP_WIDTH
 from .values import as_int
-
-try:
-    from pydicom.dataset import Dataset
-except ImportError:  # pragma: no cover - pydicom is a hard dependency
-    Dataset = None  # type: ignore[assignment,misc]
 
 _DROPPED = "bmz:dropped:"
 
@@ -154,8 +152,6 @@ def _prepared_json(d: dict, name: str, swap: bool, encapsulated: bool,
     """A DICOM-JSON dict made ready for ``Dataset.from_json`` and native little-endian output:
     dropped bulk elements omitted (with their whole overlay/curve group), an encapsulated
     original's icon omitted, big-endian binary words swapped; recursive through sequences."""
-    from pydicom.datadict import keyword_for_tag
-
     def label(tag: str) -> str:
         return f"{at}({tag[:4]},{tag[4:]}) {keyword_for_tag(int(tag, 16)) or 'private'}"
 
@@ -205,9 +201,6 @@ def legacy_dataset(d: dict, name: str, ts: str, notes: list[tuple[str, str]],
     """File ``name``'s dataset (DICOM-JSON ``d``, original transfer syntax ``ts``) as a pydicom
     Dataset for native little-endian output (:func:`_prepared_json`: dropped elements omitted
     and noted, big-endian words swapped)."""
-    from pydicom.dataset import Dataset
-    from pydicom.uid import UID, ImplicitVRLittleEndian
-
     uid = UID(ts) if ts else ImplicitVRLittleEndian
     prepared = _prepared_json(d, name, swap=not uid.is_little_endian,
                               encapsulated=uid.is_encapsulated, notes=notes)
