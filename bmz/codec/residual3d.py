@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .residual import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
+from ._residual_common import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
                        N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP, D_SIGN,
                        D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med,
                        _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit,
