@@ -391,3 +391,132 @@ def stream_buffer(data: bytes) -> np.ndarray:
     if buf.size and buf[0] != 0:
         raise ValueError("residual stream cannot be decoded (corrupt: its first byte is not 0)")
     return buf
+
+
+# ---- the steps of coding one voxel, as both coders take them ---------------------------------
+
+@njit(cache=True, inline="always")
+def _rc_start(mode, buf):
+    """A range coder's state ``st`` (see :func:`_put`); the decoder (mode 1) reads its first
+    five bytes."""
+    st = np.zeros(8, np.int64)
+    st[1] = 0xFFFFFFFF
+    st[3] = 1
+    if mode == 1:
+        for _ in range(5):
+            st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    return st
+
+
+@njit(cache=True, inline="always")
+def _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc):
+    """The end of a slice → ``_code_slice``'s (bytes written / read, status): the encoder
+    flushes the range coder and hands out the reconstruction ``R``; the fit's accumulators
+    receive the final mixer and secondary estimation."""
+    if collect:
+        mix_acc += M
+        apm_acc += A
+    if mode == 0:
+        rec[:, :] = R
+        for _ in range(5):
+            _shift_low(st, buf)
+        return st[4], (1 if st[6] else 0)
+    if st[4] > buf.shape[0] + 8:
+        return st[4], 3
+    return st[4], 0
+
+
+@njit(cache=True, inline="always")
+def _corrected(pb, bsum, bcnt, kb, maxv):
+    """The blend ``pb`` with the bias correction of context ``kb``, clamped to the value range
+    → (correction, prediction in 1/8 units, integer prediction)."""
+    corr = 0
+    if bcnt[kb] > 0:
+        corr = bsum[kb] // bcnt[kb]
+    p8 = pb + corr
+    if p8 < 0:
+        p8 = 0
+    elif p8 > 8 * maxv:
+        p8 = 8 * maxv
+    return corr, p8, (p8 + 4) >> 3
+
+
+@njit(cache=True, inline="always")
+def _spread(pv, s):
+    """How much sub-predictions 0–3 disagree, in steps (the disagreement without reference)."""
+    lo = pv[0]
+    hi = pv[0]
+    for i in range(1, 4):
+        if pv[i] < lo:
+            lo = pv[i]
+        if pv[i] > hi:
+            hi = pv[i]
+    return (hi - lo) // s
+
+
+@njit(cache=True, inline="always")
+def _kd(dis):
+    """The disagreement's bucket."""
+    return 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
+
+
+@njit(cache=True, inline="always")
+def _activity(Nv, Wv, NWv, NEv, WWv, NNv):
+    """Texture activity: the causal neighbours' differences."""
+    return (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
+            + _iabs(Nv - NNv))
+
+
+@njit(cache=True, inline="always")
+def _q_neighbours(Q, y, x, cy, py, W):
+    """The quantised errors at W, N, NW, NE (0 outside the slice) → (them, how many of W and N
+    are non-zero, how many of the four)."""
+    qW = Q[cy, x - 1] if x > 0 else 0
+    qN = Q[py, x] if y > 0 else 0
+    qNW = Q[py, x - 1] if (y > 0 and x > 0) else 0
+    qNE = Q[py, x + 1] if (y > 0 and x + 1 < W) else 0
+    nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
+    nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
+    return qW, qN, qNW, qNE, nz, nz4
+
+
+@njit(cache=True, inline="always")
+def _quantise(mode, x, y, xx, pred, delta, s):
+    """The encoder's quantised error of voxel (y, xx) (the decoder's starts at 0)."""
+    q = 0
+    if mode == 0:
+        e = x[y, xx] - pred
+        if e >= 0:
+            q = (e + delta) // s
+        else:
+            q = -((delta - e) // s)
+    return q
+
+
+@njit(cache=True, inline="always")
+def _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv):
+    """The voxel's value ``pred + q s`` clamped to the range → (it, whether the encoder's
+    bound holds); the decoder writes it into ``x``."""
+    v = pred + q * s
+    if v < 0:
+        v = 0
+    elif v > maxv:
+        v = maxv
+    if mode == 0:
+        dd = v - x[y, xx]
+        if dd > delta or dd < -delta:
+            return v, False
+    else:
+        x[y, xx] = v
+    return v, True
+
+
+@njit(cache=True, inline="always")
+def _sign_contexts(cts, moff, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev):
+    """The sign decision's contexts of the first four models (``moff``: each model's table)."""
+    sW = _sgn3(qW)
+    sN = _sgn3(qN)
+    cts[0] = moff[0] + D_SIGN * CSA[0] + ((sW * 3 + sN) * 3 + sf) * 4 + (ke >> 2)
+    cts[1] = moff[1] + D_SIGN * CSA[1] + ((_sgn3(qNW) * 3 + _sgn3(qNE)) * 3 + sW) * 3 + sf
+    cts[2] = moff[2] + D_SIGN * CSA[2] + _sgn3(corr) * 9 + sW * 3 + sN
+    cts[3] = moff[3] + D_SIGN * CSA[3] + lev * 3 + sf

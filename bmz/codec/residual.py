@@ -37,9 +37,11 @@ import numpy as np
 from ._residual_common import (  # noqa: F401 (re-exported: the coder's constants and tables)
     D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX,
     MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED, N_PRED_BASE, N_PRED_PLAIN, RATE_FAST, RATE_SLOW,
-    RATES, STRETCH, _SQ_T, _base_predictions, _blend, _bucket, _causal, _clamp12, _code_bit,
-    _energy, _get, _iabs, _learn, _med, _nlms_spatial, _sgn3, _shift_low, _spatial_predictions,
-    _squash, _squash_py, _stretch_table, _texture, njit, stream_buffer)
+    RATES, STRETCH, _SQ_T, _activity, _base_predictions, _blend, _bucket, _causal, _clamp12,
+    _code_bit, _corrected, _energy, _finish, _get, _iabs, _kd, _learn, _med, _nlms_spatial,
+    _q_neighbours, _quantise, _rc_start, _reconstruct, _sgn3, _shift_low, _sign_contexts,
+    _spatial_predictions, _spread, _squash, _squash_py, _stretch_table, _texture,
+    njit, stream_buffer)
 
 #: context models mixed for every decision and the size of each one's context
 N_MODELS = 4
@@ -64,8 +66,9 @@ def _update(C, c, bit):
 
 
 @njit(cache=True, inline="always")
-def _mix_bit(mode, st, buf, C, M, ctx, d, row, bit, ST, SQ, xin, lr, A, arow):
-    """Code one decision ``d`` with the mix of the four models' contexts ``ctx``."""
+def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
+    """Code one decision with the mix of the four models' contexts ``ctx`` (mixer row ``row``,
+    secondary-estimation row ``arow``)."""
     dot = 0
     for j in range(N_MODELS):
         c = ctx[j]
@@ -157,15 +160,10 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
     xin = np.zeros(N_IN, np.int64)
     lw = np.zeros(N_LMS, np.int64)          # NLMS weights, 2^-12 units
     lu = np.zeros(N_LMS, np.int64)
-    st = np.zeros(8, np.int64)
-    st[1] = 0xFFFFFFFF
-    st[3] = 1
-    if mode == 1:
-        for _ in range(5):
-            st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    st = _rc_start(mode, buf)
     mid = (maxv + 1) // 2
-    kmax = N_K - 1
     omant = _OFF_NB[N_MODELS]
+    kmax = N_K - 1
     corner = base[0, 0] if has_base else mid  # the first voxel's neighbours
     for y in range(H):
         cy = y & 1
@@ -182,72 +180,33 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
             # ---- the blend of the sub-predictions; error energy, texture, bias correction
             pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W)
             ke = _bucket(_energy(F, y, xx, cy, py, W) // s, e_th)
-            pint = pb >> 3
-            tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
-            kb = tex * 4 + (ke >> 2)
-            corr = 0
-            if bcnt[kb] > 0:
-                corr = bsum[kb] // bcnt[kb]
-            p8 = pb + corr
-            if p8 < 0:
-                p8 = 0
-            elif p8 > 8 * maxv:
-                p8 = 8 * maxv
-            pred = (p8 + 4) >> 3
+            kb = _texture(pb >> 3, Nv, Wv, NWv, NEv, NNv, WWv) * 4 + (ke >> 2)
+            corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
             # ---- context features
-            if has_base:
-                dis = _iabs(8 * base[y, xx] - p8) // s
-            else:
-                lo = pv[0]
-                hi = pv[0]
-                for i in range(1, 4):
-                    if pv[i] < lo:
-                        lo = pv[i]
-                    if pv[i] > hi:
-                        hi = pv[i]
-                dis = (hi - lo) // s
-            kd = 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
-            act = (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
-                   + _iabs(Nv - NNv))
-            ka = _bucket(8 * act // s, e_th)
+            dis = _iabs(8 * base[y, xx] - p8) // s if has_base else _spread(pv, s)
+            ka = _bucket(8 * _activity(Nv, Wv, NWv, NEv, WWv, NNv) // s, e_th)
             lev = _bucket(pred, LEV_TH)
             kbest = _bucket(smin // s, e_th)
-            qW = Q[cy, xx - 1] if xx > 0 else 0
-            qN = Q[py, xx] if y > 0 else 0
-            qNW = Q[py, xx - 1] if (y > 0 and xx > 0) else 0
-            qNE = Q[py, xx + 1] if (y > 0 and xx + 1 < W) else 0
-            nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
-            nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
+            qW, qN, qNW, qNE, nz, nz4 = _q_neighbours(Q, y, xx, cy, py, W)
             # magnitude-type contexts of the four models
-            ctx[0] = (ke * 4 + kd) * 3 + nz
+            ctx[0] = (ke * 4 + _kd(dis)) * 3 + nz
             ctx[1] = ka * 16 + lev
             ctx[2] = kbest * 5 + nz4
             ctx[3] = ke * 4 + (lev >> 2)
-            # ---- the quantised error
-            q = 0
-            if mode == 0:
-                e = x[y, xx] - pred
-                if e >= 0:
-                    q = (e + delta) // s
-                else:
-                    q = -((delta - e) // s)
+            # ---- the quantised error: zero flag, sign, Elias-gamma magnitude
+            q = _quantise(mode, x, y, xx, pred, delta, s)
             row = ke
             for j in range(N_MODELS):
                 cts[j] = OFFS[j] + D_ZERO * CSA[j] + ctx[j]
-            nzb = _mix_bit(mode, st, buf, C, M, cts, D_ZERO, D_ZERO * 16 + row,
+            nzb = _mix_bit(mode, st, buf, C, M, cts, D_ZERO * 16 + row,
                            1 if q != 0 else 0, ST, SQ, xin, lr, A, D_ZERO * 16 + lev)
             if collect:
                 for j in range(N_MODELS):
                     stats[cts[j], nzb] += 1
             if nzb:
-                sW = _sgn3(qW)
-                sN = _sgn3(qN)
                 sf = _sgn3(p8 - 8 * pred)
-                cts[0] = OFFS[0] + D_SIGN * CSA[0] + ((sW * 3 + sN) * 3 + sf) * 4 + (ke >> 2)
-                cts[1] = OFFS[1] + D_SIGN * CSA[1] + ((_sgn3(qNW) * 3 + _sgn3(qNE)) * 3 + sW) * 3 + sf
-                cts[2] = OFFS[2] + D_SIGN * CSA[2] + _sgn3(corr) * 9 + sW * 3 + sN
-                cts[3] = OFFS[3] + D_SIGN * CSA[3] + lev * 3 + sf
-                neg = _mix_bit(mode, st, buf, C, M, cts, D_SIGN, D_SIGN * 16 + row,
+                _sign_contexts(cts, OFFS, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev)
+                neg = _mix_bit(mode, st, buf, C, M, cts, D_SIGN * 16 + row,
                                1 if q < 0 else 0, ST, SQ, xin, lr, A, D_SIGN * 16 + lev)
                 if collect:
                     for j in range(N_MODELS):
@@ -265,7 +224,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
                     d = D_UNARY + kk
                     for j in range(N_MODELS):
                         cts[j] = OFFS[j] + d * CSA[j] + ctx[j]
-                    more = _mix_bit(mode, st, buf, C, M, cts, d, d * 16 + row,
+                    more = _mix_bit(mode, st, buf, C, M, cts, d * 16 + row,
                                     1 if kk < k else 0, ST, SQ, xin, lr, A, d * 16 + lev)
                     if collect:
                         for j in range(N_MODELS):
@@ -282,7 +241,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
                         d = D_MTOP + k
                         for jj in range(N_MODELS):
                             cts[jj] = OFFS[jj] + d * CSA[jj] + ctx[jj]
-                        bitv = _mix_bit(mode, st, buf, C, M, cts, d, d * 16 + row, bitv,
+                        bitv = _mix_bit(mode, st, buf, C, M, cts, d * 16 + row, bitv,
                                         ST, SQ, xin, lr, A, d * 16 + lev)
                         if collect:
                             for jj in range(N_MODELS):
@@ -298,31 +257,13 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
                     if mv - 1 > maxv:
                         return st[4], 3
                     q = -mv if neg else mv
-            v = pred + q * s
-            if v < 0:
-                v = 0
-            elif v > maxv:
-                v = maxv
-            if mode == 0:
-                dd = v - x[y, xx]
-                if dd > delta or dd < -delta:
-                    return st[4], 2
-            else:
-                x[y, xx] = v
+            v, ok = _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv)
+            if not ok:
+                return st[4], 2
             R[y, xx] = v
             Q[cy, xx] = q
             _learn(E, F, lw, lu, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
-    if collect:
-        mix_acc += M
-        apm_acc += A
-    if mode == 0:
-        rec[:, :] = R
-        for _ in range(5):
-            _shift_low(st, buf)
-        return st[4], (1 if st[6] else 0)
-    if st[4] > buf.shape[0] + 8:
-        return st[4], 3
-    return st[4], 0
+    return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
 
 
 _OFF_NB = np.array(list(_OFF[:N_MODELS]) + [int(_OFF[-1])], dtype=np.int64)
