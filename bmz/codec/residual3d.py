@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from ._residual_common import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
-                       N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP, D_SIGN,
-                       D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med,
-                       _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit,
-                       _causal, _spatial_predictions, _nlms_spatial, _base_predictions,
-                       _texture, stream_buffer)
+                               N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP,
+                               D_SIGN, D_UNARY, D_ZERO, MAX_RANGE, _activity, _base_predictions,
+                               _causal, _clamp12, _code_bit, _corrected, _energy, _finish, _iabs,
+                               _kd, _nlms_spatial, _q_neighbours, _quantise, _rc_start,
+                               _reconstruct, _sgn3, _sign_contexts, _spatial_predictions, _spread,
+                               _squash, _squash_py, _texture, njit, stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -160,12 +161,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
     cts = np.zeros(N_MODELS, np.int64)
     xin = np.zeros(N_IN, np.int64)
     lu = np.zeros(N_LMS_ALL, np.int64)
-    st = np.zeros(8, np.int64)
-    st[1] = 0xFFFFFFFF
-    st[3] = 1
-    if mode == 1:
-        for _ in range(5):
-            st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    st = _rc_start(mode, buf)
     mid = (maxv + 1) // 2
     kmax = N_K - 1
     corner = ref[0, 0] if has_ref else mid  # the first voxel's neighbours
@@ -232,55 +228,21 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 psum += w * pv[i]
             pb = (psum + (wsum >> 1)) // wsum
             # ---- error energy, texture, bias correction
-            en = 0
-            if y > 0:
-                en += F[py, xx]
-                if xx > 0:
-                    en += F[py, xx - 1]
-                if xx + 1 < W:
-                    en += F[py, xx + 1]
-            if xx > 0:
-                en += 2 * F[cy, xx - 1]
+            en = _energy(F, y, xx, cy, py, W)
             ke = _bk(en // s, e_th)
             pint = pb >> 3
             tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
             if inter and b > pint:
                 tex |= 64
             kb = tex * 4 + (ke >> 2)
-            corr = 0
-            if bcnt[kb] > 0:
-                corr = bsum[kb] // bcnt[kb]
-            p8 = pb + corr
-            if p8 < 0:
-                p8 = 0
-            elif p8 > 8 * maxv:
-                p8 = 8 * maxv
-            pred = (p8 + 4) >> 3
+            corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
             # ---- context features
-            if has_ref:
-                dis = _iabs(8 * b - p8) // s
-            else:
-                lo = pv[0]
-                hi = pv[0]
-                for i in range(1, 4):
-                    if pv[i] < lo:
-                        lo = pv[i]
-                    if pv[i] > hi:
-                        hi = pv[i]
-                dis = (hi - lo) // s
-            kd = 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
-            act = (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
-                   + _iabs(Nv - NNv))
-            ka = _bk(8 * act // s, e_th)
+            dis = _iabs(8 * b - p8) // s if has_ref else _spread(pv, s)
+            ka = _bk(8 * _activity(Nv, Wv, NWv, NEv, WWv, NNv) // s, e_th)
             lev = _bk(pred, LEV_TAB)
             kbest = _bk(smin // s, e_th)
-            qW = Q[cy, xx - 1] if xx > 0 else 0
-            qN = Q[py, xx] if y > 0 else 0
-            qNW = Q[py, xx - 1] if (y > 0 and xx > 0) else 0
-            qNE = Q[py, xx + 1] if (y > 0 and xx + 1 < W) else 0
-            nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
-            nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
-            ctx[0] = (ke * 4 + kd) * 3 + nz
+            qW, qN, qNW, qNE, nz, nz4 = _q_neighbours(Q, y, xx, cy, py, W)
+            ctx[0] = (ke * 4 + _kd(dis)) * 3 + nz
             ctx[1] = ka * 16 + lev
             ctx[2] = kbest * 5 + nz4
             if inter:
@@ -294,14 +256,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 ctx[3] = ke * 4 + (lev >> 2)
                 ctx[4] = ke * 16 + ka
                 row = ke
-            # ---- the quantised error
-            q = 0
-            if mode == 0:
-                e = x[y, xx] - pred
-                if e >= 0:
-                    q = (e + delta) // s
-                else:
-                    q = -((delta - e) // s)
+            # ---- the quantised error: zero flag, sign, Elias-gamma magnitude
+            q = _quantise(mode, x, y, xx, pred, delta, s)
             for j in range(N_MODELS):
                 cts[j] = moff[j] + D_ZERO * CSA[j] + ctx[j]
             arow0 = iset * N_DEC * 16
@@ -311,13 +267,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 for j in range(N_MODELS):
                     stats[cts[j], nzb] += 1
             if nzb:
-                sW = _sgn3(qW)
-                sN = _sgn3(qN)
                 sf = _sgn3(p8 - 8 * pred)
-                cts[0] = moff[0] + D_SIGN * CSA[0] + ((sW * 3 + sN) * 3 + sf) * 4 + (ke >> 2)
-                cts[1] = moff[1] + D_SIGN * CSA[1] + ((_sgn3(qNW) * 3 + _sgn3(qNE)) * 3 + sW) * 3 + sf
-                cts[2] = moff[2] + D_SIGN * CSA[2] + _sgn3(corr) * 9 + sW * 3 + sN
-                cts[3] = moff[3] + D_SIGN * CSA[3] + lev * 3 + sf
+                _sign_contexts(cts, moff, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev)
                 if inter:
                     cts[4] = moff[4] + D_SIGN * CSA[4] + ((_sgn3(8 * b - p8) * 3
                                                           + _sgn3(perr[y, xx])) * 3 + sf) * 4 + (kp >> 2)
@@ -328,6 +279,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 if collect:
                     for j in range(N_MODELS):
                         stats[cts[j], neg] += 1
+                # Elias gamma of |q|: exponent k in unary, then k mantissa bits
                 mv = q if q > 0 else -q
                 k = 0
                 if mode == 0:
@@ -373,17 +325,9 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                     if mv - 1 > maxv:
                         return st[4], 3
                     q = -mv if neg else mv
-            v = pred + q * s
-            if v < 0:
-                v = 0
-            elif v > maxv:
-                v = maxv
-            if mode == 0:
-                dd = v - x[y, xx]
-                if dd > delta or dd < -delta:
-                    return st[4], 2
-            else:
-                x[y, xx] = v
+            v, ok = _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv)
+            if not ok:
+                return st[4], 2
             R[y, xx] = v
             Q[cy, xx] = q
             v8 = 8 * v
@@ -400,17 +344,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
             if bcnt[kb] >= 64:
                 bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
                 bcnt[kb] = bcnt[kb] // 2
-    if collect:
-        mix_acc += M
-        apm_acc += A
-    if mode == 0:
-        rec[:, :] = R
-        for _ in range(5):
-            _shift_low(st, buf)
-        return st[4], (1 if st[6] else 0)
-    if st[4] > buf.shape[0] + 8:
-        return st[4], 3
-    return st[4], 0
+    return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
 
 
 def flat_tables():
