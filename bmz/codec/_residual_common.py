@@ -319,30 +319,33 @@ def _base_predictions(pv, base, y, x, W, Wv, Nv, NWv, NEv):
 
 
 @njit(cache=True, inline="always")
-def _blend(pv, sc, E, npred, y, x, cy, py, W):
-    """Blend of the sub-predictions, weights ∝ 1 / (recent error)², and the smallest recent
-    error (``sc`` receives each one's)."""
+def _blend(pv, sc, E, npred, y, x, cy, py, W, cube):
+    """Blend of the sub-predictions, weights ∝ 1 / (recent error)² (format 3) or, ``cube``,
+    1 / (recent error)³ (format 6), and the smallest recent error (``sc`` receives each one's).
+    ``E[y & 1, x, i]``: sub-predictor i's error at (y, x) (rows y − 1 and y)."""
     smin = -1
     for i in range(npred):
         t = 0
         if y > 0:
-            t += E[i, py, x]
+            t += E[py, x, i]
             if x > 0:
-                t += E[i, py, x - 1]
+                t += E[py, x - 1, i]
             if x + 1 < W:
-                t += E[i, py, x + 1]
+                t += E[py, x + 1, i]
         if x > 0:
-            t += 2 * E[i, cy, x - 1]
+            t += 2 * E[cy, x - 1, i]
             if x > 1:
-                t += E[i, cy, x - 2]
+                t += E[cy, x - 2, i]
         sc[i] = t
         if smin < 0 or t < smin:
             smin = t
     wsum = 0
     psum = 0
     for i in range(npred):
-        w = ((smin + 32) << 8) // (sc[i] + 32)
-        w = w * w
+        w1 = ((smin + 32) << 8) // (sc[i] + 32)
+        w = w1 * w1
+        if cube:
+            w = w * w1
         wsum += w
         psum += w * pv[i]
     return (psum + (wsum >> 1)) // wsum, smin
@@ -364,15 +367,15 @@ def _energy(F, y, x, cy, py, W):
 
 
 @njit(cache=True, inline="always")
-def _learn(E, F, lw, lu, bsum, bcnt, pv, npred, cy, x, v8, p8, pb, lnorm, kb):
+def _learn(E, F, lw, lu, nl, bsum, bcnt, pv, npred, cy, x, v8, p8, pb, lnorm, kb):
     """After voxel ``x`` of the row took the value ``v8 / 8``: each sub-predictor's error, the
-    blend's, the NLMS step and the bias correction of context ``kb``."""
+    blend's, the NLMS step on the first ``nl`` taps and the bias correction of context ``kb``."""
     for i in range(npred):
-        E[i, cy, x] = _iabs(v8 - pv[i])
+        E[cy, x, i] = _iabs(v8 - pv[i])
     F[cy, x] = _iabs(v8 - p8)
     # NLMS step: w += 2^LMS_SHIFT · err · u / ‖u‖² (one division per voxel)
     g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
-    for i in range(N_LMS):
+    for i in range(nl):
         t = lw[i] + ((g * lu[i]) >> 16)
         # bounded (|w| ≤ 256): no int64 overflow whatever a forged stream decodes to
         lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)

@@ -147,7 +147,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
     R = np.zeros((H, W), np.int64)           # reconstruction
     # rows y − 1 and y only (index y & 1): quantised errors, |8 R − p_i|, |8 R − prediction|
     Q = np.zeros((2, W), np.int64)
-    E = np.zeros((npred, 2, W), np.int64)
+    E = np.zeros((2, W, npred), np.int64)
     F = np.zeros((2, W), np.int64)
     C, M, A = _initial_state(prior, prior_mix, prior_apm, n0)
     collect = stats.shape[0] == N_CNT
@@ -178,7 +178,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
             if has_base:
                 _base_predictions(pv, base, y, xx, W, Wv, Nv, NWv, NEv)
             # ---- the blend of the sub-predictions; error energy, texture, bias correction
-            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W)
+            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W, False)
             ke = _bucket(_energy(F, y, xx, cy, py, W) // s, e_th)
             kb = _texture(pb >> 3, Nv, Wv, NWv, NEv, NNv, WWv) * 4 + (ke >> 2)
             corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
@@ -262,7 +262,7 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
                 return st[4], 2
             R[y, xx] = v
             Q[cy, xx] = q
-            _learn(E, F, lw, lu, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
+            _learn(E, F, lw, lu, N_LMS, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
     return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
 
 

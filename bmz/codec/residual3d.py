@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._residual_common import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
-                               N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP,
-                               D_SIGN, D_UNARY, D_ZERO, MAX_RANGE, _activity, _base_predictions,
-                               _causal, _clamp12, _code_bit, _corrected, _energy, _finish, _iabs,
-                               _kd, _nlms_spatial, _q_neighbours, _quantise, _rc_start,
-                               _reconstruct, _sgn3, _sign_contexts, _spatial_predictions, _spread,
-                               _squash, _squash_py, _texture, njit, stream_buffer)
+from ._residual_common import (D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX,
+                               LMS_DY, LMS_SHIFT, MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED,
+                               N_PRED_PLAIN, RATES, STRETCH, _SQ_T, _activity, _base_predictions,
+                               _blend, _causal, _clamp12, _code_bit, _corrected, _energy, _finish,
+                               _iabs, _kd, _learn, _nlms_spatial, _q_neighbours, _quantise,
+                               _rc_start, _reconstruct, _sgn3, _sign_contexts,
+                               _spatial_predictions, _spread, _squash, _squash_py, _texture, njit,
+                               stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -202,31 +203,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                           + _iabs(perr[y, _cl(xx + 1, W)]))
                     dm = _iabs(rW) + _iabs(rN) + _iabs(rNW) + _iabs(rNE)
             pv[8] = c0 + (lacc >> 12)
-            # ---- each sub-predictor's recent error; blend weights ∝ 1 / error²
-            smin = -1
-            for i in range(npred):
-                t = 0
-                if y > 0:
-                    t += E[py, xx, i]
-                    if xx > 0:
-                        t += E[py, xx - 1, i]
-                    if xx + 1 < W:
-                        t += E[py, xx + 1, i]
-                if xx > 0:
-                    t += 2 * E[cy, xx - 1, i]
-                    if xx > 1:
-                        t += E[cy, xx - 2, i]
-                sc[i] = t
-                if smin < 0 or t < smin:
-                    smin = t
-            wsum = 0
-            psum = 0
-            for i in range(npred):
-                w = ((smin + 32) << 8) // (sc[i] + 32)
-                w = w * w * w
-                wsum += w
-                psum += w * pv[i]
-            pb = (psum + (wsum >> 1)) // wsum
+            # ---- the blend of the sub-predictions (weights ∝ 1 / error³)
+            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W, True)
             # ---- error energy, texture, bias correction
             en = _energy(F, y, xx, cy, py, W)
             ke = _bk(en // s, e_th)
@@ -330,20 +308,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 return st[4], 2
             R[y, xx] = v
             Q[cy, xx] = q
-            v8 = 8 * v
-            for i in range(npred):
-                E[cy, xx, i] = _iabs(v8 - pv[i])
-            F[cy, xx] = _iabs(v8 - p8)
-            eout[y, xx] = v8 - p8
-            g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
-            for i in range(nl):
-                t = lw[i] + ((g * lu[i]) >> 16)
-                lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)
-            bsum[kb] += v8 - pb
-            bcnt[kb] += 1
-            if bcnt[kb] >= 64:
-                bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
-                bcnt[kb] = bcnt[kb] // 2
+            _learn(E, F, lw, lu, nl, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
+            eout[y, xx] = 8 * v - p8
     return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
 
 
