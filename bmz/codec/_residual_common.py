@@ -8,6 +8,8 @@ voxel. Integer arithmetic on int64 only; numba-compiled and inlined into each co
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 try:
@@ -394,6 +396,31 @@ def stream_buffer(data: bytes) -> np.ndarray:
     if buf.size and buf[0] != 0:
         raise ValueError("residual stream cannot be decoded (corrupt: its first byte is not 0)")
     return buf
+
+
+def encode_growing(size, run):
+    """Run an encoder ``run(buf)`` → (bytes written, status) with a buffer of ``2 size + 1024``
+    bytes, 8 times larger while it reports it too small (status 1) → the bytes. RuntimeError on
+    any other failing status (the bound broken: an internal error)."""
+    cap = size * 2 + 1024
+    while True:
+        buf = np.zeros(cap, np.uint8)
+        n, status = run(buf)
+        if status == 1:
+            cap *= 8
+            continue
+        if status != 0:
+            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
+        return buf[:n].tobytes()
+
+
+def digest(*arrays) -> str:
+    """SHA-256 (hex) of ``arrays`` as little-endian int64, one after the other: what steers a
+    coder's decisions besides its code (its ``CODER_ID`` holds the first 12 digits)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
+    return h.hexdigest()
 
 
 # ---- the steps of coding one voxel, as both coders take them ---------------------------------

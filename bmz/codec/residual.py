@@ -29,7 +29,6 @@ reconstruction, so the bound is checked on exactly the values the decoder will p
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,8 @@ from ._residual_common import (  # noqa: F401 (re-exported: the coder's constant
     RATES, STRETCH, _SQ_T, _activity, _base_predictions, _blend, _bucket, _causal, _clamp12,
     _code_bit, _corrected, _energy, _finish, _get, _iabs, _kd, _learn, _med, _nlms_spatial,
     _q_neighbours, _quantise, _rc_start, _reconstruct, _sgn3, _shift_low, _sign_contexts,
-    _spatial_predictions, _spread, _squash, _squash_py, _stretch_table, _texture,
-    njit, stream_buffer)
+    _spatial_predictions, _spread, _squash, _squash_py, _stretch_table, _texture, digest,
+    encode_growing, njit, stream_buffer)
 
 #: context models mixed for every decision and the size of each one's context
 N_MODELS = 4
@@ -326,17 +325,10 @@ def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
     has_base = base is not None
     b = np.ascontiguousarray(base, dtype=np.int64) if has_base else np.zeros((1, 1), np.int64)
     rec = np.zeros(x.shape, np.int64)
-    cap = x.size * 2 + 1024
-    while True:
-        buf = np.zeros(cap, np.uint8)
-        n, status = _code_slice(0, x, rec, b, has_base, int(maxv), int(delta), buf,
-                                *_args(stats, mix_acc, apm_acc, tables))
-        if status == 1:
-            cap *= 8
-            continue
-        if status != 0:
-            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
-        return buf[:n].tobytes(), rec
+    args = _args(stats, mix_acc, apm_acc, tables)
+    data = encode_growing(x.size, lambda buf: _code_slice(0, x, rec, b, has_base, int(maxv),
+                                                          int(delta), buf, *args))
+    return data, rec
 
 
 def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
@@ -359,12 +351,9 @@ def _digest() -> str:
     """SHA-256 of everything that steers the coder's decisions besides its code: the prior
     tables and the constants. Part of :data:`CODER_ID`, so a file coded with other tables is
     refused by name instead of failing its CRC."""
-    h = hashlib.sha256()
-    for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, RATES, STRETCH,
-              np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN, N_PRED_BASE,
-                        N_BIAS], dtype=np.int64)):
-        h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
-    return h.hexdigest()
+    return digest(PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, RATES, STRETCH,
+                  np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN,
+                            N_PRED_BASE, N_BIAS], dtype=np.int64))
 
 
 #: name and version of the residual coder with its tables (metadata ``codec.residual``)

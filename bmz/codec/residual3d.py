@@ -22,7 +22,6 @@ slice of the group needs. The arithmetic is exact on every machine and thread co
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,8 @@ from ._residual_common import (D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH
                                _blend, _causal, _clamp12, _code_bit, _corrected, _energy, _finish,
                                _iabs, _kd, _learn, _nlms_spatial, _q_neighbours, _quantise,
                                _rc_start, _reconstruct, _sgn3, _sign_contexts,
-                               _spatial_predictions, _spread, _squash, _squash_py, _texture, njit,
-                               stream_buffer)
+                               _spatial_predictions, _spread, _squash, _squash_py, _texture, digest,
+                               encode_growing, njit, stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -390,21 +389,17 @@ def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
     ref, kind, perr, state = _setup(x.shape, base, prev)
     rec = np.zeros(x.shape, np.int64)
     err = np.zeros(x.shape, np.int64)
-    cap = x.size * 2 + 1024
-    while True:
-        buf = np.zeros(cap, np.uint8)
-        st = tuple(a.copy() for a in state)
-        n, status = _code_slice(0, x, rec, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
-                                E_TAB, STRETCH, _SQ_T, LR,
-                                _NO_STATS if stats is None else stats,
-                                _NO_ACC if mix_acc is None else mix_acc,
-                                _NO_ACC if apm_acc is None else apm_acc)
-        if status == 1:
-            cap *= 8
-            continue
-        if status != 0:
-            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
-        return buf[:n].tobytes(), Context(rec, err, st)
+    acc = (_NO_STATS if stats is None else stats, _NO_ACC if mix_acc is None else mix_acc,
+           _NO_ACC if apm_acc is None else apm_acc)
+    st = []  # the state the last try ended with (every try starts from a copy of ``state``)
+
+    def run(buf):
+        st[:] = [a.copy() for a in state]
+        return _code_slice(0, x, rec, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
+                           E_TAB, STRETCH, _SQ_T, LR, *acc)
+
+    data = encode_growing(x.size, run)
+    return data, Context(rec, err, tuple(st))
 
 
 def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
@@ -425,12 +420,11 @@ def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
 
 
 def _digest() -> str:
-    h = hashlib.sha256()
-    for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, P_DY, P_DX, RATES,
-              STRETCH, np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN,
-                                 N_PRED, N_BIAS, N_LMS_P], dtype=np.int64)):
-        h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
-    return h.hexdigest()
+    """SHA-256 of the tables and constants (see :func:`bmz.codec.residual._digest`)."""
+    return digest(PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, P_DY, P_DX,
+                  RATES, STRETCH, np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT,
+                                            N_PRED_PLAIN, N_PRED, N_BIAS, N_LMS_P],
+                                           dtype=np.int64))
 
 
 #: name and version of this coder with its tables (metadata ``codec.residual`` of format 6)
