@@ -183,6 +183,40 @@ def _clamp12(p):
 
 
 @njit(cache=True, inline="always")
+def _refine_code_learn(mode, st, buf, p12, bit, ST, A, arow, M, row, xin, n_in, lr):
+    """The rest of a mixed decision, given the mix's 12-bit P(1) ``p12``: P(1) refined by
+    secondary estimation (row ``arow`` of ``A``, interpolated on the stretched ``p12``), the
+    decision coded with it, the estimation and the mixer's row ``row`` (inputs ``xin[:n_in]``,
+    learning rate ``lr``) updated → the bit."""
+    sv = ST[p12] + 2047
+    lo = sv >> 7
+    w = sv & 127
+    pa = (A[arow, lo] * (128 - w) + A[arow, lo + 1] * w) >> 7
+    p16 = (p12 * 16 + 3 * pa) >> 2
+    if p16 < 32:
+        p16 = 32
+    elif p16 > 65504:
+        p16 = 65504
+    bit = _code_bit(mode, st, buf, p16, bit)
+    ai = lo + (w >> 6)
+    A[arow, ai] += ((bit << 16) - A[arow, ai]) >> 6
+    err = ((bit << 12) - p12) * lr
+    for i in range(n_in):
+        M[row, i] += (xin[i] * err) >> 14
+    return bit
+
+
+@njit(cache=True, inline="always")
+def _plain_code(mode, st, buf, p, bit):
+    """A decision on a plain context: P(1) = ``p`` / 65536 kept within [48, 65488]."""
+    if p < 48:
+        p = 48
+    elif p > 65536 - 48:
+        p = 65536 - 48
+    return _code_bit(mode, st, buf, p, bit)
+
+
+@njit(cache=True, inline="always")
 def _med(a, b, c):
     mx = a if a > b else b
     mn = a if a < b else b
@@ -266,6 +300,18 @@ def _nlms_spatial(R, y, x, W, lw, lu, c0, s):
             lnorm += u * u
             lacc += lw[i] * u
     return lnorm, lacc
+
+
+@njit(cache=True, inline="always")
+def _spatial(pv, R, y, x, W, corner, lw, lu, s):
+    """Everything voxel (y, x) gets from the reconstructed slice ``R``: sub-predictions 0–7
+    into ``pv``, the NLMS taps into ``lu`` → (W, N, NW, NE, WW, NN, the taps' centre ``c0``,
+    their norm, their weighted sum)."""
+    Wv, Nv, NWv, NEv, WWv, NNv = _causal(R, y, x, W, corner)
+    _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv)
+    c0 = 4 * (Wv + Nv)
+    lnorm, lacc = _nlms_spatial(R, y, x, W, lw, lu, c0, s)
+    return Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc
 
 
 @njit(cache=True, inline="always")
@@ -410,7 +456,8 @@ def encode_growing(size, run):
             cap *= 8
             continue
         if status != 0:
-            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
+            raise RuntimeError("residual coder: reconstruction outside the bound "
+                               f"(status {status})")
         return buf[:n].tobytes()
 
 

@@ -35,12 +35,12 @@ import numpy as np
 
 from ._residual_common import (  # noqa: F401 (re-exported: the coder's constants and tables)
     D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX,
-    MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED, N_PRED_BASE, N_PRED_PLAIN, RATE_FAST, RATE_SLOW,
-    RATES, STRETCH, _SQ_T, _activity, _base_predictions, _blend, _bucket, _causal, _clamp12,
+    MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED, N_PRED_BASE, N_PRED_PLAIN, RATES, RATE_FAST,
+    RATE_SLOW, STRETCH, _activity, _base_predictions, _blend, _bucket, _causal, _clamp12,
     _code_bit, _corrected, _energy, _finish, _get, _iabs, _kd, _learn, _med, _nlms_spatial,
-    _q_neighbours, _quantise, _rc_start, _reconstruct, _sgn3, _shift_low, _sign_contexts,
-    _spatial_predictions, _spread, _squash, _squash_py, _stretch_table, _texture, digest,
-    encode_growing, njit, stream_buffer)
+    _plain_code, _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
+    _shift_low, _sign_contexts, _spatial, _spatial_predictions, _spread, _SQ_T, _squash,
+    _squash_py, _stretch_table, _texture, digest, encode_growing, njit, stream_buffer)
 
 #: context models mixed for every decision and the size of each one's context
 N_MODELS = 4
@@ -80,21 +80,7 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
     dot += M[row, 2 * N_MODELS] * 256
     p12 = _squash(dot >> 16, SQ)
     # secondary estimation: P(1) as a function of the mixed p12, per decision and level
-    sv = ST[p12] + 2047
-    lo = sv >> 7
-    w = sv & 127
-    pa = (A[arow, lo] * (128 - w) + A[arow, lo + 1] * w) >> 7
-    p16 = (p12 * 16 + 3 * pa) >> 2
-    if p16 < 32:
-        p16 = 32
-    elif p16 > 65504:
-        p16 = 65504
-    bit = _code_bit(mode, st, buf, p16, bit)
-    ai = lo + (w >> 6)
-    A[arow, ai] += ((bit << 16) - A[arow, ai]) >> 6
-    err = ((bit << 12) - p12) * lr
-    for i in range(N_IN):
-        M[row, i] += (xin[i] * err) >> 14
+    bit = _refine_code_learn(mode, st, buf, p12, bit, ST, A, arow, M, row, xin, N_IN, lr)
     for j in range(N_MODELS):
         _update(C, ctx[j], bit)
     return bit
@@ -103,11 +89,7 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
 @njit(cache=True, inline="always")
 def _plain_bit(mode, st, buf, C, c, bit):
     p = (C[c, 0] + C[c, 1]) >> 1
-    if p < 48:
-        p = 48
-    elif p > 65536 - 48:
-        p = 65536 - 48
-    bit = _code_bit(mode, st, buf, p, bit)
+    bit = _plain_code(mode, st, buf, p, bit)
     _update(C, c, bit)
     return bit
 
@@ -169,10 +151,8 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
         py = cy ^ 1
         for xx in range(W):
             # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
-            Wv, Nv, NWv, NEv, WWv, NNv = _causal(R, y, xx, W, corner)
-            _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv)
-            c0 = 4 * (Wv + Nv)
-            lnorm, lacc = _nlms_spatial(R, y, xx, W, lw, lu, c0, s)
+            Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc = _spatial(pv, R, y, xx, W, corner, lw,
+                                                                   lu, s)
             pv[8] = c0 + (lacc >> 12)
             if has_base:
                 _base_predictions(pv, base, y, xx, W, Wv, Nv, NWv, NEv)

@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._residual_common import (D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX,
-                               LMS_DY, LMS_SHIFT, MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED,
-                               N_PRED_PLAIN, RATES, STRETCH, _SQ_T, _activity, _base_predictions,
-                               _blend, _causal, _clamp12, _code_bit, _corrected, _energy, _finish,
-                               _iabs, _kd, _learn, _nlms_spatial, _q_neighbours, _quantise,
-                               _rc_start, _reconstruct, _sgn3, _sign_contexts,
-                               _spatial_predictions, _spread, _squash, _squash_py, _texture, digest,
-                               encode_growing, njit, stream_buffer)
+from ._residual_common import (
+    D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, MAX_RANGE,
+    N_DEC, N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _activity, _base_predictions,
+    _blend, _clamp12, _corrected, _energy, _finish, _iabs, _kd, _learn, _plain_code,
+    _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
+    _sign_contexts, _spatial, _spread, _SQ_T, _squash, _squash_py, _texture, digest,
+    encode_growing, njit, stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -73,21 +72,8 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
     xin[N_MODELS] = 256
     dot += M[row, N_MODELS] * 256
     p12 = _squash(dot >> 16, SQ)
-    sv = ST[p12] + 2047
-    lo = sv >> 7
-    w = sv & 127
-    pa = (A[arow, lo] * (128 - w) + A[arow, lo + 1] * w) >> 7
-    p16 = (p12 * 16 + 3 * pa) >> 2
-    if p16 < 32:
-        p16 = 32
-    elif p16 > 65504:
-        p16 = 65504
-    bit = _code_bit(mode, st, buf, p16, bit)
-    ai = lo + (w >> 6)
-    A[arow, ai] += ((bit << 16) - A[arow, ai]) >> 6
-    err = ((bit << 12) - p12) * lr
-    for i in range(N_IN):
-        M[row, i] += (xin[i] * err) >> 14
+    # secondary estimation: P(1) as a function of the mixed p12, per decision and level
+    bit = _refine_code_learn(mode, st, buf, p12, bit, ST, A, arow, M, row, xin, N_IN, lr)
     t = bit << 16
     for j in range(N_MODELS):
         c = ctx[j]
@@ -101,11 +87,7 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
 @njit(cache=True, inline="always")
 def _plain_bit(mode, st, buf, C, c, bit):
     p = C[c, 0]
-    if p < 48:
-        p = 48
-    elif p > 65536 - 48:
-        p = 65536 - 48
-    bit = _code_bit(mode, st, buf, p, bit)
+    bit = _plain_code(mode, st, buf, p, bit)
     n = C[c, 1]
     C[c, 0] += (((bit << 16) - C[c, 0]) * RATES[1, n]) >> 16
     if n < 255:
@@ -176,10 +158,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
         py = cy ^ 1
         for xx in range(W):
             # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
-            Wv, Nv, NWv, NEv, WWv, NNv = _causal(R, y, xx, W, corner)
-            _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv)
-            c0 = 4 * (Wv + Nv)
-            lnorm, lacc = _nlms_spatial(R, y, xx, W, lw, lu, c0, s)
+            Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc = _spatial(pv, R, y, xx, W, corner, lw,
+                                                                   lu, s)
             b = 0
             pe = 0
             dm = 0
