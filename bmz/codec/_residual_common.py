@@ -318,20 +318,8 @@ def _spatial(pv, R, y, x, W, corner, lw, lu, s):
 def _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv):
     """The bias-correction context's texture bits: which causal neighbours lie above the
     (integer) prediction ``pint``."""
-    tex = 0
-    if Nv > pint:
-        tex |= 1
-    if Wv > pint:
-        tex |= 2
-    if NWv > pint:
-        tex |= 4
-    if NEv > pint:
-        tex |= 8
-    if NNv > pint:
-        tex |= 16
-    if WWv > pint:
-        tex |= 32
-    return tex
+    return ((1 if Nv > pint else 0) | (2 if Wv > pint else 0) | (4 if NWv > pint else 0)
+            | (8 if NEv > pint else 0) | (16 if NNv > pint else 0) | (32 if WWv > pint else 0))
 
 
 @njit(cache=True, inline="always")
