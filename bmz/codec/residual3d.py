@@ -22,17 +22,17 @@ slice of the group needs. The arithmetic is exact on every machine and thread co
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from .residual import (E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX, N_DEC,
-                       N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, D_MTOP, D_SIGN,
-                       D_UNARY, D_ZERO, MAX_RANGE, _code_bit, _get, _iabs, _med, missing_tables,
-                       _shift_low, _squash, _squash_py, _clamp12, _sgn3, njit,
-                       _causal, _spatial_predictions, _nlms_spatial, _base_predictions,
-                       _texture, stream_buffer)
+from ._residual_common import (
+    D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, MAX_RANGE,
+    N_DEC, N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _activity, _base_predictions,
+    _blend, _clamp12, _corrected, _energy, _finish, _iabs, _kd, _learn, _plain_code,
+    _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
+    _sign_contexts, _spatial, _spread, _SQ_T, _squash, _squash_py, _texture, digest,
+    encode_growing, missing_tables, njit, stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -72,21 +72,8 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
     xin[N_MODELS] = 256
     dot += M[row, N_MODELS] * 256
     p12 = _squash(dot >> 16, SQ)
-    sv = ST[p12] + 2047
-    lo = sv >> 7
-    w = sv & 127
-    pa = (A[arow, lo] * (128 - w) + A[arow, lo + 1] * w) >> 7
-    p16 = (p12 * 16 + 3 * pa) >> 2
-    if p16 < 32:
-        p16 = 32
-    elif p16 > 65504:
-        p16 = 65504
-    bit = _code_bit(mode, st, buf, p16, bit)
-    ai = lo + (w >> 6)
-    A[arow, ai] += ((bit << 16) - A[arow, ai]) >> 6
-    err = ((bit << 12) - p12) * lr
-    for i in range(N_IN):
-        M[row, i] += (xin[i] * err) >> 14
+    # secondary estimation: P(1) as a function of the mixed p12, per decision and level
+    bit = _refine_code_learn(mode, st, buf, p12, bit, ST, A, arow, M, row, xin, N_IN, lr)
     t = bit << 16
     for j in range(N_MODELS):
         c = ctx[j]
@@ -100,11 +87,7 @@ def _mix_bit(mode, st, buf, C, M, ctx, row, bit, ST, SQ, xin, lr, A, arow):
 @njit(cache=True, inline="always")
 def _plain_bit(mode, st, buf, C, c, bit):
     p = C[c, 0]
-    if p < 48:
-        p = 48
-    elif p > 65536 - 48:
-        p = 65536 - 48
-    bit = _code_bit(mode, st, buf, p, bit)
+    bit = _plain_code(mode, st, buf, p, bit)
     n = C[c, 1]
     C[c, 0] += (((bit << 16) - C[c, 0]) * RATES[1, n]) >> 16
     if n < 255:
@@ -160,12 +143,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
     cts = np.zeros(N_MODELS, np.int64)
     xin = np.zeros(N_IN, np.int64)
     lu = np.zeros(N_LMS_ALL, np.int64)
-    st = np.zeros(8, np.int64)
-    st[1] = 0xFFFFFFFF
-    st[3] = 1
-    if mode == 1:
-        for _ in range(5):
-            st[5] = ((st[5] << 8) | _get(st, buf)) & 0xFFFFFFFF
+    st = _rc_start(mode, buf)
     mid = (maxv + 1) // 2
     kmax = N_K - 1
     corner = ref[0, 0] if has_ref else mid  # the first voxel's neighbours
@@ -180,10 +158,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
         py = cy ^ 1
         for xx in range(W):
             # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
-            Wv, Nv, NWv, NEv, WWv, NNv = _causal(R, y, xx, W, corner)
-            _spatial_predictions(pv, Wv, Nv, NWv, NEv, WWv, NNv)
-            c0 = 4 * (Wv + Nv)
-            lnorm, lacc = _nlms_spatial(R, y, xx, W, lw, lu, c0, s)
+            Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc = _spatial(pv, R, y, xx, W, corner, lw,
+                                                                   lu, s)
             b = 0
             pe = 0
             dm = 0
@@ -206,81 +182,24 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                           + _iabs(perr[y, _cl(xx + 1, W)]))
                     dm = _iabs(rW) + _iabs(rN) + _iabs(rNW) + _iabs(rNE)
             pv[8] = c0 + (lacc >> 12)
-            # ---- each sub-predictor's recent error; blend weights ∝ 1 / error²
-            smin = -1
-            for i in range(npred):
-                t = 0
-                if y > 0:
-                    t += E[py, xx, i]
-                    if xx > 0:
-                        t += E[py, xx - 1, i]
-                    if xx + 1 < W:
-                        t += E[py, xx + 1, i]
-                if xx > 0:
-                    t += 2 * E[cy, xx - 1, i]
-                    if xx > 1:
-                        t += E[cy, xx - 2, i]
-                sc[i] = t
-                if smin < 0 or t < smin:
-                    smin = t
-            wsum = 0
-            psum = 0
-            for i in range(npred):
-                w = ((smin + 32) << 8) // (sc[i] + 32)
-                w = w * w * w
-                wsum += w
-                psum += w * pv[i]
-            pb = (psum + (wsum >> 1)) // wsum
+            # ---- the blend of the sub-predictions (weights ∝ 1 / error³)
+            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W, True)
             # ---- error energy, texture, bias correction
-            en = 0
-            if y > 0:
-                en += F[py, xx]
-                if xx > 0:
-                    en += F[py, xx - 1]
-                if xx + 1 < W:
-                    en += F[py, xx + 1]
-            if xx > 0:
-                en += 2 * F[cy, xx - 1]
+            en = _energy(F, y, xx, cy, py, W)
             ke = _bk(en // s, e_th)
             pint = pb >> 3
             tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
             if inter and b > pint:
                 tex |= 64
             kb = tex * 4 + (ke >> 2)
-            corr = 0
-            if bcnt[kb] > 0:
-                corr = bsum[kb] // bcnt[kb]
-            p8 = pb + corr
-            if p8 < 0:
-                p8 = 0
-            elif p8 > 8 * maxv:
-                p8 = 8 * maxv
-            pred = (p8 + 4) >> 3
+            corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
             # ---- context features
-            if has_ref:
-                dis = _iabs(8 * b - p8) // s
-            else:
-                lo = pv[0]
-                hi = pv[0]
-                for i in range(1, 4):
-                    if pv[i] < lo:
-                        lo = pv[i]
-                    if pv[i] > hi:
-                        hi = pv[i]
-                dis = (hi - lo) // s
-            kd = 0 if dis < 8 else (1 if dis < 24 else (2 if dis < 64 else 3))
-            act = (_iabs(NEv - Nv) + _iabs(Nv - NWv) + _iabs(NWv - Wv) + _iabs(Wv - WWv)
-                   + _iabs(Nv - NNv))
-            ka = _bk(8 * act // s, e_th)
+            dis = _iabs(8 * b - p8) // s if has_ref else _spread(pv, s)
+            ka = _bk(8 * _activity(Nv, Wv, NWv, NEv, WWv, NNv) // s, e_th)
             lev = _bk(pred, LEV_TAB)
             kbest = _bk(smin // s, e_th)
-            qW = Q[cy, xx - 1] if xx > 0 else 0
-            qN = Q[py, xx] if y > 0 else 0
-            qNW = Q[py, xx - 1] if (y > 0 and xx > 0) else 0
-            qNE = Q[py, xx + 1] if (y > 0 and xx + 1 < W) else 0
-            nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
-            nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
-            ctx[0] = (ke * 4 + kd) * 3 + nz
+            qW, qN, qNW, qNE, nz, nz4 = _q_neighbours(Q, y, xx, cy, py, W)
+            ctx[0] = (ke * 4 + _kd(dis)) * 3 + nz
             ctx[1] = ka * 16 + lev
             ctx[2] = kbest * 5 + nz4
             if inter:
@@ -294,14 +213,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 ctx[3] = ke * 4 + (lev >> 2)
                 ctx[4] = ke * 16 + ka
                 row = ke
-            # ---- the quantised error
-            q = 0
-            if mode == 0:
-                e = x[y, xx] - pred
-                if e >= 0:
-                    q = (e + delta) // s
-                else:
-                    q = -((delta - e) // s)
+            # ---- the quantised error: zero flag, sign, Elias-gamma magnitude
+            q = _quantise(mode, x, y, xx, pred, delta, s)
             for j in range(N_MODELS):
                 cts[j] = moff[j] + D_ZERO * CSA[j] + ctx[j]
             arow0 = iset * N_DEC * 16
@@ -311,13 +224,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 for j in range(N_MODELS):
                     stats[cts[j], nzb] += 1
             if nzb:
-                sW = _sgn3(qW)
-                sN = _sgn3(qN)
                 sf = _sgn3(p8 - 8 * pred)
-                cts[0] = moff[0] + D_SIGN * CSA[0] + ((sW * 3 + sN) * 3 + sf) * 4 + (ke >> 2)
-                cts[1] = moff[1] + D_SIGN * CSA[1] + ((_sgn3(qNW) * 3 + _sgn3(qNE)) * 3 + sW) * 3 + sf
-                cts[2] = moff[2] + D_SIGN * CSA[2] + _sgn3(corr) * 9 + sW * 3 + sN
-                cts[3] = moff[3] + D_SIGN * CSA[3] + lev * 3 + sf
+                _sign_contexts(cts, moff, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev)
                 if inter:
                     cts[4] = moff[4] + D_SIGN * CSA[4] + ((_sgn3(8 * b - p8) * 3
                                                           + _sgn3(perr[y, xx])) * 3 + sf) * 4 + (kp >> 2)
@@ -328,6 +236,7 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 if collect:
                     for j in range(N_MODELS):
                         stats[cts[j], neg] += 1
+                # Elias gamma of |q|: exponent k in unary, then k mantissa bits
                 mv = q if q > 0 else -q
                 k = 0
                 if mode == 0:
@@ -373,44 +282,14 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                     if mv - 1 > maxv:
                         return st[4], 3
                     q = -mv if neg else mv
-            v = pred + q * s
-            if v < 0:
-                v = 0
-            elif v > maxv:
-                v = maxv
-            if mode == 0:
-                dd = v - x[y, xx]
-                if dd > delta or dd < -delta:
-                    return st[4], 2
-            else:
-                x[y, xx] = v
+            v, ok = _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv)
+            if not ok:
+                return st[4], 2
             R[y, xx] = v
             Q[cy, xx] = q
-            v8 = 8 * v
-            for i in range(npred):
-                E[cy, xx, i] = _iabs(v8 - pv[i])
-            F[cy, xx] = _iabs(v8 - p8)
-            eout[y, xx] = v8 - p8
-            g = ((v8 - pv[8]) << (LMS_SHIFT + 16)) // lnorm
-            for i in range(nl):
-                t = lw[i] + ((g * lu[i]) >> 16)
-                lw[i] = t if -LMS_WMAX <= t <= LMS_WMAX else (LMS_WMAX if t > 0 else -LMS_WMAX)
-            bsum[kb] += v8 - pb
-            bcnt[kb] += 1
-            if bcnt[kb] >= 64:
-                bsum[kb] = bsum[kb] // 2 if bsum[kb] >= 0 else -((-bsum[kb]) // 2)
-                bcnt[kb] = bcnt[kb] // 2
-    if collect:
-        mix_acc += M
-        apm_acc += A
-    if mode == 0:
-        rec[:, :] = R
-        for _ in range(5):
-            _shift_low(st, buf)
-        return st[4], (1 if st[6] else 0)
-    if st[4] > buf.shape[0] + 8:
-        return st[4], 3
-    return st[4], 0
+            _learn(E, F, lw, lu, nl, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
+            eout[y, xx] = 8 * v - p8
+    return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
 
 
 def flat_tables():
@@ -497,21 +376,17 @@ def encode(x: np.ndarray, maxv: int, delta: int, base: np.ndarray | None = None,
     ref, kind, perr, state = _setup(x.shape, base, prev, tables)
     rec = np.zeros(x.shape, np.int64)
     err = np.zeros(x.shape, np.int64)
-    cap = x.size * 2 + 1024
-    while True:
-        buf = np.zeros(cap, np.uint8)
-        st = tuple(a.copy() for a in state)
-        n, status = _code_slice(0, x, rec, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
-                                E_TAB, STRETCH, _SQ_T, LR,
-                                _NO_STATS if stats is None else stats,
-                                _NO_ACC if mix_acc is None else mix_acc,
-                                _NO_ACC if apm_acc is None else apm_acc)
-        if status == 1:
-            cap *= 8
-            continue
-        if status != 0:
-            raise RuntimeError(f"residual coder: reconstruction outside the bound (status {status})")
-        return buf[:n].tobytes(), Context(rec, err, st)
+    acc = (_NO_STATS if stats is None else stats, _NO_ACC if mix_acc is None else mix_acc,
+           _NO_ACC if apm_acc is None else apm_acc)
+    st = []  # the state the last try ended with (every try starts from a copy of ``state``)
+
+    def run(buf):
+        st[:] = [a.copy() for a in state]
+        return _code_slice(0, x, rec, ref, kind, perr, err, int(maxv), int(delta), buf, *st,
+                           E_TAB, STRETCH, _SQ_T, LR, *acc)
+
+    data = encode_growing(x.size, run)
+    return data, Context(rec, err, tuple(st))
 
 
 def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
@@ -532,12 +407,11 @@ def decode(data: bytes, shape: tuple[int, int], maxv: int, delta: int,
 
 
 def _digest() -> str:
-    h = hashlib.sha256()
-    for a in (PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, P_DY, P_DX, RATES,
-              STRETCH, np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT, N_PRED_PLAIN,
-                                 N_PRED, N_BIAS, N_LMS_P], dtype=np.int64)):
-        h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
-    return h.hexdigest()
+    """SHA-256 of the tables and constants (see :func:`bmz.codec.residual._digest`)."""
+    return digest(PRIOR, PRIOR_MIX, PRIOR_APM, E_THRESH, LEV_TH, LMS_DY, LMS_DX, P_DY, P_DX,
+                  RATES, STRETCH, np.array([N_K, N_MODELS, *CS, LR, PRIOR_N0, LMS_SHIFT,
+                                            N_PRED_PLAIN, N_PRED, N_BIAS, N_LMS_P],
+                                           dtype=np.int64))
 
 
 #: name and version of this coder with its tables (metadata ``codec.residual`` of format 6)
