@@ -589,6 +589,18 @@ def _sign_contexts(cts, moff, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev):
     cts[3] = moff[3] + D_SIGN * CSA[3] + lev * 3 + sf
 
 
+def load_tables(path: Path, prior: tuple, mix: tuple, apm: tuple) -> tuple:
+    """A residual coder's fitted initial state, shipped as ``path`` (int64 arrays ``prior``,
+    ``mix``, ``apm`` of the given shapes and ``n0``) → (prior, mix, apm, n0). Its absence is an
+    error: coding from other tables would write files no other bmz decodes."""
+    missing_tables(path)
+    with np.load(path, allow_pickle=False) as z:
+        t = {k: z[k].astype(np.int64) for k in z.files}
+    if t["prior"].shape != prior or t["mix"].shape != mix or t["apm"].shape != apm:
+        raise RuntimeError(f"{path} does not match the residual coder")
+    return t["prior"], t["mix"], t["apm"], int(t["n0"][0])
+
+
 def missing_tables(path: Path) -> None:
     """FileNotFoundError naming ``path`` when a residual coder's shipped tables are not there (a
     broken install: coding from other tables would write files no other bmz decodes)."""

@@ -40,7 +40,7 @@ from ._residual_common import (  # noqa: F401 (re-exported: the coder's constant
     _code_bit, _corrected, _energy, _finish, _get, _iabs, _kd, _learn, _med, _nlms_spatial,
     _plain_code, _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
     _shift_low, _sign_contexts, _spatial, _spatial_predictions, _spread, _SQ_T, _squash,
-    _squash_py, _stretch_table, _texture, digest, encode_growing, missing_tables, njit,
+    _squash_py, _stretch_table, _texture, digest, encode_growing, load_tables, njit,
     stream_buffer)
 
 #: context models mixed for every decision and the size of each one's context
@@ -267,15 +267,8 @@ TABLES_FILE = Path(__file__).with_name("residual_tables.npz")
 
 
 def _fitted_tables():
-    """The fitted initial state (:data:`TABLES_FILE`). Its absence is an error: coding from
-    other tables would write files no other bmz decodes."""
-    missing_tables(TABLES_FILE)
-    with np.load(TABLES_FILE, allow_pickle=False) as z:
-        t = {k: z[k].astype(np.int64) for k in z.files}
-    if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \
-            t["apm"].shape != (N_DEC * 16, 33):
-        raise RuntimeError(f"{TABLES_FILE} does not match the residual coder")
-    return t["prior"], t["mix"], t["apm"], int(t["n0"][0])
+    """The fitted initial state (:data:`TABLES_FILE`; :func:`load_tables`)."""
+    return load_tables(TABLES_FILE, (N_CNT,), (N_MROW, N_IN), (N_DEC * 16, 33))
 
 
 #: initial P(1) of every context (16-bit), mixer weights (16.16), secondary estimation, and the

@@ -32,7 +32,7 @@ from ._residual_common import (
     _blend, _clamp12, _corrected, _energy, _finish, _iabs, _kd, _learn, _plain_code,
     _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
     _sign_contexts, _spatial, _spread, _SQ_T, _squash, _squash_py, _texture, digest,
-    encode_growing, missing_tables, njit, stream_buffer)
+    encode_growing, load_tables, njit, stream_buffer)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -308,15 +308,8 @@ TABLES_FILE = Path(__file__).with_name("residual3d_tables.npz")
 
 
 def _fitted_tables():
-    """The fitted initial state (:data:`TABLES_FILE`). Its absence is an error: coding from
-    other tables would write files no other bmz decodes."""
-    missing_tables(TABLES_FILE)
-    with np.load(TABLES_FILE, allow_pickle=False) as z:
-        t = {k: z[k].astype(np.int64) for k in z.files}
-    if t["prior"].shape != (N_CNT,) or t["mix"].shape != (N_MROW, N_IN) or \
-            t["apm"].shape != (N_SET * N_DEC * 16, 33):
-        raise RuntimeError(f"{TABLES_FILE} does not match the residual coder")
-    return t["prior"], t["mix"], t["apm"], int(t["n0"][0])
+    """The fitted initial state (:data:`TABLES_FILE`; :func:`load_tables`)."""
+    return load_tables(TABLES_FILE, (N_CNT,), (N_MROW, N_IN), (N_SET * N_DEC * 16, 33))
 
 
 PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0 = _fitted_tables()
