@@ -285,15 +285,53 @@ def write_family(out: Path, res, comps: dict, group: str) -> list[dict]:
         for d in missing:
             L.append(f"| `{d['model']}` | {d['parameters'] / 1e6:.3g} M | "
                      f"{d['decoder_macs_per_pixel'] / 1e3:.3g} k | {d['why']} |")
-    L.append("")
+    L += ["", "## What limits each family", ""]
+    for name, text in FAMILY_LIMITS.items():
+        L += [f"**{name}** — {text}", ""]
     (out / "family.md").write_text("\n".join(L))
     return rows
 
 
+#: one paragraph per family: what limits it (from the measurements named in each)
+FAMILY_LIMITS = {
+    "hyperprior": "the flagship (scale hyperprior, GDN transforms, 3 stages): no context model, so "
+                  "every latent is coded from the hyper-latent alone; trained mostly on the 8-bit "
+                  "IXI derivatives, its top level stops near 52 dB, short of what native 12-bit data "
+                  "need (`hyperprior-ctx`, the context model with inter-slice context, is the "
+                  "default above 8 bits: `native_precision.md`). Its decoder is 12.9 k MACs per "
+                  "pixel in exact float64 arithmetic, the slowest part of decoding.",
+    "vqvae": "the rate is set by how many residual codebook stages are sent (256 codes each on a "
+             "4×-downsampled latent): each stage adds a fixed step of bits, and the reconstruction "
+             "saturates near 36 dB where the codebooks run out of resolution; at the low end one or "
+             "two stages give SSIM 0.877 at 0.5 bpp.",
+    "factorized": "the same GDN transforms as the flagship with one fixed density per channel and "
+                  "level: it cannot adapt the scale to the image's local content, so flat regions "
+                  "and edges cost the same; and it had 4,000 CPU steps against the flagship's "
+                  "72,000.",
+    "cnn-ae-8 / -16 / -32": "a handful of conv3 + ReLU layers (5–46 k parameters) to a C-channel "
+                            "latent at 4×: the number of latent values per pixel is fixed by C, so "
+                            "each model covers a narrow rate range, and the tiny transforms "
+                            "trail the GDN transforms at every rate.",
+    "unet-noskip-v1 / -v2 / -c": "the transforms learn slowly, and the rate is not what holds "
+                                 "them back. Trained as plain autoencoders, without quantisation "
+                                 "or rate (`unet_ceiling.md`), the U-Net's transforms stay "
+                                 "several dB below the factorized model's three GDN layers after "
+                                 "the same steps, yet fit one fixed batch to 34 dB: the capacity "
+                                 "is there. No single change — strided convolutions for the "
+                                 "max-pools, overlapping up-convolutions, half the depth, local "
+                                 "residual blocks, batch normalisation, another initialisation "
+                                 "or learning rate — closes the gap in 1,000 steps. What is left "
+                                 "is many more steps than a CPU session gives (the flagship had "
+                                 "72,000), or GDN in place of ReLU (it diverged from He's "
+                                 "initialisation here).",
+}
+
+
 #: why a registered architecture has no shipped weights (measured on this project's machine)
 NOT_SHIPPED = {
-    "unet-noskip-v1": "not trained yet: 5.9 s per training step (batch 8 of 128², one CPU core), "
-                      "about 0.9 s at 64² patches; shipped weights would be 96 MB (float16 "
+    "unet-noskip-v1": "not trained far enough: 3,325 CPU steps at 64² patches (about 1.1 s a "
+                      "step on one core) stay at 26 dB on val at 1.2 and 2.1 bpp alike, flat since "
+                      "step 1,500 (what limits it: below); shipped weights would be 96 MB (float16 "
                       "transforms + exact integer fixed-point synthesis), a lean checkpoint 57 MB",
     "unet-noskip-v2": "not trained yet: 2.25× V1's weights and compute (about 13 s per CPU training "
                       "step at 128²); weights would be 212 MB even with float16 transforms (over "
