@@ -322,8 +322,8 @@ FAMILY_LIMITS = {
                                  "residual blocks, batch normalisation, another initialisation "
                                  "or learning rate — closes the gap in 1,000 steps. What is left "
                                  "is many more steps than a CPU session gives (the flagship had "
-                                 "72,000), or GDN in place of ReLU (it diverged from He's "
-                                 "initialisation here).",
+                                 "72,000), or GDN in place of ReLU (in quick tries it diverged "
+                                 "from both He's and PyTorch's initialisation).",
 }
 
 
