@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from ..io import discover
-from ..io.discover import NIFTI_SUFFIXES, VOLUME_SUFFIXES
+from ..io.discover import NIFTI_SUFFIXES
 from .tasks import Job, _list_series_task
 
 #: the job kind of a volume file, by its suffix (the manifest's ``kind``)
@@ -24,12 +24,8 @@ def _rel(path: str, root: str) -> str:
 
 
 def _strip_suffix(rel: str) -> str:
-    """``rel`` without its volume suffix (``.nii.gz``, ``.nii``, ``.npy``)."""
-    low = rel.lower()
-    for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
-        if low.endswith(s):
-            return rel[: -len(s)]
-    return rel
+    """``rel`` (a volume file) without its suffix (:func:`bmz.io.discover.suffix`)."""
+    return rel[: len(rel) - len(discover.suffix(rel))]
 
 
 def _safe(text: str) -> str:
