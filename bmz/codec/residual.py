@@ -36,12 +36,10 @@ import numpy as np
 from ._residual_common import (  # noqa: F401 (re-exported: the coder's constants and tables)
     D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX,
     MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED, N_PRED_BASE, N_PRED_PLAIN, RATES, RATE_FAST,
-    RATE_SLOW, STRETCH, _activity, _base_predictions, _blend, _bucket, _causal, _clamp12,
-    _code_bit, _corrected, _energy, _finish, _get, _iabs, _kd, _learn, _med, _nlms_spatial,
-    _plain_code, _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
-    _shift_low, _sign_contexts, _spatial, _spatial_predictions, _spread, _SQ_T, _squash,
-    _squash_py, _stretch_table, _texture, digest, encode_growing, load_tables, njit,
-    stream_buffer)
+    RATE_SLOW, STRETCH, _activity, _base_predictions, _blend, _bucket, _clamp12, _corrected,
+    _energy, _finish, _iabs, _kd, _learn, _plain_code, _q_neighbours, _quantise, _rc_start,
+    _reconstruct, _refine_code_learn, _sgn3, _sign_contexts, _spatial, _spread, _SQ_T, _squash,
+    _squash_py, _texture, digest, encode_growing, load_tables, njit, stream_buffer)
 
 #: context models mixed for every decision and the size of each one's context
 N_MODELS = 4
