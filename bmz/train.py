@@ -191,8 +191,13 @@ def rd_loss(model, out: dict, x: torch.Tensor, q: torch.Tensor) -> tuple[torch.T
     bits = sum(torch.log2(l).sum(dim=(1, 2, 3)) for l in out["likelihoods"].values())
     bpp = -bits / n_pix
     mse = ((out["x_hat"] - x) ** 2).mean(dim=(1, 2, 3))
-    lam = torch.tensor(model.lambdas, dtype=torch.float32, device=q.device)[q]
-    loss = bpp + lam * 255.0**2 * mse
+    if getattr(model, "distortion", "mse") == "psnr":
+        # a decoder trained on a frozen encoder's latents: rate and distortion have disjoint
+        # parameters, and -PSNR weighs every quality alike (λ·MSE lets the top λ's dominate)
+        loss = bpp + 10.0 * torch.log10(mse.clamp_min(1e-12))
+    else:
+        lam = torch.tensor(model.lambdas, dtype=torch.float32, device=q.device)[q]
+        loss = bpp + lam * 255.0**2 * mse
     if "extra_loss" in out:  # a model's own training term (the VQ-VAE's commitment loss)
         loss = loss + out["extra_loss"]
     loss = loss.mean()
@@ -469,6 +474,11 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
             if not lambdas:
                 lambdas = init["model_config"]["lambdas"]
             init = init["model"]
+        elif "state_dict" in init:  # shipped weights (bmz.codec.zoo.save_frozen)
+            if not lambdas and "lambdas" in init.get("config", {}):
+                lambdas = init["config"]["lambdas"]
+            init = {k: v.float() if v.dtype == torch.float16 else v
+                    for k, v in init["state_dict"].items()}
         elif not lambdas and "lambdas" in init.get("_config", {}):
             lambdas = init["_config"]["lambdas"]
     if state is not None:
@@ -493,6 +503,13 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         model.load_state_dict(take, strict=False)
         log.info("warm start from %s: %d tensors taken, new: %s", init_from, len(take),
                  ", ".join(sorted({k.split(".")[0] for k in own if k not in take})))
+    frozen = tuple(getattr(model, "frozen_parameters", ()))
+    if frozen and state is None:  # a model that keeps copied parameters must get all of them
+        missing = [n for n, _ in model.named_parameters() if n.startswith(frozen)
+                   and (init is None or n not in take)]
+        if missing:
+            raise SystemExit(f"{model_name} keeps {', '.join(frozen)} from the model it starts from: "
+                             f"--init-from must give them ({len(missing)} missing, e.g. {missing[0]})")
     model = model.to(device)
     config = model.config()
     if depth is None:
@@ -508,7 +525,11 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
         raise SystemExit(f"--patch {patch} is not a multiple of {model_name}'s downsampling {model.downsampling}")
     sampler = PatchSampler(vols, seed, patch)
 
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    # a model may keep parameters it copied (init_from) out of training: the fast decoder's encoder
+    for n, p in model.named_parameters():
+        if n.startswith(tuple(getattr(model, "frozen_parameters", ()))):
+            p.requires_grad_(False)
+    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     groups = 2 if state is None or state["opt"] is None or len(state["opt"]["param_groups"]) == 2 else 1
     mults = [1.0, DENSITY_LR_MULT][:groups]

@@ -29,6 +29,7 @@ from . import hyperprior
 from . import factorized  # noqa: F401
 from . import context  # noqa: F401
 from . import vqvae  # noqa: F401
+from . import fast  # noqa: F401
 from .hyperprior import (BmzModel, GainedScaleHyperprior, gdn_transforms,  # noqa: F401 (re-exported)
                          payload_decoders, register_model)
 
