@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .fixedpoint import conv_like
+from .fixedpoint import _absmax, exact_conv
 
 #: fractional bits of activations and of weights in the integer hyper-synthesis
 ACT_BITS = 8
@@ -77,9 +77,10 @@ class IntegerHyperSynthesis(nn.Module):
         n = len(self._layers)
         for i, m in enumerate(self._layers):
             w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
-            acc = conv_like(m, a, w, b)
-            # exactness guard: a bound on every partial sum (|a| * |w| summed), not only the result
-            if float(conv_like(m, a.abs(), w.abs(), b.abs()).max()) >= _EXACT_LIMIT:
+            # every partial sum exact: split over input channels where max|a|·max_o Σ|W_o| could
+            # reach 2**52 (fixedpoint.exact_conv), and the bias added to the exact integer sum
+            acc = exact_conv(m, a, w) + b[None, :, None, None]
+            if float(_absmax(acc)) >= _EXACT_LIMIT:
                 raise OverflowError("integer hyper-synthesis left the exact float64 range")
             a = torch.floor(acc / 2.0**WEIGHT_BITS)
             if i < n - 1:
