@@ -262,3 +262,38 @@ def test_export_rescales_a_drifted_synthesis(tmp_path):
         exact = m.synthesize(sym, q)
         assert float((exact - m.synthesize_float(sym, q).double()).abs().max()) < 0.03
         assert torch.equal(exact, m.synthesize(sym.clone(), q))
+
+
+def test_fast_decoder_trains_on_the_frozen_encoder_of_shipped_weights(data_dir, tmp_path):
+    """hyperprior-fast starts from *shipped* weights (the ``.pt`` bmz.codec.zoo writes, not a
+    training checkpoint), keeps every encoder tensor it copied bit for bit through training,
+    trains its own synthesis, hyper-synthesis and decoder gains, and refuses to start without the
+    encoder it keeps."""
+    _run(tmp_path / "h" / "m", data_dir)  # a finished TINY hyperprior: ships m.pt
+    shipped = tmp_path / "h" / "m.pt"
+    cfg = {"N": 8, "M": 8, "c1": 4, "c2": 4}
+    kw = dict(batch_size=2, validate_every=1000, checkpoint_minutes=100, threads=1, model_config=cfg)
+    out = str(tmp_path / "f" / "m")
+    threads = torch.get_num_threads()
+    try:
+        first = train("hyperprior-fast", out, [str(data_dir)], [str(data_dir)], steps=4,
+                      init_from=str(shipped), lr=1e-2, until=0, **kw)
+        start = torch.load(first, weights_only=False)
+        last = train("hyperprior-fast", out, [str(data_dir)], [str(data_dir)], steps=4,
+                     resume=str(first), **kw)
+        with pytest.raises(SystemExit, match="--init-from"):
+            train("hyperprior-fast", str(tmp_path / "g" / "m"), [str(data_dir)], [str(data_dir)],
+                  steps=1, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    src = torch.load(shipped, weights_only=False)["state_dict"]
+    end = torch.load(last, weights_only=False)
+    assert end["step"] == 4
+    assert end["model_config"]["lambdas"] == TINY["lambdas"]  # taken from the shipped weights
+    kept = [k for k, _ in build_model("hyperprior-fast", **cfg, lambdas=TINY["lambdas"]).named_parameters()
+            if k.startswith(("g_a.", "h_a.", "entropy_bottleneck.", "log2_gain"))]
+    assert len(kept) >= 8
+    for k in kept:
+        assert torch.equal(src[k], start["model"][k]) and torch.equal(src[k], end["model"][k]), k
+    for k in ("g_s.0.weight", "g_s.4.weight", "h_s.4.weight", "log2_inv_gain"):
+        assert not torch.equal(start["model"][k], end["model"][k]), k
