@@ -338,3 +338,28 @@ def test_forged_metadata_with_valid_checksums_is_a_format_error(field, value):
         meta[field] = value
     with pytest.raises(FormatError):
         api.decompress(pack(meta, chunks))
+
+
+@pytest.mark.parametrize("cin,cout,k,s,p,op,shape", [
+    (64, 64, 5, 2, 2, 1, (2, 64, 13, 17)),   # the flagship's synthesis and hyper-synthesis
+    (128, 32, 2, 2, 0, 0, (1, 128, 9, 11)),  # hyperprior-fast's first layer
+    (64, 64, 3, 2, 1, 1, (1, 64, 5, 6)),
+    (16, 16, 5, 2, 2, 1, (1, 16, 40, 7)),
+])
+def test_transposed_convolution_as_a_matrix_product_is_exact(cin, cout, k, s, p, op, shape, monkeypatch):
+    """The BLAS path of the fixed-point transposed convolution (phases of the sub-pixel view, one
+    matrix product, in row strips) gives PyTorch's direct result exactly, on integers whose
+    partial sums are large (2**14-scale activations, 2**20-scale weights)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(k * 100 + cin)
+    m = torch.nn.ConvTranspose2d(cin, cout, k, s, p, op)
+    w = torch.round(torch.randn(m.weight.shape, generator=g, dtype=torch.float64) * 2**20)
+    a = torch.round(torch.randn(shape, generator=g, dtype=torch.float64) * 2**14)
+    ref = F.conv_transpose2d(a, w, stride=s, padding=p, output_padding=op)
+    for strip in (fp.GEMM_STRIP_VALUES, 1000):  # one strip, and many
+        monkeypatch.setattr(fp, "GEMM_STRIP_VALUES", strip)
+        got = fp._gemm_conv(m, a, w)
+        assert got is not None and torch.equal(got, ref)
+    # a layer to few channels is left to PyTorch (the product would have too few rows to pay)
+    assert fp._gemm_conv(torch.nn.ConvTranspose2d(cin, 1, k, s, p, op), a, w[:, :1]) is None

@@ -68,10 +68,84 @@ def _flatten(net: nn.Module) -> list[nn.Module]:
     return ops
 
 
+#: input values per strip of the matrix-product convolution (bounds its scratch memory)
+GEMM_STRIP_VALUES = 1 << 22
+
+
+def _geometry(m: nn.Module) -> tuple[int, int, int, int] | None:
+    """``(stride, kernel, padding, output padding)`` of a square, ungrouped, undilated layer."""
+    if getattr(m, "groups", 1) != 1 or tuple(getattr(m, "dilation", (1, 1))) != (1, 1):
+        return None
+    k, s, p = m.kernel_size, m.stride, m.padding
+    op = getattr(m, "output_padding", (0, 0))
+    if k[0] != k[1] or s[0] != s[1] or p[0] != p[1] or op[0] != op[1] or isinstance(p, str):
+        return None
+    return s[0], k[0], p[0], op[0]
+
+
+def _taps(s: int, k: int, p: int) -> list[list[tuple[int, int]]]:
+    """Per output phase ``r`` (0 ≤ r < s) of a transposed convolution, the ``(d, i)`` pairs: output
+    row ``s·t + r`` takes input row ``t + d`` through kernel row ``i`` (``s·(t + d) − p + i =
+    s·t + r``)."""
+    return [[(d, r + p - s * d) for d in range(-k, k + 1) if 0 <= r + p - s * d < k]
+            for r in range(s)]
+
+
+def _gemm_conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+    """A transposed convolution of float64 integers as one matrix product (BLAS), or ``None``
+    where this does not pay or does not apply. The output of a transposed convolution of stride
+    ``s`` whose output is exactly ``s`` × its input splits into ``s²`` phases, each an ordinary
+    convolution of the input over the few input positions that reach it (the sub-pixel view of
+    Shi et al., CVPR 2016); one product computes every phase and channel from the unfolded input.
+    Every product and partial sum is an integer the caller keeps below 2**52
+    (:func:`exact_conv`), so the result is exactly the direct convolution's whatever the order
+    of the sums. It pays where the product has many rows (``s²`` × output channels ≥ 64:
+    benchmarks/results/speed.md); a layer to one channel stays with PyTorch. Rows are done in
+    strips to bound the scratch memory."""
+    g = _geometry(m) if isinstance(m, nn.ConvTranspose2d) else None
+    if g is None or a.dim() != 4:
+        return None
+    s, k, p, op = g
+    B, C, H, W = a.shape
+    Co = w.shape[1]
+    if s * s * Co < 64 or (H - 1) * s - 2 * p + k + op != s * H or \
+            (W - 1) * s - 2 * p + k + op != s * W:
+        return None
+    taps = _taps(s, k, p)
+    ds = sorted({d for ph in taps for d, _ in ph})
+    lo, hi = ds[0], ds[-1]
+    if lo > 0 or hi < 0:
+        return None
+    K = hi - lo + 1  # the input window of one position of the phase grid
+    Wp = torch.zeros((s, s, Co, C, K, K), dtype=w.dtype, device=w.device)
+    for ry, ph_y in enumerate(taps):
+        for rx, ph_x in enumerate(taps):
+            for dy, i in ph_y:
+                for dx, j in ph_x:
+                    Wp[ry, rx, :, :, dy - lo, dx - lo] = w[:, :, i, j].t()
+    Wm = Wp.reshape(s * s * Co, C * K * K)
+    x = F.pad(a, (-lo, hi, -lo, hi)) if K > 1 else a
+    rows = max(1, GEMM_STRIP_VALUES // max(1, C * K * K * W))
+    y = torch.empty((B, s * s * Co, H, W), dtype=a.dtype)
+    for b in range(B):
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            xs = x[b:b + 1, :, r0:r1 + K - 1]
+            cols = xs.reshape(C, (r1 - r0) * W) if K == 1 else F.unfold(xs, K)[0]
+            y[b, :, r0:r1] = (Wm @ cols).reshape(-1, r1 - r0, W)
+    return y.reshape(B, s, s, Co, H, W).permute(0, 3, 4, 1, 5, 2).reshape(B, Co, s * H, s * W)
+
+
 def conv_like(m: nn.Module, a: torch.Tensor, w: torch.Tensor,
               b: torch.Tensor | None = None) -> torch.Tensor:
     """``m``'s convolution (plain or transposed, same geometry) with weights ``w`` and bias ``b``;
-    for a GDN layer the 1×1 convolution over channels of its norm."""
+    for a GDN layer the 1×1 convolution over channels of its norm. Float64 transposed convolutions
+    on the CPU go through :func:`_gemm_conv` where that pays (PyTorch's float64 transposed
+    convolution reaches a fraction of the BLAS's speed)."""
+    if a.dtype == torch.float64 and a.device.type == "cpu" and b is None:
+        y = _gemm_conv(m, a, w)
+        if y is not None:
+            return y
     if isinstance(m, nn.ConvTranspose2d):
         return F.conv_transpose2d(a, w, b, stride=m.stride, padding=m.padding,
                                   output_padding=m.output_padding, groups=m.groups)
