@@ -363,3 +363,28 @@ def test_transposed_convolution_as_a_matrix_product_is_exact(cin, cout, k, s, p,
         assert got is not None and torch.equal(got, ref)
     # a layer to few channels is left to PyTorch (the product would have too few rows to pay)
     assert fp._gemm_conv(torch.nn.ConvTranspose2d(cin, 1, k, s, p, op), a, w[:, :1]) is None
+
+
+def test_integer_hyper_synthesis_range_rule_is_the_per_output_one():
+    """FORMAT.md 10.5.2 (e): a hyper-latent is damaged where the layer applied to |a|, |W|, |B|
+    reaches 2**52 at some output — not where the cheaper whole-layer bound max|a| · max_o Σ|W_o|
+    (which the decoder checks first) would: a huge value meeting tiny weights still decodes,
+    exactly; the same value meeting large weights is refused."""
+    from bmz.codec.entropy import IntegerHyperSynthesis
+
+    layer = nn.ConvTranspose2d(2, 1, 5, 2, 2, 1)
+    with torch.no_grad():
+        layer.weight[0].fill_(2.0**16)  # input channel 0: large weights
+        layer.weight[1].fill_(2.0**-12)  # input channel 1: one unit each
+        layer.bias.zero_()
+    ihs = IntegerHyperSynthesis(nn.Sequential(layer), nn.Parameter(torch.zeros(1, 1)), -3.0, 10.0, 76)
+    ihs.build()
+    z = torch.zeros(1, 2, 3, 3)
+    z[0, 1, 1, 1] = 2.0**37  # a = 2**45 in units 2**-8: cheap bound 2**45 · 25 · 2**28 ≥ 2**52
+    h = ihs.log2_scale_fixed(z)
+    ref = torch.floor(torch.nn.functional.conv_transpose2d(
+        torch.round(z.double() * 256), ihs.w0, ihs.b0, stride=2, padding=2, output_padding=1) / 2**12)
+    assert torch.equal(h, ref.long()) and int(h.max()) > 0
+    z[0, 0, 1, 1] = 2.0**37
+    with pytest.raises(OverflowError):
+        ihs.log2_scale_fixed(z)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .fixedpoint import _absmax, exact_conv
+from .fixedpoint import _absmax, conv_like, weight_bound
 
 #: fractional bits of activations and of weights in the integer hyper-synthesis
 ACT_BITS = 8
@@ -77,11 +77,13 @@ class IntegerHyperSynthesis(nn.Module):
         n = len(self._layers)
         for i, m in enumerate(self._layers):
             w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
-            # every partial sum exact: split over input channels where max|a|·max_o Σ|W_o| could
-            # reach 2**52 (fixedpoint.exact_conv), and the bias added to the exact integer sum
-            acc = exact_conv(m, a, w) + b[None, :, None, None]
-            if float(_absmax(acc)) >= _EXACT_LIMIT:
+            # the range rule (docs/FORMAT.md 10.5.2 (e)): damaged where the layer applied to
+            # |a|, |W|, |B| reaches 2**52 — checked by that second convolution only when the
+            # cheap bound max|a| · max_o Σ|W_o| + max|B| (never below it) does not exclude it
+            if _absmax(a) * weight_bound(m, w) + _absmax(b) >= _EXACT_LIMIT and \
+                    float(conv_like(m, a.abs(), w.abs(), b.abs()).max()) >= _EXACT_LIMIT:
                 raise OverflowError("integer hyper-synthesis left the exact float64 range")
+            acc = conv_like(m, a, w) + b[None, :, None, None]
             a = torch.floor(acc / 2.0**WEIGHT_BITS)
             if i < n - 1:
                 a = torch.clamp_min(a, 0.0)
