@@ -41,7 +41,7 @@ def main() -> None:
                 z = torch.round(m.h_a(torch.abs(m.g_a(x))) - m._z_medians()[None, :, None, None])
                 h = m.int_hs.log2_scale_fixed(z + m._z_medians()[None, :, None, None])
                 ci = m.context_input(y, q)
-                i1, m1 = m._int_params(h, ci, ci, q)
+                i1, m1 = m.int_ep.params(h, ci, ci, q, m.int_hs.gain_int, m.int_hs.thresholds)
                 i2, m2 = g.int_ep.params(h.to(dev), ci.to(dev), ci.to(dev), q, g.int_hs.gain_int,
                                          g.int_hs.thresholds)
                 res["entropy_params_equal"] += int(torch.equal(i1, i2.cpu()) and torch.equal(m1, m2.cpu()))

@@ -88,34 +88,43 @@ class IntegerEntropyParameters(nn.Module):
 
     @torch.no_grad()
     def params(self, h: torch.Tensor, ctx_in: torch.Tensor | None, prev: torch.Tensor | None,
-               q: int, gain_int: torch.Tensor, thresholds: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               q: int, gain_int: torch.Tensor, thresholds: torch.Tensor,
+               where: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Table indices (int32) and integer means (int64) of the gained latent of quality ``q``.
 
         ``h``: the integer hyper-synthesis output (int64, units 2**-ACT_BITS); ``ctx_in``: the
         anchors' ungained latent (int64 in the same units, zero elsewhere) or None for the anchor
-        pass; ``prev``: the previous slice's ungained latent, or None at a group start."""
+        pass; ``prev``: the previous slice's ungained latent, or None at a group start.
+        ``where``: a boolean ``(H, W)`` mask — only those positions are computed (every layer
+        but ``ctx`` is 1×1, so a position's parameters need only its own column), returned as
+        ``(B, M, n)`` in the mask's row-major order (what ``t[mask.expand_as(t)]`` lists per
+        channel); None: every position, ``(B, M, H, W)``."""
         if int(self.built) != 1:
             raise RuntimeError("integer entropy parameters not built: call model.freeze() first")
         one = 2.0**ACT_BITS
         hf = h.to(torch.float64)
         B, M, H, W = hf.shape
         dev = hf.device
+
+        def at(t: torch.Tensor) -> torch.Tensor:  # the selected columns, as a (B, C, 1, n) image
+            return t if where is None else t[:, :, where][:, :, None, :]
+
         if prev is None:
             p_in = torch.zeros((B, M + 1, H, W), dtype=torch.float64, device=dev)
         else:
             p_in = torch.cat([prev.to(torch.float64),
                               torch.full((B, 1, H, W), one, dtype=torch.float64, device=dev)], 1)
-        p = self._conv("prev", p_in)
-        c = torch.zeros_like(hf) if ctx_in is None else self._conv("ctx", ctx_in.to(torch.float64))
-        e = self._conv("ep1", torch.clamp_min(self._conv("ep0", torch.cat([hf, c, p], 1)), 0.0)).long()
+        p = self._conv("prev", at(p_in))
+        hs = at(hf)
+        c = torch.zeros_like(hs) if ctx_in is None else at(self._conv("ctx", ctx_in.to(torch.float64)))
+        e = self._conv("ep1", torch.clamp_min(self._conv("ep0", torch.cat([hs, c, p], 1)), 0.0)).long()
         delta, mu = e[:, :M], e[:, M:]
-        s = h + delta + gain_int[q][None, :, None, None]
+        s = at(h) + delta + gain_int[q][None, :, None, None]
         idx = torch.bucketize(s, thresholds, right=False).to(torch.int32)
         half = 2 ** (2 * ACT_BITS - 1)
         m = torch.div(mu * self.gain_lin[q][None, :, None, None] + half, 2 ** (2 * ACT_BITS),
                       rounding_mode="floor")
-        return idx, m
+        return (idx, m) if where is None else (idx[:, :, 0], m[:, :, 0])
 
 
 @register_model("hyperprior-ctx")
@@ -201,8 +210,12 @@ class ContextHyperprior(GainedScaleHyperprior):
         a = self.activations(sym, q)  # units 2**-fixedpoint.ACT_BITS
         return torch.div(a, 2 ** (fixedpoint.ACT_BITS - ACT_BITS), rounding_mode="floor")
 
-    def _int_params(self, h, ctx_in, prev, q):
-        return self.int_ep.params(h, ctx_in, prev, q, self.int_hs.gain_int, self.int_hs.thresholds)
+    def _int_params(self, h, ctx_in, prev, q, where=None):
+        """The integer entropy parameters (:meth:`IntegerEntropyParameters.params`) as the flat
+        lists the coder takes, channel by channel: of the positions ``where`` (H, W)."""
+        idx, m = self.int_ep.params(h, ctx_in, prev, q, self.int_hs.gain_int,
+                                    self.int_hs.thresholds, where)
+        return idx.reshape(-1), m.reshape(-1)
 
     @torch.no_grad()
     def _analysis(self, x: torch.Tensor, q: int) -> dict:
@@ -218,16 +231,17 @@ class ContextHyperprior(GainedScaleHyperprior):
     def _code(self, an: dict, q: int, single_stream: bool, prev: torch.Tensor | None) -> bytes:
         z_coder, y_coder = self.coders
         z_sym, y_sym, h = an["z"], an["y"], an["h"]
-        mask = anchor_mask(y_sym.shape[2:]).expand_as(y_sym)
-        idx0, m0 = self._int_params(h, None, prev, q)
+        anchors = anchor_mask(y_sym.shape[2:])
+        mask = anchors.expand_as(y_sym)
+        idx0, m0 = self._int_params(h, None, prev, q, anchors[0, 0])
         a = self.context_input(y_sym, q) * mask
-        idx1, m1 = self._int_params(h, a, prev, q)
+        idx1, m1 = self._int_params(h, a, prev, q, ~anchors[0, 0])
         z_enc = entropy.stream_encoder()
         y_enc = z_enc if single_stream else entropy.stream_encoder()
         z_coder.encode_into(z_enc, z_sym, entropy.channel_indexes(z_sym.shape))
         ys = y_sym.to(torch.int64)
-        y_coder.encode_into(y_enc, (ys - m0)[mask].to(torch.int32), idx0[mask])
-        y_coder.encode_into(y_enc, (ys - m1)[~mask].to(torch.int32), idx1[~mask])
+        y_coder.encode_into(y_enc, (ys[mask] - m0).to(torch.int32), idx0)
+        y_coder.encode_into(y_enc, (ys[~mask] - m1).to(torch.int32), idx1)
         if single_stream:
             return entropy.stream_bytes(z_enc)
         z_bytes = entropy.stream_bytes(z_enc)
@@ -285,13 +299,14 @@ class ContextHyperprior(GainedScaleHyperprior):
             raise ValueError(f"previous slice's latent has shape {tuple(prev.shape)}, not {yshape}")
         z_sym = z_coder.decode_from(z_dec, entropy.channel_indexes(zshape))
         h = self.int_hs.log2_scale_fixed(z_sym.to(torch.float32) + self._z_medians()[None, :, None, None])
-        mask = anchor_mask(yshape[2:]).expand(yshape)
+        anchors = anchor_mask(yshape[2:])
+        mask = anchors.expand(yshape)
         y = torch.zeros(yshape, dtype=torch.int64)
-        idx0, m0 = self._int_params(h, None, prev, q)
-        y[mask] = y_coder.decode_from(y_dec, idx0[mask]).to(torch.int64) + m0[mask]
+        idx0, m0 = self._int_params(h, None, prev, q, anchors[0, 0])
+        y[mask] = y_coder.decode_from(y_dec, idx0).to(torch.int64) + m0
         a = self.context_input(y, q) * mask
-        idx1, m1 = self._int_params(h, a, prev, q)
-        y[~mask] = y_coder.decode_from(y_dec, idx1[~mask]).to(torch.int64) + m1[~mask]
+        idx1, m1 = self._int_params(h, a, prev, q, ~anchors[0, 0])
+        y[~mask] = y_coder.decode_from(y_dec, idx1).to(torch.int64) + m1
         if y.numel() and (int(y.max()) > 2**31 - 1 or int(y.min()) < -2**31):
             raise ValueError("decoded latent out of the int32 range")
         entropy.check_exhausted(z_dec, y_dec)
