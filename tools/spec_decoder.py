@@ -194,6 +194,8 @@ def synthesis_ops(name: str, config: dict) -> list:
     """The synthesis's ops in decode order; index i uses ``fx_s.w{i}`` / ``fx_s.b{i}``."""
     if name in ("hyperprior", "hyperprior-ctx", "factorized"):
         return [T5, "igdn"] * (int(config.get("stages", 3)) - 1) + [T5]
+    if name == "hyperprior-fast":  # a 2×2 step up, then two 5×5 ones
+        return [("deconv", 2, 0, 0), "igdn", T5, "igdn", T5]
     if name == "vqvae":  # conv3 IGDN conv3 IGDN, then the GDN mirror of the analysis
         return [C3, "igdn", C3, "igdn"] + [T5, "igdn"] * (int(config.get("stages", 2)) - 1) + [T5]
     if name.startswith("cnn-ae-"):
@@ -207,6 +209,7 @@ def synthesis_ops(name: str, config: dict) -> list:
 
 
 HYPER_OPS = [T5, T5, C3]  # int_hs.w0..w2, ReLU after the first two
+HYPER_OPS_FAST = [T5, T5, C1]  # hyperprior-fast: the last layer 1×1
 
 
 class SpecModel:
@@ -214,7 +217,8 @@ class SpecModel:
         blob = ptweights.read(weights)
         self.name, self.config, sd = blob["model_name"], blob["config"], blob["state_dict"]
         self.sd = sd
-        self.hyper = self.name in ("hyperprior", "hyperprior-ctx")
+        self.hyper = self.name in ("hyperprior", "hyperprior-ctx", "hyperprior-fast")
+        self.hyper_ops = HYPER_OPS_FAST if self.name == "hyperprior-fast" else HYPER_OPS
         self.ctx = self.name == "hyperprior-ctx"
         self.ops = synthesis_ops(self.name, self.config)
         if self.hyper:
@@ -246,14 +250,14 @@ class SpecModel:
     def hyper_synthesis(self, z_sym: np.ndarray) -> np.ndarray:
         zf = (z_sym.astype(np.float32) + self.medians[:, None, None]).astype(np.float32)
         a = np.round(zf.astype(np.float64) * 256.0).astype(np.int64)  # half to even
-        for i, op in enumerate(HYPER_OPS):
+        for i, op in enumerate(self.hyper_ops):
             w, b = i64(self.sd[f"int_hs.w{i}"]), i64(self.sd[f"int_hs.b{i}"])
             bound = _conv(op, np.abs(a), np.abs(w)) + np.abs(b)[:, None, None]
             if bound.size and int(bound.max()) >= EXACT:
                 raise Damaged("integer hyper-synthesis left the exact range")
             s = _conv(op, a, w) + b[:, None, None]
             a = s >> 12  # floor division by 2**12
-            if i < len(HYPER_OPS) - 1:
+            if i < len(self.hyper_ops) - 1:
                 a = np.maximum(a, 0)
         return a
 
