@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import GDN
 
 from . import entropy, fixedpoint
+from .layers import GDN
 
 _REGISTRY: dict[str, Callable[..., "BmzModel"]] = {}
 

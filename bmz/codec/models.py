@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from compressai.layers import GDN
 
 from ..errors import UnknownModelError
 # the families: each registers its models on import (hyperprior first: the others build on it)
@@ -32,6 +31,7 @@ from . import vqvae  # noqa: F401
 from . import fast  # noqa: F401
 from .hyperprior import (BmzModel, GainedScaleHyperprior, gdn_transforms,  # noqa: F401 (re-exported)
                          payload_decoders, register_model)
+from .layers import GDN
 
 _REGISTRY = hyperprior._REGISTRY
 
