@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bmz import rdcurve  # noqa: E402
-from bmz.codec import pipeline, zoo  # noqa: E402
+from bmz.codec import pipeline, priors, zoo  # noqa: E402
 from bmz.codec.entropy import channel_indexes  # noqa: E402
 
 
@@ -47,6 +47,13 @@ def parse_args(argv=None):
     ap.add_argument("--max-volumes", type=int, default=None, help="only the first N volumes")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     return ap.parse_args(argv)
+
+
+def _compressai_conditional(m):
+    """CompressAI's GaussianConditional over ``m``'s scale table (lower bound: its first scale),
+    as the model was trained with: a model loaded for coding holds only the frozen tables."""
+    table = m.gaussian_conditional.scale_table.tolist()
+    return priors.compressai_entropy_models().GaussianConditional(table, scale_bound=float(table[0]))
 
 
 @torch.no_grad()
@@ -65,7 +72,7 @@ def measure_slice(m, x: torch.Tensor, q: int) -> dict:
         # CompressAI's float path: σ = exp2(clamp(h_s(ẑ) + log2 gain)), index by scale table
         lg = m.log2_gain[q][None, :, None, None]
         sig = torch.exp2((m.h_s(z_hat) + lg).clamp(m.log2_scale_min, m.log2_scale_max))
-        f_idx = m.gaussian_conditional.build_indexes(sig)
+        f_idx = _compressai_conditional(m).build_indexes(sig)
         y_bytes_int, y_bytes_float = len(data) - 4 - nz, len(y_coder.encode(y_sym, f_idx))
         offset = torch.zeros(1, y_sym.shape[1], 1, 1)
     else:

@@ -236,7 +236,9 @@ def family_rows(res, comps: dict, group: str) -> list[dict]:
             "bd_rate_psnr_vs_j2k": comp.get("bd_rate_psnr"), "bd_rate_ssim_vs_j2k": comp.get("bd_rate_ssim"),
             "enc_ms_per_slice": sum(enc) / len(enc) if enc else None,
             "dec_ms_per_slice": sum(dec) / len(dec) if dec else None,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            # the card's count (the trained model's, priors' densities included): a model loaded
+            # for coding holds its priors as frozen tables, not parameters (bmz.codec.priors)
+            "parameters": card.get("parameters", sum(p.numel() for p in model.parameters())),
             "decoder_macs_per_pixel": decoder_macs_per_pixel(model),
             "train_steps": (card.get("training") or {}).get("steps"),
         })

@@ -369,7 +369,10 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
                          attachment=f.attachment() if folder else None)
         try:
             with pipeline.single_thread():
-                notes = bio.write(vol, dst, force=force, lossy=_lossy_coding(f.meta, f.file_size))
+                # (the lossy coding is recorded in DICOM output only: bmz.io.dicom is not
+                # imported, nor pydicom, to write .npy or NIfTI)
+                lossy = _lossy_coding(f.meta, f.file_size) if folder else None
+                notes = bio.write(vol, dst, force=force, lossy=lossy)
                 if folder:  # what the encoder said a decode cannot give back
                     notes = list(_stored_notes(f.meta)) + notes
         finally:

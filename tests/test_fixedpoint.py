@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from compressai.layers import GDN
 
 from bmz.codec import fixedpoint as fp
+from bmz.codec.layers import GDN
 from bmz.codec.models import build_model
 
 

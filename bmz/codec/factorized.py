@@ -28,9 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-from compressai.entropy_models import EntropyBottleneck
 
-from . import entropy
+from . import entropy, priors
 from .hyperprior import BmzModel, gdn_transforms, register_model
 
 #: Default rates of the factorized families: four of the flagship's eight λ (q2, q4, q6, q8).
@@ -58,7 +57,7 @@ class GainedFactorizedCodec(BmzModel):
         g = _initial_log2_gain(self.lambdas, self.M)
         self.log2_gain = nn.Parameter(g)
         self.log2_inv_gain = nn.Parameter(-g.clone())
-        self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(self.M) for _ in self.lambdas)
+        self.entropy_bottlenecks = nn.ModuleList(priors.entropy_bottleneck(self.M) for _ in self.lambdas)
         self._init_fixed_synthesis(self.M)
 
     # ---- training path -------------------------------------------------------------------

@@ -40,10 +40,10 @@ import math
 
 import torch
 import torch.nn as nn
-from compressai.layers import GDN
 
 from . import entropy
 from .hyperprior import GainedScaleHyperprior, conv, deconv, register_model
+from .layers import GDN
 
 
 def fast_synthesis(M: int, c1: int, c2: int) -> nn.Sequential:

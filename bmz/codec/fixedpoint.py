@@ -32,7 +32,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.layers import GDN
+
+from .layers import GDN
 
 #: fractional bits of the activations (resolution 2**-14 of a latent unit)
 ACT_BITS = 14

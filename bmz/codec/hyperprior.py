@@ -15,10 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import GDN
 
-from . import entropy, fixedpoint
+from . import entropy, fixedpoint, priors
+from .layers import GDN
 
 _REGISTRY: dict[str, Callable[..., "BmzModel"]] = {}
 
@@ -144,7 +143,7 @@ class BmzModel(nn.Module):
         return self.g_s((sym.float() + off) * torch.exp2(self.log2_inv_gain[q]).float()[None, :, None, None])
 
     def aux_loss(self) -> torch.Tensor:
-        return sum(m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck))
+        return sum(m.loss() for m in self.modules() if priors.is_trainable_bottleneck(m))
 
 
 @register_model("hyperprior")
@@ -190,11 +189,11 @@ class GainedScaleHyperprior(BmzModel):
         spread = (q - (self.n_qualities - 1) / 2) * 0.66
         self.log2_gain = nn.Parameter(spread[:, None].repeat(1, M))
         self.log2_inv_gain = nn.Parameter(-spread[:, None].repeat(1, M))
-        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.entropy_bottleneck = priors.entropy_bottleneck(N)
         self.log2_scale_min, self.log2_scale_max = float(log2_scale_min), float(log2_scale_max)
         self.scale_levels = int(scale_levels)
         table = np.exp2(np.linspace(self.log2_scale_min, self.log2_scale_max, self.scale_levels))
-        self.gaussian_conditional = GaussianConditional(table.tolist(), scale_bound=float(table[0]))
+        self.gaussian_conditional = priors.gaussian_conditional(table.tolist())
         self.int_hs = entropy.IntegerHyperSynthesis(self.h_s, self.log2_gain, self.log2_scale_min,
                                                     self.log2_scale_max, self.scale_levels)
         self._init_fixed_synthesis(M)

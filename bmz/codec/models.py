@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from compressai.layers import GDN
 
 from ..errors import UnknownModelError
 # the families: each registers its models on import (hyperprior first: the others build on it)
@@ -32,6 +31,8 @@ from . import vqvae  # noqa: F401
 from . import fast  # noqa: F401
 from .hyperprior import (BmzModel, GainedScaleHyperprior, gdn_transforms,  # noqa: F401 (re-exported)
                          payload_decoders, register_model)
+from . import priors
+from .layers import GDN
 
 _REGISTRY = hyperprior._REGISTRY
 
@@ -40,15 +41,20 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, **config) -> "BmzModel":
-    """Instantiate the architecture registered as ``name`` with ``config``."""
+def build_model(name: str, *, for_coding: bool = False, **config) -> "BmzModel":
+    """Instantiate the architecture registered as ``name`` with ``config``: to train and freeze
+    (CompressAI's entropy models), or with ``for_coding`` to load frozen weights and code only
+    (frozen tables in their place, no CompressAI import: :mod:`bmz.codec.priors`)."""
     try:
         cls = _REGISTRY[name]
     except KeyError:
         raise UnknownModelError(
             f"unknown model {name!r}; known models: {', '.join(model_names())}"
         ) from None
-    return cls(**config)
+    if not for_coding:
+        return cls(**config)
+    with priors.coding_only():
+        return cls(**config)
 
 
 def model_class(name: str) -> type | None:

@@ -82,10 +82,10 @@ import math
 
 import torch
 import torch.nn as nn
-from compressai.layers import GDN
 
 from . import entropy, fixedpoint
 from .hyperprior import BmzModel, conv, deconv, register_model
+from .layers import GDN
 
 #: default nominal λ: eight levels (eight RVQ stages), doubling per level
 VQ_LAMBDAS = [0.01 * 2.0**i for i in range(8)]

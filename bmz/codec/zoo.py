@@ -25,7 +25,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -176,17 +175,14 @@ def read_card(name: str) -> dict:
 def _load(path: str, sha: str):
     import torch  # heavy: only loading a model needs it (reading a file's header does not)
 
-    with warnings.catch_warnings():
-        # CompressAI 1.2 decorates helpers with torch.jit.script, which recent torch flags as
-        # deprecated when it is imported; the notice says nothing to bmz's users. Only here, and
-        # only that notice: the caller's warning filters are left as they are.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-        from .models import build_model
+    from .models import build_model
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("format") != "bmz-weights/1":
         raise ModelError(f"{path}: not a bmz weights file")
-    model = build_model(blob["model_name"], **blob["config"])
+    # built for coding: the priors are the frozen tables the file holds, never CompressAI's
+    # trainable entropy models (bmz.codec.priors), so that coding does not import CompressAI
+    model = build_model(blob["model_name"], for_coding=True, **blob["config"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
     for p in model.parameters():

@@ -35,6 +35,7 @@ uint8 0/1; complex, object, string and structured (RGB) dtypes are refused.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -42,15 +43,38 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputError
-from . import dicom as _dicom
 from . import discover
-from . import nifti as _nifti
 from . import numpy as _numpy
 from .volume import (SliceStack, Volume, as_integer_array, cast_exact,  # noqa: F401 (re-exported)
                      integer_slices, smallest_int_dtype)
 
 __all__ = ["Volume", "SliceStack", "read", "write", "is_folder_output", "list_series",
            "SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS"]
+
+
+
+def _dicom():
+    """:mod:`bmz.io.dicom`, imported when DICOM is read or written (pydicom is heavy: reading or
+    writing NumPy, and decoding to it, does without)."""
+    from . import dicom
+
+    return dicom
+
+
+def _nifti():
+    """:mod:`bmz.io.nifti`, imported when NIfTI is read or written (nibabel, which imports
+    scipy)."""
+    from . import nifti
+
+    return nifti
+
+
+def __getattr__(name):
+    # bmz.io.dicom / bmz.io.nifti stay reachable as attributes of bmz.io, imported on first use
+    if name in ("dicom", "nifti"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Human-readable list of the formats :func:`read` accepts (used in error messages).
 SUPPORTED_INPUTS = "NIfTI (.nii, .nii.gz), DICOM (a file or a folder of one series), NumPy (.npy)"
@@ -90,11 +114,11 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False,
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
-        return _dicom.read_dicom(p, series=series, keep_encapsulated=keep_encapsulated)
+        return _dicom().read_dicom(p, series=series, keep_encapsulated=keep_encapsulated)
     kind = discover.sniff(p)
     if kind == "unknown" and discover.suffix(p) == "":
         # a DICOM file without the 128-byte preamble and without a suffix (e.g. "IM0001")
-        if _dicom.is_dicom_image(p):
+        if _dicom().is_dicom_image(p):
             kind = "dicom"
     if kind == "unknown":
         suffix = discover.suffix(p)
@@ -109,14 +133,14 @@ def read(path: str | os.PathLike, series: str | None = None, lazy: bool = False,
         raise InputError(f"{p}: keep_encapsulated (--keep-encapsulated) applies to DICOM input "
                          "only")
     if kind == "nifti":
-        return _nifti.read_nifti(p, lazy=lazy)
+        return _nifti().read_nifti(p, lazy=lazy)
     if kind == "numpy":
         return _numpy.read_npy(p, lazy=lazy)
-    return _dicom.read_dicom(p, series=series, keep_encapsulated=keep_encapsulated)
+    return _dicom().read_dicom(p, series=series, keep_encapsulated=keep_encapsulated)
 
 
 def write(volume: Volume, path: str | os.PathLike, force: bool = True,
-          lossy: "_dicom.LossyCoding | None" = None) -> list[str]:
+          lossy: "dicom.LossyCoding | None" = None) -> list[str]:
     """Write ``volume`` to ``path``; the format follows the suffix: ``.nii``, ``.nii.gz`` or
     ``.npy``; a folder (see :func:`is_folder_output`) gets a DICOM series, for a DICOM-origin
     volume decoded from a ``.bmz`` (``lossy`` says how it was compressed; see
@@ -142,14 +166,14 @@ def write(volume: Volume, path: str | os.PathLike, force: bool = True,
             f"{getattr(data, 'shape', type(data).__name__)}"
         )
     if is_folder_output(path):
-        _dicom.check_dicom_source(volume.source, os.fspath(path))
+        _dicom().check_dicom_source(volume.source, os.fspath(path))
         if lossy is None:
             raise OutputError(f"{os.fspath(path)}: DICOM output records the lossy compression; "
                               "pass lossy= (bmz.decode_file does)")
-        return _dicom.write_dicom(volume, path, lossy=lossy, force=force)
+        return _dicom().write_dicom(volume, path, lossy=lossy, force=force)
     suffix = discover.suffix(p)
     if suffix in (".nii", ".nii.gz"):
-        _nifti.write_nifti(volume, p, force=force)
+        _nifti().write_nifti(volume, p, force=force)
     elif suffix == ".npy":
         _numpy.write_npy(volume, p, force=force)
     else:
@@ -179,4 +203,4 @@ def list_series(folder: str | os.PathLike) -> list[dict[str, Any]]:
         raise InputError(f"{p}: no such file or folder")
     if not p.is_dir():
         raise InputError(f"{p}: not a folder")
-    return _dicom.list_series(p)
+    return _dicom().list_series(p)
