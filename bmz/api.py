@@ -368,7 +368,7 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
         vol = bio.Volume(data=stack, source=f.source, meta=f.source_meta, path=str(src),
                          attachment=f.attachment() if folder else None)
         try:
-            with pipeline.single_thread():
+            with pipeline.torch_threads(f.transform_threads(slices, threads)):
                 # (the lossy coding is recorded in DICOM output only: bmz.io.dicom is not
                 # imported, nor pydicom, to write .npy or NIfTI)
                 lossy = _lossy_coding(f.meta, f.file_size) if folder else None

@@ -462,14 +462,21 @@ class BmzFile:
         """Decode ``slices`` → ``(k, H, W)``; all of them (``None``) → the original shape (a 2-D
         original comes back 2-D). ``threads``: as :meth:`stack` (default: every core)."""
         stack, _ = self.stack(slices, threads=threads)
-        # one torch thread per slice (the slices themselves run in parallel): decoding is
-        # integer-exact, so any thread count gives the identical array
-        with pipeline.single_thread():
+        with pipeline.torch_threads(self.transform_threads(slices, threads)):
             try:
                 out = np.asarray(stack)
             finally:
                 stack.close()
         return out[0] if slices is None and len(self.shape) == 2 else out
+
+    def transform_threads(self, slices=None, threads: int | None = None) -> int:
+        """Torch threads for decoding ``slices``: one per slice when several slices run in
+        parallel (:meth:`stack`), every thread allowed when there is one slice to decode (a
+        viewer's first slice). Decoding is integer-exact, so any count gives the identical
+        array."""
+        if len(slice_indices(self.n_slices, slices)) > 1:
+            return 1
+        return default_threads() if threads is None else max(1, int(threads))
 
     # ---- lifetime --------------------------------------------------------------------------
     def close(self) -> None:

@@ -109,6 +109,41 @@ def test_parallel_chunks_equal_sequential_encoder(vol_constant, fmt):
                 assert par.parts == seq.parts
 
 
+def test_one_slice_decodes_on_every_thread_allowed(vol, monkeypatch):
+    """A single slice (a viewer's first) has no other slice to run beside it: its synthesis gets
+    every thread allowed (several slices: one each, the slices in parallel), the array is the
+    same, and the caller's torch setting comes back."""
+    import torch
+
+    from bmz.codec import zoo
+
+    data = bmz.compress(vol, quality=5, model="hyperprior")
+    model, _ = zoo.load_model("hyperprior")
+    seen = []
+    synthesize = type(model).synthesize
+
+    def spy(self, sym, q):
+        seen.append(torch.get_num_threads())
+        return synthesize(self, sym, q)
+
+    monkeypatch.setattr(type(model), "synthesize", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        two = bmz.decompress(data, slices=[4], threads=2)
+        assert torch.get_num_threads() == 1
+        assert seen == [2]
+        one = bmz.decompress(data, slices=[4], threads=1)
+        several = bmz.decompress(data, slices=[4, 5], threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1, 1, 1]
+    assert np.array_equal(two, one) and np.array_equal(several[0], one[0])
+    with BmzFile(data) as f:
+        assert f.transform_threads([3]) == default_threads()
+        assert f.transform_threads(None) == 1 and f.transform_threads([3], threads=5) == 5
+
+
 def test_encode_workers_run_torch_on_one_thread(vol, monkeypatch):
     """Each slice's float analysis runs with one torch thread, on the worker threads, whatever
     the caller's torch setting (which comes back unchanged)."""

@@ -29,17 +29,25 @@ def single_thread() -> Iterator[None]:
     the caller's thread setting (float convolutions may sum in another order on more threads).
     Decoding is integer-exact at any thread count (:mod:`bmz.codec.entropy`,
     :mod:`bmz.codec.fixedpoint`); one thread is just faster for MRI-sized slices."""
+    with torch_threads(1):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the transforms on ``n`` threads (then restore the caller's setting). Only decoding
+    may use more than one: its arithmetic is exact, so the arrays do not depend on ``n``."""
     import torch  # heavy: imported by what runs the transforms, not by reading a file's header
 
-    n = torch.get_num_threads()
-    if n == 1:
+    old = torch.get_num_threads()
+    if old == n:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(old)
 
 
 def bit_depth(vmin: int, vmax: int) -> int:
