@@ -110,3 +110,26 @@ def test_forged_inter_chunk_at_group_start_is_refused(coded):
             w.add(c)
     with pytest.raises(FormatError, match="start of a group"):
         bmz.decompress(buf.getvalue(), slices=[2])
+
+
+def test_context_layer_at_half_the_positions_equals_the_whole_convolution():
+    """The context model's ctx layer computed only where it is needed (the non-anchor half,
+    from the four taps that meet anchors) gives exactly the whole convolution's integers there;
+    inputs outside that case (values off the anchors, anchors among the positions) take the
+    whole convolution."""
+    import torch
+
+    from bmz.codec import zoo
+    from bmz.codec.context import anchor_mask
+
+    model, _ = zoo.load_model("hyperprior-ctx")
+    ep = model.int_ep
+    g = torch.Generator().manual_seed(3)
+    a = torch.round(torch.randn((1, model.M, 9, 12), generator=g, dtype=torch.float64) * 300)
+    anchors = anchor_mask((9, 12))[0, 0]
+    full = ep._conv("ctx", a * anchors)
+    got = ep._ctx_at(a * anchors, ~anchors)
+    assert torch.equal(got[:, :, 0], full[:, :, ~anchors])
+    # off the anchors not zero: the four taps would miss terms, so the whole convolution runs
+    assert torch.equal(ep._ctx_at(a, ~anchors)[:, :, 0], ep._conv("ctx", a)[:, :, ~anchors])
+    assert torch.equal(ep._ctx_at(a * anchors, anchors)[:, :, 0], full[:, :, anchors])

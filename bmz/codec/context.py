@@ -33,6 +33,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import entropy, fixedpoint
 from .hyperprior import GainedScaleHyperprior, payload_decoders, register_model
@@ -86,6 +87,29 @@ class IntegerEntropyParameters(nn.Module):
         s = fixedpoint.exact_conv(m, a, w, float(getattr(self, f"{k}_wb")))
         return torch.floor((s + b[None, :, None, None]) / 2.0**WEIGHT_BITS)
 
+    def _ctx_at(self, a: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """The ``ctx`` layer at the positions ``where`` only, as a ``(B, M, 1, n)`` image — what
+        ``self._conv("ctx", a)`` gives there. ``a`` is zero off the anchors; at a position that
+        is not an anchor, only the four taps that reach its edge neighbours (anchors all) meet
+        anything but zeros, so only they are summed: the same exact integers from 4 of the 9
+        taps, at half the positions. Other cases, and layers beyond the exact range of a single
+        product (where :func:`~bmz.codec.fixedpoint.exact_conv` splits or refuses), take the
+        whole convolution."""
+        m = self._layers["ctx"]
+        w, b = self.ctx_w, self.ctx_b
+        anchors = anchor_mask(a.shape[2:], a.device)[0, 0]
+        if tuple(m.kernel_size) != (3, 3) or bool((where & anchors).any()) or \
+                fixedpoint._absmax(a) * float(self.ctx_wb) >= fixedpoint.EXACT_LIMIT or \
+                bool(a[:, :, ~anchors].any()):
+            return self._conv("ctx", a)[:, :, where][:, :, None, :]
+        taps = ((0, 1), (2, 1), (1, 0), (1, 2))  # kernel rows/columns of the edge neighbours
+        ap = F.pad(a, (1, 1, 1, 1))
+        H, W = a.shape[2:]
+        x = torch.cat([ap[:, :, i:i + H, j:j + W][:, :, where] for i, j in taps], 1)  # (B, 4M, n)
+        w4 = torch.cat([w[:, :, i, j] for i, j in taps], 1)  # (M, 4M), same tap order
+        s = (w4 @ x)[:, :, None, :]
+        return torch.floor((s + b[None, :, None, None]) / 2.0**WEIGHT_BITS)
+
     @torch.no_grad()
     def params(self, h: torch.Tensor, ctx_in: torch.Tensor | None, prev: torch.Tensor | None,
                q: int, gain_int: torch.Tensor, thresholds: torch.Tensor,
@@ -116,7 +140,12 @@ class IntegerEntropyParameters(nn.Module):
                               torch.full((B, 1, H, W), one, dtype=torch.float64, device=dev)], 1)
         p = self._conv("prev", at(p_in))
         hs = at(hf)
-        c = torch.zeros_like(hs) if ctx_in is None else at(self._conv("ctx", ctx_in.to(torch.float64)))
+        if ctx_in is None:
+            c = torch.zeros_like(hs)
+        elif where is not None:
+            c = self._ctx_at(ctx_in.to(torch.float64), where)
+        else:
+            c = self._conv("ctx", ctx_in.to(torch.float64))
         e = self._conv("ep1", torch.clamp_min(self._conv("ep0", torch.cat([hs, c, p], 1)), 0.0)).long()
         delta, mu = e[:, :M], e[:, M:]
         s = at(h) + delta + gain_int[q][None, :, None, None]
