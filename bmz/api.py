@@ -265,10 +265,11 @@ def _decoded_stack(f: BmzFile, slices=None, progress: bool = False, skip_damaged
 
 
 def decompress(data: bytes, slices: int | slice | Sequence[int] | None = None,
-               threads: int | None = None) -> np.ndarray:
+               threads: int | None = None, device: str | None = None) -> np.ndarray:
     """Decode ``.bmz`` bytes → the array in its original dtype and shape (a 2-D original comes back
-    2-D when all slices are decoded). ``slices`` selects slices (int, slice, or indices)."""
-    with BmzFile(data, name="<bytes>") as f:
+    2-D when all slices are decoded). ``slices`` selects slices (int, slice, or indices);
+    ``device``: ``"cuda"`` runs the synthesis on the GPU (the same array; :class:`BmzFile`)."""
+    with BmzFile(data, name="<bytes>", device=device) as f:
         return f.read(slices, threads=threads)
 
 
@@ -343,11 +344,12 @@ def _compare(original, bmz_path, progress: bool, threads: int | None = 1) -> tup
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
                 slices: int | slice | Sequence[int] | None = None, force: bool = True,
                 progress: bool = False, skip_damaged: bool = False,
-                threads: int | None = None) -> tuple[CodingReport, list[int]]:
+                threads: int | None = None, device: str | None = None) -> tuple[CodingReport, list[int]]:
     """Decode a ``.bmz`` file to ``dst`` (.nii, .nii.gz, .npy by suffix) → (report, damaged slices).
 
     ``threads``: slices decoded in parallel (default: every core; the output is identical for
-    any number), a bounded window of them ahead of the writer.
+    any number), a bounded window of them ahead of the writer. ``device``: ``"cuda"`` runs the
+    synthesis on the GPU (the same output; :class:`BmzFile`).
 
     A NIfTI original is restored with its header, affine and dtype. A DICOM original can also be
     decoded to a folder (``dst`` an existing folder, ending in ``/`` or without suffix): from a
@@ -360,7 +362,7 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike,
         _check_dicom_output(src, dst, slices, force)
     else:
         check_output_path(dst, force=force)  # fail before the work, not after
-    with BmzFile(src) as f:
+    with BmzFile(src, device=device) as f:
         # streamed: the writer pulls one decoded slice at a time (the volume is never held);
         # a damaged slice aborts the write and removes the partial output (or is skipped)
         stack, damaged, bar = _decoded_stack(f, slices, progress, skip_damaged, threads)

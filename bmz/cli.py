@@ -205,11 +205,14 @@ def _dicom_summary(d: dict, lossless: bool) -> str:
 @click.option("--skip-damaged", is_flag=True, help="decode what is intact; damaged slices are reported and filled with the minimum")
 @click.option("--jobs", "threads", default=None, type=click.IntRange(min=1),
               help="slices decoded in parallel (default: every core; identical output for any number)")
+@click.option("--device", default=None,
+              help="where the synthesis runs: cpu (default), cuda or cuda:N (the same output)")
 @click.option("--quiet", is_flag=True)
-def decode(src, dst, slices, force, skip_damaged, threads, quiet) -> None:
+def decode(src, dst, slices, force, skip_damaged, threads, device, quiet) -> None:
     """Decode a .bmz file SRC (all slices, or a range read by random access)."""
     rep, damaged = api.decode_file(src, dst, slices=_parse_slices(slices), force=force,
-                                   progress=not quiet, skip_damaged=skip_damaged, threads=threads)
+                                   progress=not quiet, skip_damaged=skip_damaged, threads=threads,
+                                   device=device)
     if damaged:
         click.echo(f"bmz: warning: {src}: damaged slices not recovered: "
                    f"{', '.join(map(str, damaged))}", err=True)

@@ -131,9 +131,18 @@ class BmzFile:
     index's slice count against ``shape``); ``check=False`` opens any file whose container is
     intact (for ``info`` and ``verify``, which report on files this bmz may not decode).
     ``cache``: how many slices' latents :meth:`latents` keeps (the most recent; in slice groups,
-    what each slice hands on to the next, at least 2)."""
+    what each slice hands on to the next, at least 2). ``device``: where the fixed-point synthesis
+    runs — ``None``/``"cpu"``, or ``"cuda"``/``"cuda:N"`` (:mod:`bmz.codec.device`: the same
+    arrays; InputError when there is no such GPU)."""
 
-    def __init__(self, src, name: str | None = None, *, check: bool = True, cache: int = 0):
+    def __init__(self, src, name: str | None = None, *, check: bool = True, cache: int = 0,
+                 device=None):
+        # where the fixed-point synthesis runs (bmz.codec.device): checked before any work
+        self._device = None
+        if device is not None:
+            from .codec import device as _dev  # torch: only where a device is asked for
+
+            self._device = _dev.parse_device(device)
         self._reader = open_reader(src, name)
         self.name = self._reader.name
         self.meta = self._reader.meta
@@ -245,7 +254,12 @@ class BmzFile:
         """The exact weights the file was encoded with (loaded on first use, shared by the zoo's
         cache); a ModelError when they are not installed."""
         if self._model is None:
-            self._model, _ = zoo.load_model(self.codec["model"], expect_sha256=self.codec["weights_sha256"])
+            model, _ = zoo.load_model(self.codec["model"], expect_sha256=self.codec["weights_sha256"])
+            if self._device is not None:
+                from .codec import device as _dev
+
+                model = _dev.on_device(model, self._device)
+            self._model = model
         return self._model
 
     def _index(self, k: int) -> int:
