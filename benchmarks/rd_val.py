@@ -359,8 +359,9 @@ def unshipped_rows(shipped: list[dict]) -> list[dict]:
     return out
 
 
-def update_cards(res, comps: dict) -> None:
-    """Record each model's measured RD (group means per quality) in its model card."""
+def update_cards(res, comps: dict, max_slices: int | None = None) -> None:
+    """Record each model's measured RD (group means per quality) in its model card (and, for a
+    run on ``max_slices`` middle slices per volume, say so)."""
     from bmz.codec import zoo
 
     for spec in res.specs:
@@ -385,6 +386,9 @@ def update_cards(res, comps: dict) -> None:
                                    "bpp": "whole .bmz bytes of the array (container and codec "
                                           "metadata included) x 8 / voxels",
                                    "psnr": "peak = volume max - min, from the volume MSE"}
+        if max_slices:
+            card["rd_val_measured"]["slices"] = (f"the {max_slices} middle slices of every val "
+                                                 "volume (all codecs on the same slices)")
         zoo.write_card(card_path, card)
 
 
@@ -408,7 +412,7 @@ def main(argv=None) -> int:
     write_rd_val(args.out / "rd_val.md", res, comps, g8)
     write_family(args.out, res, comps, g8)
     if args.update_cards:
-        update_cards(res, comps)
+        update_cards(res, comps, args.max_slices)
 
     for (g, cid), c in sorted(comps.items()):
         print(f"{g} {cid}: BD-rate vs J2K PSNR {_n(c['bd_rate_psnr'], '{:+.1f}')} %, SSIM "

@@ -413,7 +413,10 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, description: str = "
         "config": model.config(),
         "parameters": n_params,
         "qualities": [{"quality": i + 1, "lambda": lam} for i, lam in enumerate(model.lambdas)],
-        "loss": "bpp + lambda * 255^2 * MSE on [0,1]-mapped slices (CompressAI convention)",
+        "loss": ("bpp - PSNR (10 log10 1/MSE) on [0,1]-mapped slices: every quality weighed "
+                 "alike; the encoder's parameters frozen (" + ", ".join(model.frozen_parameters) + ")"
+                 if getattr(model, "distortion", "mse") == "psnr" else
+                 "bpp + lambda * 255^2 * MSE on [0,1]-mapped slices (CompressAI convention)"),
         "normalisation": "per volume: x = (v - min) / (max - min) of stored values; decode "
                          "clip(rint(x_hat * (max - min)) + min, min, max)",
         "training": {"data": [_rel(d) for d in state.get("data") or []], "steps": state["step"], "batch_size": state["batch_size"],
