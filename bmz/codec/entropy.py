@@ -102,6 +102,15 @@ def _cs():
     return constriction.stream
 
 
+def _table_order(idx: np.ndarray) -> np.ndarray:
+    """The stable order that groups elements by table index (ascending, raster order within a
+    table). Indices are sorted as 16-bit integers where they fit (NumPy's stable sort of a 16-bit
+    type is a radix sort, several times faster; the order is the same, being stable)."""
+    if idx.size and 0 <= idx.min() and idx.max() < 1 << 16:
+        return np.argsort(idx.astype(np.uint16), kind="stable")
+    return np.argsort(idx, kind="stable")
+
+
 def _runs(sorted_idx: np.ndarray):
     """``(start, end)`` of each run of equal table indices in a sorted index array."""
     bounds = np.flatnonzero(np.diff(sorted_idx)) + 1
@@ -173,7 +182,7 @@ class TableCoder:
         Uniform = _cs().model.Uniform
         v = symbols.reshape(-1).numpy().astype(np.int64)
         idx = indexes.reshape(-1).numpy().astype(np.int64)
-        order = np.argsort(idx, kind="stable")
+        order = _table_order(idx)
         v, idx = v[order], idx[order]
         s = v - self._offset[idx]
         n = self._n[idx]
@@ -207,7 +216,7 @@ class TableCoder:
         idx = indexes.reshape(-1).numpy().astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self._n)):
             raise ValueError("table index out of range")
-        order = np.argsort(idx, kind="stable")
+        order = _table_order(idx)
         sidx = idx[order]
         s = np.empty(len(sidx), dtype=np.int64)
         try:

@@ -131,7 +131,9 @@ def plans() -> dict:
               for m, what in (("vqvae", "vector-quantised codebooks"), ("factorized", "factorized "
                               "prior, GDN"), ("unet-noskip-c", "factorized prior, U-Net without "
                               "skips"), ("cnn-ae-16", "factorized prior"),
-                              ("cnn-ae-32", "factorized prior"))}
+                              ("cnn-ae-32", "factorized prior"),
+                              ("hyperprior-fast", "hyperprior's payload, the fast profile's layer "
+                               "tables"))}
     return {
         "v11_f4_hyperprior_q3.bmz": ("chunk format 4: kinds 0x03 (hyperprior: one stream) and 0x00", lossy4),
         "v11_f4_cnn-ae-8_q2.bmz": ("chunk format 4: kinds 0x03 (a factorized prior) and 0x00",
