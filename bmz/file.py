@@ -483,11 +483,14 @@ class BmzFile:
                 stack.close()
         return out[0] if slices is None and len(self.shape) == 2 else out
 
-    def transform_threads(self, slices=None, threads: int | None = None) -> int:
+    def transform_threads(self, slices=None, threads: int | None = None) -> int | None:
         """Torch threads for decoding ``slices``: one per slice when several slices run in
         parallel (:meth:`stack`), every thread allowed when there is one slice to decode (a
-        viewer's first slice). Decoding is integer-exact, so any count gives the identical
-        array."""
+        viewer's first slice); None when the file needs no model (no torch to set: a bounded
+        file without a learned base layer never imports it). Decoding is integer-exact, so any
+        count gives the identical array."""
+        if not (self.codec.get("model") and chunks.file_needs_model(self.codec)):
+            return None
         if len(slice_indices(self.n_slices, slices)) > 1:
             return 1
         return default_threads() if threads is None else max(1, int(threads))

@@ -66,3 +66,21 @@ def test_cli_decode_of_one_slice_imports_neither_compressai_nor_scipy(tmp_path):
     assert not [m for m in imported
                 if m.split(".")[0] in ("compressai", "scipy", "torch_geometric", "nibabel", "pydicom")]
     assert np.array_equal(np.load(tmp_path / "s.npy"), bmz.decompress(src.read_bytes(), slices=[2]))
+
+
+def test_cli_decode_of_a_lossless_file_never_imports_torch(tmp_path):
+    """A bounded-error file without a learned base layer needs no model: decoding it imports
+    neither torch nor CompressAI (torch alone is about a second of a cold start)."""
+    yy, xx = np.mgrid[0:32, 0:36]
+    vol = np.stack([(900 + 700 * np.sin(xx / 4.0 + k) * np.cos(yy / 6.0)) for k in range(3)]).astype(np.uint16)
+    src = tmp_path / "l.bmz"
+    src.write_bytes(bmz.compress(vol, lossless=True))
+    assert bmz.info(src.read_bytes()).get("max_error") == 0
+    out = _run(["-X", "importtime", "-m", "bmz.cli", "decode", str(src), "--slices", "1",
+                "-o", str(tmp_path / "s.npy"), "--quiet"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "bmz.codec.residual3d" in imported or "bmz.codec.residual" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "compressai")]
+    assert np.array_equal(np.load(tmp_path / "s.npy"), vol[1:2])

@@ -34,9 +34,13 @@ def single_thread() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the transforms on ``n`` threads (then restore the caller's setting). Only decoding
-    may use more than one: its arithmetic is exact, so the arrays do not depend on ``n``."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the transforms on ``n`` threads (then restore the caller's setting); ``None``: leave
+    torch alone (and unimported: nothing here runs a transform). Only decoding may use more than
+    one: its arithmetic is exact, so the arrays do not depend on ``n``."""
+    if n is None:
+        yield
+        return
     import torch  # heavy: imported by what runs the transforms, not by reading a file's header
 
     old = torch.get_num_threads()
