@@ -140,7 +140,10 @@ class BmzModel(nn.Module):
         """The float32 synthesis of decoded symbols: what :meth:`synthesize` computes exactly, to
         within rounding (for encoder-side decisions; never used to decode)."""
         off = self._latent_offsets()[q].float()[None, :, None, None]
-        return self.g_s((sym.float() + off) * torch.exp2(self.log2_inv_gain[q]).float()[None, :, None, None])
+        a = (sym.float() + off) * torch.exp2(self.log2_inv_gain[q]).float()[None, :, None, None]
+        # channels-last: oneDNN's fast path of the transposed convolutions (several times
+        # faster on the CPU, the same sums here: benchmarks/results/speed.md)
+        return self.g_s(a.contiguous(memory_format=torch.channels_last)).contiguous()
 
     def aux_loss(self) -> torch.Tensor:
         return sum(m.loss() for m in self.modules() if priors.is_trainable_bottleneck(m))

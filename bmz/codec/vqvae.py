@@ -429,7 +429,8 @@ class ResidualVQVAE(BmzModel):
     @torch.no_grad()
     def synthesize_float(self, sym: torch.Tensor, q: int) -> torch.Tensor:
         """The float32 synthesis of a decoded integer latent (encoder-side decisions only)."""
-        return self.g_s(sym.float() * 2.0**-fixedpoint.ACT_BITS)
+        a = sym.float() * 2.0**-fixedpoint.ACT_BITS
+        return self.g_s(a.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def rate_bound_bpp(model: ResidualVQVAE, q: int) -> float:
