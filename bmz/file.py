@@ -408,6 +408,9 @@ class BmzFile:
             return out
 
         threads = default_threads() if threads is None else max(1, int(threads))
+        if self._device is not None and self.transform_threads(slices, threads) is not None:
+            # a GPU synthesises the slices the decoding threads hand it in batches of that many
+            self.model.set_workers(threads if len(ks) > 1 else 1)
         if threads == 1 or len(ks) < 2:
             return SliceStack((len(ks), *self.slice_shape), self.dtype,
                               lambda i: done(one(ks[i]))), damaged

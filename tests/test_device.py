@@ -53,6 +53,35 @@ def test_device_wrapper_decodes_the_same_arrays(vol, monkeypatch):
             assert np.array_equal(f.read(threads=1), bmz.decompress(data, threads=1)), p.name
 
 
+def test_device_batches_the_threads_slices_and_keeps_errors_with_their_slice(vol, monkeypatch):
+    """With several decoding threads the device path synthesises their slices in batches (one
+    product per layer for several slices) — the same arrays — and a slice whose arithmetic fails
+    inside a batch fails alone."""
+    monkeypatch.setattr(bdev, "parse_device", lambda d: None if d is None else torch.device("cpu"))
+    data = _files(vol)["hyperprior"]
+    ref = bmz.decompress(data, threads=1)
+    with BmzFile(data, device="cpu-wrapped") as f:
+        batcher = f.model._batcher
+        sizes = []
+        compute = batcher._compute
+        monkeypatch.setattr(batcher, "_compute", lambda b: (sizes.append(len(b)), compute(b))[1])
+        batcher.linger = 5.0  # generous: the test must not depend on timing
+        got = f.read(threads=4)
+    assert np.array_equal(got, ref)
+    assert sum(sizes) == len(vol) and max(sizes) > 1, sizes
+
+    from bmz.codec.fixedpoint import FixedPointError
+
+    fx = batcher._fx
+    bad = torch.zeros((1, 128, 4, 4), dtype=torch.int64)
+    bad[0, 0, 0, 0] = 2**62  # beyond the exact range: refused
+    good = torch.zeros((1, 128, 4, 4), dtype=torch.int64)
+    items = [{"a": good, "out": None, "err": None}, {"a": bad, "out": None, "err": None}]
+    batcher._compute(items)
+    assert items[0]["err"] is None and torch.equal(items[0]["out"], fx(good))
+    assert isinstance(items[1]["err"], FixedPointError)
+
+
 def test_bad_devices_are_input_errors(vol):
     data = bmz.compress(vol[:1], quality=2)
     with pytest.raises(InputError, match="not a device name"):

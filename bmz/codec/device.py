@@ -1,9 +1,10 @@
 """Decoding on another device (a GPU): the fixed-point synthesis moved, everything else kept.
 
 ``on_device(model, "cuda")`` gives the frozen model with its fixed-point synthesis
-(:class:`bmz.codec.fixedpoint.FixedPointSynthesis`, the bulk of a slice's arithmetic) on the device;
-the entropy decoding, the integer hyper-synthesis and the integer entropy parameters stay on the
-CPU (they are serial or small). The decoded arrays are the CPU's, bit for bit: every partial sum of
+(:class:`bmz.codec.fixedpoint.FixedPointSynthesis`, the bulk of a slice's arithmetic) on the device,
+run in batches of the slices the decoding threads hand it (``bmz decode --jobs N``: up to N per
+batch); the entropy decoding, the integer hyper-synthesis and the integer entropy parameters stay
+on the CPU, one slice per thread (they are serial or small). The decoded arrays are the CPU's, bit for bit: every partial sum of
 the fixed-point synthesis is an integer below 2**52, exact in binary64 in any summation order,
 and its square roots and products are single IEEE-754 operations. What could break that is an
 algorithm that is not a sum of the products — cuDNN may pick transform-based ones (FFT,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 import torch
 
@@ -44,23 +46,93 @@ def parse_device(device) -> torch.device | None:
     return dev
 
 
+class _Batcher:
+    """Runs the synthesis of slices decoded on several threads as batches on the device.
+
+    Each decoding thread entropy-decodes its slice on the CPU, then hands its activations here;
+    the first to arrive leads: it waits (at most ``linger`` seconds) until as many slices are
+    queued as threads decode (``workers``), runs the slices of one shape as one batch, and hands
+    each its result. A batch whose arithmetic fails (a damaged or forged slice out of the exact
+    range) is redone slice by slice, so that the error stays with its slice. Batched or not,
+    each slice's sums are the same exact integers: the arrays do not depend on the batching."""
+
+    def __init__(self, fx, device: torch.device, max_batch: int = 32, linger: float = 0.05):
+        self._fx, self._device = fx, device
+        self.max_batch, self.linger = max_batch, linger
+        self.workers = 1
+        self._cv = threading.Condition()
+        self._queue: list[dict] = []
+        self._leading = False
+
+    def _compute(self, batch: list[dict]) -> None:
+        with torch.backends.cudnn.flags(enabled=False):
+            try:
+                a = torch.cat([it["a"] for it in batch]).to(self._device)
+                out = self._fx(a).cpu()
+                for j, it in enumerate(batch):
+                    it["out"] = out[j:j + 1]
+            except Exception:  # noqa: BLE001 - redone one by one: each error to its slice
+                if len(batch) == 1:
+                    raise
+                for it in batch:
+                    try:
+                        it["out"] = self._fx(it["a"].to(self._device)).cpu()
+                    except Exception as e:  # noqa: BLE001
+                        it["err"] = e
+
+    def run(self, a: torch.Tensor) -> torch.Tensor:
+        item = {"a": a, "out": None, "err": None, "done": False}
+        with self._cv:
+            self._queue.append(item)
+            self._cv.notify_all()
+            while not item["done"]:
+                if self._leading:
+                    self._cv.wait()
+                    continue
+                self._leading = True
+                want = min(self.max_batch, max(1, self.workers))
+                deadline = time.monotonic() + self.linger
+                while len(self._queue) < want and time.monotonic() < deadline:
+                    self._cv.wait(max(0.0, deadline - time.monotonic()))
+                shape = self._queue[0]["a"].shape
+                batch = [it for it in self._queue if it["a"].shape == shape][:self.max_batch]
+                for it in batch:
+                    self._queue.remove(it)
+                self._cv.release()
+                try:
+                    self._compute(batch)
+                except Exception as e:  # noqa: BLE001 - a batch of one: its slice's error
+                    batch[0]["err"] = e
+                finally:
+                    self._cv.acquire()
+                    self._leading = False
+                    for it in batch:
+                        it["done"] = True
+                    self._cv.notify_all()
+        if item["err"] is not None:
+            raise item["err"]
+        return item["out"]
+
+
 class OnDevice:
-    """A frozen model whose :meth:`synthesize` runs on ``device`` (see the module docstring);
-    every other attribute is the model's own."""
+    """A frozen model whose :meth:`synthesize` runs on ``device``, batched across the threads
+    that decode (see the module docstring); every other attribute is the model's own."""
 
     def __init__(self, model, device: torch.device):
         self.__dict__["_model"] = model
         self.__dict__["device"] = device
-        self.__dict__["_fx"] = copy.deepcopy(model.fx_s).to(device)
+        self.__dict__["_batcher"] = _Batcher(copy.deepcopy(model.fx_s).to(device), device)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
+    def set_workers(self, n: int) -> None:
+        """How many threads decode at once: a batch waits for that many slices at most."""
+        self._batcher.workers = max(1, int(n))
+
     @torch.no_grad()
     def synthesize(self, sym: torch.Tensor, q: int) -> torch.Tensor:
-        a = self._model.activations(sym, q).to(self.device)
-        with torch.backends.cudnn.flags(enabled=False):
-            return self._fx(a).cpu()
+        return self._batcher.run(self._model.activations(sym, q))
 
     @torch.no_grad()
     def decompress_slice(self, data: bytes, shape: tuple[int, int], q: int,
