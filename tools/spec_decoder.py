@@ -266,17 +266,21 @@ class SpecModel:
         check_bound(op, a, w)
         return (_conv(op, a, w) + b[:, None, None]) >> 12
 
-    def entropy_params(self, h, ctx_in, prev, q):
+    def entropy_params(self, h, ctx_in, prev, q, where):
+        """The parameters of the positions ``where`` (H, W) bool: (M, n) arrays in row-major
+        order. prev, ep0 and ep1 run on those positions only (§10.5.2 (f)); ctx on the whole
+        grid of anchors."""
         M, H, W = h.shape
         p_in = np.zeros((M + 1, H, W), np.int64) if prev is None else \
             np.concatenate([prev, np.full((1, H, W), 256, np.int64)])
-        p = self._ep_layer("prev", C1, p_in)
-        c = np.zeros_like(h) if ctx_in is None else self._ep_layer("ctx", C3, ctx_in)
-        e = self._ep_layer("ep1", C1, np.maximum(self._ep_layer("ep0", C1, np.concatenate([h, c, p])), 0))
-        delta, mu = e[:M], e[M:]
-        s = h + delta + self.gain_int[q][:, None, None]
+        at = lambda t: t[:, where][:, None, :]  # noqa: E731 - the positions as a 1 × n image
+        p = self._ep_layer("prev", C1, at(p_in))
+        c = np.zeros_like(at(h)) if ctx_in is None else at(self._ep_layer("ctx", C3, ctx_in))
+        e = self._ep_layer("ep1", C1, np.maximum(self._ep_layer("ep0", C1, np.concatenate([at(h), c, p])), 0))
+        delta, mu = e[:M, 0], e[M:, 0]
+        s = h[:, where] + delta + self.gain_int[q][:, None]
         idx = np.searchsorted(np.asarray(self.thresholds), s, side="left")  # thresholds < s
-        lin = i64(self.sd["int_ep.gain_lin"])[q][:, None, None]
+        lin = i64(self.sd["int_ep.gain_lin"])[q][:, None]
         m = (mu * lin + (1 << 15)) >> 16
         return idx, m
 
@@ -320,13 +324,14 @@ class SpecModel:
             return {"z": z, "y": y}
         Mh, Hh, Wh = h.shape
         ii, jj = np.meshgrid(np.arange(Hh), np.arange(Wh), indexing="ij")
-        anchor = np.broadcast_to(((ii + jj) % 2 == 0)[None], h.shape)
+        a2 = (ii + jj) % 2 == 0
+        anchor = np.broadcast_to(a2[None], h.shape)
         y = np.zeros(h.shape, np.int64)
-        idx0, m0 = self.entropy_params(h, None, prev, q)
-        y[anchor] = self.y_tables.decode(dy, idx0[anchor]) + m0[anchor]
+        idx0, m0 = self.entropy_params(h, None, prev, q, a2)  # (M, n): channel-major, as y[anchor]
+        y[anchor] = self.y_tables.decode(dy, idx0.reshape(-1)) + m0.reshape(-1)
         ctx_in = self.context_input(y, q) * anchor
-        idx1, m1 = self.entropy_params(h, ctx_in, prev, q)
-        y[~anchor] = self.y_tables.decode(dy, idx1[~anchor]) + m1[~anchor]
+        idx1, m1 = self.entropy_params(h, ctx_in, prev, q, ~a2)
+        y[~anchor] = self.y_tables.decode(dy, idx1.reshape(-1)) + m1.reshape(-1)
         dz.finish(), dy.finish()
         return {"z": z, "y": y}
 

@@ -62,6 +62,9 @@ class IntegerEntropyParameters(nn.Module):
         super().__init__()
         self.__dict__["_model"] = model
         self._layers = {"ctx": model.ctx, "prev": model.prev, "ep0": model.ep[0], "ep1": model.ep[2]}
+        if any(tuple(self._layers[k].kernel_size) != (1, 1) for k in ("prev", "ep0", "ep1")):
+            raise ValueError("the entropy-parameter layers prev, ep0, ep1 must be 1x1: params() "
+                             "evaluates them position by position")
         for k, m in self._layers.items():
             self.register_buffer(f"{k}_w", torch.zeros(m.weight.shape, dtype=torch.float64))
             self.register_buffer(f"{k}_b", torch.zeros(m.bias.shape, dtype=torch.float64))
@@ -98,7 +101,7 @@ class IntegerEntropyParameters(nn.Module):
         m = self._layers["ctx"]
         w, b = self.ctx_w, self.ctx_b
         anchors = anchor_mask(a.shape[2:], a.device)[0, 0]
-        if tuple(m.kernel_size) != (3, 3) or bool((where & anchors).any()) or \
+        if fixedpoint._geometry(m) != (1, 3, 1, 0) or bool((where & anchors).any()) or \
                 fixedpoint._absmax(a) * float(self.ctx_wb) >= fixedpoint.EXACT_LIMIT or \
                 bool(a[:, :, ~anchors].any()):
             return self._conv("ctx", a)[:, :, where][:, :, None, :]

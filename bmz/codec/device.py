@@ -23,6 +23,7 @@ import torch
 from ..errors import InputError
 
 _LOCK = threading.Lock()
+_CUDNN_OFF = threading.Lock()
 _COPIES: dict[tuple[int, str], "OnDevice"] = {}
 
 
@@ -65,12 +66,14 @@ class _Batcher:
         self._leading = False
 
     def _compute(self, batch: list[dict]) -> None:
-        with torch.backends.cudnn.flags(enabled=False):
+        # cuDNN off is a process-wide switch: one batch at a time holds it (two batchers must not
+        # restore it under each other)
+        with _CUDNN_OFF, torch.backends.cudnn.flags(enabled=False):
             try:
                 a = torch.cat([it["a"] for it in batch]).to(self._device)
                 out = self._fx(a).cpu()
-                for j, it in enumerate(batch):
-                    it["out"] = out[j:j + 1]
+                for it, o in zip(batch, torch.split(out, [it["a"].shape[0] for it in batch])):
+                    it["out"] = o
             except Exception:  # noqa: BLE001 - redone one by one: each error to its slice
                 if len(batch) == 1:
                     raise
@@ -90,21 +93,25 @@ class _Batcher:
                     self._cv.wait()
                     continue
                 self._leading = True
-                want = min(self.max_batch, max(1, self.workers))
-                deadline = time.monotonic() + self.linger
-                while len(self._queue) < want and time.monotonic() < deadline:
-                    self._cv.wait(max(0.0, deadline - time.monotonic()))
-                shape = self._queue[0]["a"].shape
-                batch = [it for it in self._queue if it["a"].shape == shape][:self.max_batch]
-                for it in batch:
-                    self._queue.remove(it)
-                self._cv.release()
+                batch: list[dict] = []
                 try:
-                    self._compute(batch)
-                except Exception as e:  # noqa: BLE001 - a batch of one: its slice's error
-                    batch[0]["err"] = e
+                    want = min(self.max_batch, max(1, self.workers))
+                    deadline = time.monotonic() + self.linger
+                    while len(self._queue) < want and time.monotonic() < deadline:
+                        self._cv.wait(max(0.0, deadline - time.monotonic()))
+                    shape = tuple(self._queue[0]["a"].shape[1:])
+                    batch = [it for it in self._queue
+                             if tuple(it["a"].shape[1:]) == shape][:self.max_batch]
+                    taken = {id(it) for it in batch}  # by identity: items hold tensors
+                    self._queue = [it for it in self._queue if id(it) not in taken]
+                    self._cv.release()
+                    try:
+                        self._compute(batch)
+                    except Exception as e:  # noqa: BLE001 - a batch of one: its slice's error
+                        batch[0]["err"] = e
+                    finally:
+                        self._cv.acquire()
                 finally:
-                    self._cv.acquire()
                     self._leading = False
                     for it in batch:
                         it["done"] = True
