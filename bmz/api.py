@@ -401,7 +401,7 @@ def verify(src: str | os.PathLike | bytes) -> dict:
         affected = _dependents(f, damaged, codec) if damaged else []
     model_ok, model_note = True, ""
     # e.g. a bounded-error file without a base layer decodes without the model
-    if codec.get("model") and chunks.file_needs_model(codec):
+    if chunks.file_needs_model(codec):
         try:
             path = zoo.weights_for(codec["model"], codec.get("weights_sha256"))
             if path.parent.name == zoo.ARCHIVE:

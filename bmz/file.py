@@ -408,7 +408,7 @@ class BmzFile:
             return out
 
         threads = default_threads() if threads is None else max(1, int(threads))
-        if self._device is not None and self.transform_threads(slices, threads) is not None:
+        if self._device is not None and self.needs_model:
             # a GPU synthesises the slices the decoding threads hand it in batches of that many
             self.model.set_workers(threads if len(ks) > 1 else 1)
         if threads == 1 or len(ks) < 2:
@@ -486,13 +486,19 @@ class BmzFile:
                 stack.close()
         return out[0] if slices is None and len(self.shape) == 2 else out
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether decoding this file runs a model (a bounded file without a learned base
+        layer does not)."""
+        return chunks.file_needs_model(self.codec)
+
     def transform_threads(self, slices=None, threads: int | None = None) -> int | None:
         """Torch threads for decoding ``slices``: one per slice when several slices run in
         parallel (:meth:`stack`), every thread allowed when there is one slice to decode (a
         viewer's first slice); None when the file needs no model (no torch to set: a bounded
         file without a learned base layer never imports it). Decoding is integer-exact, so any
         count gives the identical array."""
-        if not (self.codec.get("model") and chunks.file_needs_model(self.codec)):
+        if not self.needs_model:
             return None
         if len(slice_indices(self.n_slices, slices)) > 1:
             return 1

@@ -530,7 +530,7 @@ def train(model_name: str, out: str, data: list[str], val_data: list[str], steps
 
     # a model may keep parameters it copied (init_from) out of training: the fast decoder's encoder
     for n, p in model.named_parameters():
-        if n.startswith(tuple(getattr(model, "frozen_parameters", ()))):
+        if frozen and n.startswith(frozen):
             p.requires_grad_(False)
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]

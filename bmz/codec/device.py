@@ -74,9 +74,10 @@ class _Batcher:
                 out = self._fx(a).cpu()
                 for it, o in zip(batch, torch.split(out, [it["a"].shape[0] for it in batch])):
                     it["out"] = o
-            except Exception:  # noqa: BLE001 - redone one by one: each error to its slice
+            except Exception as e:  # noqa: BLE001 - redone one by one: each error to its slice
                 if len(batch) == 1:
-                    raise
+                    batch[0]["err"] = e
+                    return
                 for it in batch:
                     try:
                         it["out"] = self._fx(it["a"].to(self._device)).cpu()
@@ -106,9 +107,7 @@ class _Batcher:
                     self._queue = [it for it in self._queue if id(it) not in taken]
                     self._cv.release()
                     try:
-                        self._compute(batch)
-                    except Exception as e:  # noqa: BLE001 - a batch of one: its slice's error
-                        batch[0]["err"] = e
+                        self._compute(batch)  # errors land in the items, never raised
                     finally:
                         self._cv.acquire()
                 finally:

@@ -113,10 +113,9 @@ def _gemm_conv(m: nn.Module, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor |
             (W - 1) * s - 2 * p + k + op != s * W:
         return None
     taps = _taps(s, k, p)
+    # the size condition makes 2p = k + op − s < k, so d = 0 is a tap of phase 0: lo ≤ 0 ≤ hi
     ds = sorted({d for ph in taps for d, _ in ph})
     lo, hi = ds[0], ds[-1]
-    if lo > 0 or hi < 0:
-        return None
     K = hi - lo + 1  # the input window of one position of the phase grid
     Wp = torch.zeros((s, s, Co, C, K, K), dtype=w.dtype, device=w.device)
     for ry, ph_y in enumerate(taps):

@@ -140,9 +140,12 @@ class BmzModel(nn.Module):
         """The float32 synthesis of decoded symbols: what :meth:`synthesize` computes exactly, to
         within rounding (for encoder-side decisions; never used to decode)."""
         off = self._latent_offsets()[q].float()[None, :, None, None]
-        a = (sym.float() + off) * torch.exp2(self.log2_inv_gain[q]).float()[None, :, None, None]
-        # channels-last: oneDNN's fast path of the transposed convolutions (several times
-        # faster on the CPU, the same sums here: benchmarks/results/speed.md)
+        return self._g_s_float(
+            (sym.float() + off) * torch.exp2(self.log2_inv_gain[q]).float()[None, :, None, None])
+
+    def _g_s_float(self, a: torch.Tensor) -> torch.Tensor:
+        """``g_s(a)`` in float32, channels-last: oneDNN's fast path of the transposed
+        convolutions (several times faster on the CPU, the same sums here)."""
         return self.g_s(a.contiguous(memory_format=torch.channels_last)).contiguous()
 
     def aux_loss(self) -> torch.Tensor:

@@ -429,8 +429,7 @@ class ResidualVQVAE(BmzModel):
     @torch.no_grad()
     def synthesize_float(self, sym: torch.Tensor, q: int) -> torch.Tensor:
         """The float32 synthesis of a decoded integer latent (encoder-side decisions only)."""
-        a = sym.float() * 2.0**-fixedpoint.ACT_BITS
-        return self.g_s(a.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self._g_s_float(sym.float() * 2.0**-fixedpoint.ACT_BITS)
 
 
 def rate_bound_bpp(model: ResidualVQVAE, q: int) -> float:

@@ -147,7 +147,10 @@ def from_latents(lat: SliceLatents, ctx: SliceContext) -> np.ndarray:
 
 
 def file_needs_model(codec: dict) -> bool:
-    """Whether decoding a file needs the model it names (an unknown format: assume so)."""
+    """Whether decoding a file needs a model: one is named and its format uses it (an unknown
+    format: assume so)."""
+    if not codec.get("model"):
+        return False
     fmt = format_of(codec)
     needs = getattr(fmt, "file_needs_model", None)
     return needs(codec) if needs is not None else True
