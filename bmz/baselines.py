@@ -84,27 +84,41 @@ class Setting:
 
 
 class SliceCodec:
-    """A classical 2-D codec. Subclasses set ``name``/``label``/``settings`` and implement
-    :meth:`encode`, :meth:`decode` (and :meth:`version`, :meth:`header_bytes`,
-    :meth:`settings_for`, :meth:`check_bits` where the defaults do not fit)."""
+    """A classical 2-D codec. Subclasses set ``name``/``label``/``settings``/``lib`` and implement
+    :meth:`_encode` (and :meth:`decode`, :meth:`header_bytes`, :meth:`settings_for`,
+    :meth:`check_bits` where the defaults do not fit)."""
 
     name: str = ""
     label: str = ""
     settings: tuple[Setting, ...] = ()
+    #: imagecodecs' name of the codec (``jpeg2k`` → ``jpeg2k_decode``, ``jpeg2k_version``)
+    lib: str = ""
+    #: whether its decoder takes ``numthreads``
+    threaded_decode: bool = False
     #: bit depths the codec codes at all (lossless and lossy)
     max_bits: int = 16
 
     def __init__(self, threads: int = 1):
         self.threads = int(threads)
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:  # pragma: no cover
+    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
+        """Slice ``img`` of ``bits``-bit values coded with ``setting`` (UnsupportedBitDepth where
+        the setting cannot code them)."""
+        self.check_bits(bits, setting)
+        return bytes(self._encode(_ic(), np.ascontiguousarray(img), setting, bits))
+
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):  # pragma: no cover
+        """``encode`` with imagecodecs ``ic``, the bit depth checked, ``img`` C-contiguous."""
         raise NotImplementedError
 
-    def decode(self, data: bytes, bits: int) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    def decode(self, data: bytes, bits: int) -> np.ndarray:
+        kw = {"numthreads": self.threads} if self.threaded_decode else {}
+        return getattr(_ic(), self.lib + "_decode")(data, **kw)
 
     def version(self) -> str:
-        return ""
+        """imagecodecs' version and that of the library behind the codec."""
+        ic = _ic()
+        return f"imagecodecs {ic.__version__}, {getattr(ic, self.lib + '_version')()}"
 
     def settings_for(self, bits: int) -> tuple[Setting, ...]:
         """The sweep for images of ``bits`` bits (default: :attr:`settings`)."""
@@ -165,13 +179,17 @@ def _ic():
     return optional("imagecodecs", "bench", "the classical codecs (bmz.baselines)")
 
 
-def _ic_version(lib: str) -> str:
-    ic = _ic()
-    return f"imagecodecs {ic.__version__}, {getattr(ic, lib + '_version')()}"
-
-
 def _fmt_param(v: float) -> str:
     return f"{v:g}"
+
+
+def series(prefix: str, values, scale: float = 1) -> tuple[Setting, ...]:
+    """Settings named ``prefix`` + each value (``q75``, ``d0.5``) with parameter value × ``scale``."""
+    return tuple(Setting(f"{prefix}{_fmt_param(v)}", v * scale) for v in values)
+
+
+#: the lossless setting of most codecs
+LOSSLESS = Setting("lossless", 0, lossless=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,9 +298,9 @@ class JPEG(SliceCodec):
     B bits (2–16)."""
 
     name = "JPEG"
+    lib = "jpeg8"
     label = "JPEG (libjpeg-turbo)"
-    settings = tuple(Setting(f"q{q}", q) for q in JPEG_QUALITIES) + (
-        Setting("lossless", 0, lossless=True),)
+    settings = series("q", JPEG_QUALITIES) + (LOSSLESS,)
 
     def check_bits(self, bits: int, setting: Setting) -> None:
         super().check_bits(bits, setting)
@@ -291,10 +309,7 @@ class JPEG(SliceCodec):
                 f"JPEG: lossy JPEG codes 8-bit (baseline) or 12-bit (extended) samples; this "
                 f"volume needs {bits} bits (use lossless JPEG, JPEG 2000 or JPEG-LS)")
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        ic = _ic()
-        self.check_bits(bits, setting)
-        img = np.ascontiguousarray(img)
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):
         if setting.lossless:
             return bytes(ic.jpeg8_encode(img, lossless=True, predictor=1,
                                          bitspersample=max(2, bits)))
@@ -302,14 +317,8 @@ class JPEG(SliceCodec):
         return bytes(ic.jpeg8_encode(img, level=int(setting.param), optimize=True,
                                      bitspersample=bps))
 
-    def decode(self, data: bytes, bits: int) -> np.ndarray:
-        return _ic().jpeg8_decode(data)
-
     def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
         return jpeg_marker_header_bytes(data)
-
-    def version(self) -> str:
-        return _ic_version("jpeg8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,28 +345,20 @@ class JPEG2000(SliceCodec):
     ~85 B per slice."""
 
     name = "JPEG2000"
+    lib = "jpeg2k"
+    threaded_decode = True
     label = "JPEG 2000 (OpenJPEG)"
-    settings = tuple(Setting(f"psnr{p}", p) for p in J2K_PSNR_TARGETS) + (
-        Setting("lossless", 0, lossless=True),)
+    settings = series("psnr", J2K_PSNR_TARGETS) + (LOSSLESS,)
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        ic = _ic()
-        self.check_bits(bits, setting)
-        img = np.ascontiguousarray(img)
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):
         # imagecodecs honours 1..7 for uint8 and 9..15 for uint16
         bps = bits if (bits < 8 or 8 < bits < 16) else None
         level = None if setting.lossless else setting.param
         return bytes(ic.jpeg2k_encode(img, level=level, codecformat="J2K",
                                       bitspersample=bps, numthreads=self.threads))
 
-    def decode(self, data: bytes, bits: int) -> np.ndarray:
-        return _ic().jpeg2k_decode(data, numthreads=self.threads)
-
     def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
         return j2k_header_bytes(data)
-
-    def version(self) -> str:
-        return _ic_version("jpeg2k")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,32 +384,24 @@ class HTJ2K(SliceCodec):
     ``lossless``: reversible 5/3."""
 
     name = "HTJ2K"
+    lib = "htj2k"
     label = "HTJ2K (OpenJPH)"
-    settings = tuple(Setting(f"step{_fmt_param(s)}", s / 256.0) for s in HTJ2K_STEPS) + (
-        Setting("lossless", 0, lossless=True),)
+    settings = series("step", HTJ2K_STEPS, 1 / 256) + (LOSSLESS,)
 
     def settings_for(self, bits: int) -> tuple[Setting, ...]:
         if bits <= 8:
             return self.settings
-        hi = tuple(Setting(f"step{_fmt_param(s)}", s / 256.0) for s in HTJ2K_STEPS_HI)
+        hi = series("step", HTJ2K_STEPS_HI, 1 / 256)
         return hi + self.settings
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        ic = _ic()
-        self.check_bits(bits, setting)
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):
         x = np.ascontiguousarray(img, dtype=np.int16 if bits <= 15 else np.int32)
         if setting.lossless:
             return bytes(ic.htj2k_encode(x, reversible=True))
         return bytes(ic.htj2k_encode(x, level=float(setting.param)))
 
-    def decode(self, data: bytes, bits: int) -> np.ndarray:
-        return _ic().htj2k_decode(data)
-
     def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
         return j2k_header_bytes(data)
-
-    def version(self) -> str:
-        return _ic_version("htj2k")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,13 +440,13 @@ class JPEGLS(SliceCodec):
     where the range admits them."""
 
     name = "JPEG-LS"
+    lib = "jpegls"
     label = "JPEG-LS (CharLS)"
-    settings = tuple(Setting(f"near{n}", n) for n in JLS_NEAR) + (
-        Setting("lossless", 0, lossless=True), Setting("lossless-ic", 0, lossless=True))
+    settings = series("near", JLS_NEAR) + (LOSSLESS, Setting("lossless-ic", 0, lossless=True))
 
     def settings_for(self, bits: int) -> tuple[Setting, ...]:
         top = (1 << bits) - 1
-        hi = tuple(Setting(f"near{n}", n) for n in (255, 128) if bits > 8 and n <= top // 2)
+        hi = series("near", [n for n in (255, 128) if bits > 8 and n <= top // 2])
         return hi + self.settings
 
     def check_bits(self, bits: int, setting: Setting) -> None:
@@ -462,21 +455,12 @@ class JPEGLS(SliceCodec):
             raise UnsupportedBitDepth(f"JPEG-LS: NEAR {setting.param} exceeds "
                                       f"min(255, MAXVAL/2) for {bits}-bit data")
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        ic = _ic()
-        self.check_bits(bits, setting)
-        img = np.ascontiguousarray(img)
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):
         data = bytes(ic.jpegls_encode(img, level=int(setting.param) or None))
         return data if setting.name == "lossless-ic" else strip_spiff(data)
 
-    def decode(self, data: bytes, bits: int) -> np.ndarray:
-        return _ic().jpegls_decode(data)
-
     def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
         return jpeg_marker_header_bytes(data)
-
-    def version(self) -> str:
-        return _ic_version("jpegls")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,14 +480,12 @@ class JPEGXL(SliceCodec):
     declaring the true bit depth B."""
 
     name = "JPEG-XL"
+    lib = "jpegxl"
+    threaded_decode = True
     label = "JPEG XL (libjxl)"
-    settings = tuple(Setting(f"d{_fmt_param(d)}", d) for d in JXL_DISTANCES) + (
-        Setting("lossless", 0, lossless=True),)
+    settings = series("d", JXL_DISTANCES) + (LOSSLESS,)
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        ic = _ic()
-        self.check_bits(bits, setting)
-        img = np.ascontiguousarray(img)
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):
         if setting.lossless:
             return bytes(ic.jpegxl_encode(img, lossless=True, bitspersample=bits,
                                           numthreads=self.threads))
@@ -511,14 +493,8 @@ class JPEGXL(SliceCodec):
         return bytes(ic.jpegxl_encode(img, distance=float(setting.param), bitspersample=bps,
                                       numthreads=self.threads))
 
-    def decode(self, data: bytes, bits: int) -> np.ndarray:
-        return _ic().jpegxl_decode(data, numthreads=self.threads)
-
     def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
         return _jxl_1x1_bytes(setting, bits)
-
-    def version(self) -> str:
-        return _ic_version("jpegxl")
 
 
 @lru_cache(maxsize=256)
@@ -557,6 +533,8 @@ class AVIF(SliceCodec):
     default identity matrix of imagecodecs' lossless path forces 4:4:4 and 1.7× the bytes)."""
 
     name = "AVIF"
+    lib = "avif"
+    threaded_decode = True
     label = "AVIF (libavif/aom)"
     max_bits = 12
     settings = tuple(Setting(f"q{q}", q) for q in AVIF_QUALITIES) + (
@@ -565,8 +543,7 @@ class AVIF(SliceCodec):
     def check_bits(self, bits: int, setting: Setting) -> None:
         avif_depth(bits)
 
-    def encode(self, img: np.ndarray, setting: Setting, bits: int) -> bytes:
-        ic = _ic()
+    def _encode(self, ic, img: np.ndarray, setting: Setting, bits: int):
         depth = avif_depth(bits)
         img = np.ascontiguousarray(img, dtype=np.uint8 if depth == 8 else np.uint16)
         rgb = np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
@@ -579,16 +556,13 @@ class AVIF(SliceCodec):
                                     numthreads=self.threads, **kw))
 
     def decode(self, data: bytes, bits: int) -> np.ndarray:
-        d = np.asarray(_ic().avif_decode(data, numthreads=self.threads))
+        d = np.asarray(super().decode(data, bits))
         if d.ndim == 3:  # R = G = B (the lossless path may come back as RGB)
             d = d[..., 0]
         return d
 
     def header_bytes(self, data: bytes, setting: Setting, bits: int) -> int:
         return isobmff_header_bytes(data)
-
-    def version(self) -> str:
-        return _ic_version("avif")
 
 
 # ----------------------------------------------------------------------------------------------

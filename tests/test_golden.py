@@ -153,9 +153,9 @@ def test_golden_bounded_files_re_encode_byte_identically(shared_data):
     spec.loader.exec_module(mg)
     src = _golden_sources()
     installed = zoo.sha256_file(zoo.find_weights(zoo.DEFAULT_MODEL))
-    plans = {"sct_t1w_8bit_lossless.bmz": lambda: mg.with_base(src["sct_t1w_8bit"], 0, 0),
-             "prisma_12bit_d2_base_q1.bmz": lambda: mg.with_base(src["prisma_12bit"], 2, 1),
-             "bold_int32_14bit_lossless.bmz": lambda: mg.with_base(src["bold_int32_14bit"], 0, 0)}
+    plans = {"sct_t1w_8bit_lossless.bmz": lambda: mg.bounded_format3(src["sct_t1w_8bit"], 0, 0),
+             "prisma_12bit_d2_base_q1.bmz": lambda: mg.bounded_format3(src["prisma_12bit"], 2, 1),
+             "bold_int32_14bit_lossless.bmz": lambda: mg.bounded_format3(src["bold_int32_14bit"], 0, 0)}
     compared = 0
     for name, make in plans.items():
         with BmzReader(BOUNDED / name) as r:

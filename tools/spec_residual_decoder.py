@@ -77,6 +77,18 @@ def med(a, b, c):
     return a + b - c
 
 
+def near(A, y, x, X):
+    """2·W + N + NW + NE of map ``A`` at (y, x); a neighbour outside the slice counts 0."""
+    t = 2 * A[y][x - 1] if x > 0 else 0
+    if y > 0:
+        t += A[y - 1][x]
+        if x > 0:
+            t += A[y - 1][x - 1]
+        if x + 1 < X:
+            t += A[y - 1][x + 1]
+    return t
+
+
 class Coder:
     """The per-coder parameters of §10.6.2 and its tables (§10.6.3)."""
 
@@ -346,18 +358,7 @@ def decode_slice(data: bytes, H: int, X: int, S: int, delta: int, coder: Coder, 
             sc = []
             for i in range(npred):
                 Ei = E[i]
-                t = 0
-                if x > 0:
-                    t += 2 * Ei[y][x - 1]
-                if x > 1:
-                    t += Ei[y][x - 2]
-                if y > 0:
-                    t += Ei[y - 1][x]
-                if y > 0 and x > 0:
-                    t += Ei[y - 1][x - 1]
-                if y > 0 and x + 1 < X:
-                    t += Ei[y - 1][x + 1]
-                sc.append(t)
+                sc.append(near(Ei, y, x, X) + (Ei[y][x - 2] if x > 1 else 0))
             smin = min(sc)
             wts = []
             for i in range(npred):
@@ -366,15 +367,7 @@ def decode_slice(data: bytes, H: int, X: int, S: int, delta: int, coder: Coder, 
             wsum = sum(wts)
             pb = (sum(wts[i] * pv[i] for i in range(npred)) + (wsum >> 1)) // wsum
             # energy, texture, bias
-            en = 0
-            if x > 0:
-                en += 2 * F[y][x - 1]
-            if y > 0:
-                en += F[y - 1][x]
-            if y > 0 and x > 0:
-                en += F[y - 1][x - 1]
-            if y > 0 and x + 1 < X:
-                en += F[y - 1][x + 1]
+            en = near(F, y, x, X)
             ke = bucket(en // s, E_TH)
             pint = pb >> 3
             tex = ((vN > pint) * 1 + (vW > pint) * 2 + (vNW > pint) * 4 + (vNE > pint) * 8

@@ -12,8 +12,6 @@ decoded array (C order) and δ."""
 
 from __future__ import annotations
 
-import hashlib
-import io as _io
 import json
 import sys
 from pathlib import Path
@@ -22,34 +20,20 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1] / "conformance"))
 
 import numpy as np  # noqa: E402
 
 from bmz import api  # noqa: E402
-from bmz.codec import pipeline, zoo  # noqa: E402
-from bmz.codec.chunks import bounded  # noqa: E402
+from make_conformance import bounded_format3  # noqa: E402  (format 3, base kept)
 from make_golden import decoded_sha, sources  # noqa: E402
-
-
-def with_base(vol: np.ndarray, delta: int, q: int) -> bytes:
-    """A bounded file of chunk format 3 (every slice alone: what bmz wrote when the golden files
-    were made; it writes format 6 now) whose every chunk keeps its base layer at quality ``q``
-    (0: none, lossless when ``delta`` is 0)."""
-    model, sha = zoo.load_model(zoo.DEFAULT_MODEL)
-    mapping = pipeline.mapping_for_range(int(vol.min()), int(vol.max()))
-    enc = bounded.BoundedEncoder(model, mapping, delta, q)
-    enc.fallback = False
-    codec = {"model": zoo.DEFAULT_MODEL, "weights_sha256": sha, "quality": q, **enc.codec_fields()}
-    buf = _io.BytesIO()
-    api._write_chunks(buf, vol, vol, mapping, codec, "numpy", None, False, True, enc.encode_slice)
-    return buf.getvalue()
 
 
 def main() -> int:
     src = sources()
-    plans = {"sct_t1w_8bit_lossless.bmz": lambda: with_base(src["sct_t1w_8bit"], 0, 0),
-             "prisma_12bit_d2_base_q1.bmz": lambda: with_base(src["prisma_12bit"], 2, 1),
-             "bold_int32_14bit_lossless.bmz": lambda: with_base(src["bold_int32_14bit"], 0, 0)}
+    plans = {"sct_t1w_8bit_lossless.bmz": lambda: bounded_format3(src["sct_t1w_8bit"], 0, 0),
+             "prisma_12bit_d2_base_q1.bmz": lambda: bounded_format3(src["prisma_12bit"], 2, 1),
+             "bold_int32_14bit_lossless.bmz": lambda: bounded_format3(src["bold_int32_14bit"], 0, 0)}
     record = {}
     for old in HERE.glob("*.bmz"):
         old.unlink()
