@@ -89,13 +89,22 @@ def _squash(d, T):
     return (T[i] * (128 - w) + T[i + 1] * w + 64) >> 7
 
 
+def _bucket_table(th: np.ndarray) -> np.ndarray:
+    """v → the number of thresholds ≤ v, for 0 ≤ v ≤ the largest threshold (and the last bucket
+    above it): a look-up instead of a search."""
+    return np.array([int(np.sum(th <= v)) for v in range(int(th[-1]) + 1)], dtype=np.int64)
+
+
+#: bucket look-ups of :data:`E_THRESH` and :data:`LEV_TH`
+E_TAB = _bucket_table(E_THRESH)
+LEV_TAB = _bucket_table(LEV_TH)
+
+
 @njit(cache=True, inline="always")
-def _bucket(v, th):
-    k = 0
-    n = th.shape[0]
-    while k < n and v >= th[k]:
-        k += 1
-    return k
+def _bk(v, tab):
+    """Bucket of ``v`` ≥ 0 by a table of :func:`_bucket_table`."""
+    n = tab.shape[0]
+    return tab[v] if v < n else tab[n - 1]
 
 
 # ---- range coder (LZMA's) -------------------------------------------------------------------
@@ -357,10 +366,12 @@ def _base_predictions(pv, base, y, x, W, Wv, Nv, NWv, NEv):
 
 
 @njit(cache=True, inline="always")
-def _blend(pv, sc, E, npred, y, x, cy, py, W, cube):
+def _blend(pv, sc, E, npred, y, x, W, cube):
     """Blend of the sub-predictions, weights ∝ 1 / (recent error)² (format 3) or, ``cube``,
     1 / (recent error)³ (format 6), and the smallest recent error (``sc`` receives each one's).
     ``E[y & 1, x, i]``: sub-predictor i's error at (y, x) (rows y − 1 and y)."""
+    cy = y & 1          # rows y and y − 1 of the two-row maps
+    py = cy ^ 1
     smin = -1
     for i in range(npred):
         t = 0
@@ -390,8 +401,10 @@ def _blend(pv, sc, E, npred, y, x, cy, py, W, cube):
 
 
 @njit(cache=True, inline="always")
-def _energy(F, y, x, cy, py, W):
+def _energy(F, y, x, W):
     """Recent prediction-error energy around voxel ``(y, x)``."""
+    cy = y & 1          # rows y and y − 1 of the two-row maps
+    py = cy ^ 1
     en = 0
     if y > 0:
         en += F[py, x]
@@ -535,9 +548,11 @@ def _activity(Nv, Wv, NWv, NEv, WWv, NNv):
 
 
 @njit(cache=True, inline="always")
-def _q_neighbours(Q, y, x, cy, py, W):
+def _q_neighbours(Q, y, x, W):
     """The quantised errors at W, N, NW, NE (0 outside the slice) → (them, how many of W and N
     are non-zero, how many of the four)."""
+    cy = y & 1          # rows y and y − 1 of the two-row maps
+    py = cy ^ 1
     qW = Q[cy, x - 1] if x > 0 else 0
     qN = Q[py, x] if y > 0 else 0
     qNW = Q[py, x - 1] if (y > 0 and x > 0) else 0
@@ -545,6 +560,24 @@ def _q_neighbours(Q, y, x, cy, py, W):
     nz = (1 if qW != 0 else 0) + (1 if qN != 0 else 0)
     nz4 = nz + (1 if qNW != 0 else 0) + (1 if qNE != 0 else 0)
     return qW, qN, qNW, qNE, nz, nz4
+
+
+@njit(cache=True, inline="always")
+def _features(ctx, Q, y, x, W, pv, s, has_ref, b, p8, pred, smin, ke, Nv, Wv, NWv, NEv,
+              WWv, NNv, e_tab):
+    """The contexts of the first three models, into ``ctx`` (error energy ``ke`` × disagreement
+    with the reference value ``b`` — or the sub-predictions' spread without one — × the
+    neighbours' zeros; activity × level; best sub-predictor's error × non-zero count) →
+    (activity bucket, level bucket, the quantised errors W, N, NW, NE)."""
+    dis = _iabs(8 * b - p8) // s if has_ref else _spread(pv, s)
+    ka = _bk(8 * _activity(Nv, Wv, NWv, NEv, WWv, NNv) // s, e_tab)
+    lev = _bk(pred, LEV_TAB)
+    kbest = _bk(smin // s, e_tab)
+    qW, qN, qNW, qNE, nz, nz4 = _q_neighbours(Q, y, x, W)
+    ctx[0] = (ke * 4 + _kd(dis)) * 3 + nz
+    ctx[1] = ka * 16 + lev
+    ctx[2] = kbest * 5 + nz4
+    return ka, lev, qW, qN, qNW, qNE
 
 
 @njit(cache=True, inline="always")
@@ -608,3 +641,116 @@ def missing_tables(path: Path) -> None:
         raise FileNotFoundError(
             f"the residual coder's tables {path} are missing: this bmz installation is broken "
             f"(reinstall bmz; bounded-error and lossless files cannot be coded without them)")
+
+
+# ---- coding a voxel, once its prediction and contexts are known (both coders) ---------------
+def voxel_coder(mix_bit, plain_bit, n_models):
+    """The coding of one voxel (:func:`code_voxel` below) for a coder whose mixed decisions
+    ``mix_bit`` and plain ones ``plain_bit`` code, mixing ``n_models`` context models: the
+    quantised error binarised (zero flag, sign, Elias-gamma magnitude; docs/FORMAT.md §10.6), the
+    value reconstructed, the predictors' learning step. numba inlines it, and the coder's own
+    functions into it, into the coder's voxel loop (the coder's constants stay constants).
+
+    The decisions' arguments: the range coder (``mode``, ``st``, ``buf``), the counters ``C``,
+    the mixer ``M`` with inputs ``xin`` and learning rate ``lr``, the secondary estimation ``A``,
+    the stretch / squash tables ``ST``, ``SQ``; ``cts`` receives each model's counter index;
+    ``ctx`` holds the models' magnitude contexts, ``moff`` each model's table, ``CSA`` each one's
+    size per decision; decision ``d`` mixes with row ``row0 + 16 d + row`` of ``M`` and refines
+    with row ``row0 + 16 d + lev`` of ``A``; ``stats`` counts every coded bit per counter when
+    ``collect``."""
+
+    @njit(inline="always")
+    def _mixed(mode, st, buf, C, M, cts, d, row, lev, bit, ST, SQ, xin, lr, A, row0, collect,
+               stats):
+        """Decision ``d`` on the counters already in ``cts`` → the bit."""
+        bit = mix_bit(mode, st, buf, C, M, cts, row0 + d * 16 + row, bit, ST, SQ, xin, lr, A,
+                      row0 + d * 16 + lev)
+        if collect:
+            for j in range(n_models):
+                stats[cts[j], bit] += 1
+        return bit
+
+    @njit(inline="always")
+    def decide(mode, st, buf, C, M, cts, ctx, moff, CSA, d, row, lev, bit, ST, SQ, xin, lr, A,
+               row0, collect, stats):
+        """Decision ``d`` on the magnitude contexts ``ctx`` → the bit."""
+        for j in range(n_models):
+            cts[j] = moff[j] + d * CSA[j] + ctx[j]
+        return _mixed(mode, st, buf, C, M, cts, d, row, lev, bit, ST, SQ, xin, lr, A, row0,
+                      collect, stats)
+
+    @njit(inline="always")
+    def sign_magnitude(mode, q, st, buf, C, M, cts, csg, ctx, moff, CSA, omant, row, lev, ST, SQ,
+                       xin, lr, A, row0, collect, stats, maxv):
+        """The sign of a non-zero quantised error ``q`` (on the counters ``csg``), then
+        its magnitude in Elias gamma: the exponent k in unary (decisions ``D_UNARY + i``), the
+        top mantissa bit mixed (``D_MTOP + k``), the k − 1 lower ones on plain counters from
+        ``omant`` → (q, True), or (0, False) when a decoded magnitude exceeds the value range."""
+        neg = _mixed(mode, st, buf, C, M, csg, D_SIGN, row, lev, 1 if q < 0 else 0, ST, SQ, xin,
+                     lr, A, row0, collect, stats)
+        mv = q if q > 0 else -q
+        k = 0
+        if mode == 0:
+            t = mv
+            while t > 1:
+                t >>= 1
+                k += 1
+        kk = 0
+        while kk < N_K - 1:
+            more = decide(mode, st, buf, C, M, cts, ctx, moff, CSA, D_UNARY + kk, row, lev,
+                          1 if kk < k else 0, ST, SQ, xin, lr, A, row0, collect, stats)
+            if not more:
+                break
+            kk += 1
+        k = kk
+        if mode == 1:
+            mv = 1
+        for j in range(k - 1, -1, -1):
+            bitv = (mv >> j) & 1 if mode == 0 else 0
+            if j == k - 1:
+                bitv = decide(mode, st, buf, C, M, cts, ctx, moff, CSA, D_MTOP + k, row, lev,
+                              bitv, ST, SQ, xin, lr, A, row0, collect, stats)
+            else:
+                cm = omant + k * N_K + j
+                bitv = plain_bit(mode, st, buf, C, cm, bitv)
+                if collect:
+                    stats[cm, bitv] += 1
+            if mode == 1:
+                mv = (mv << 1) | bitv
+        if mode == 1:
+            if mv - 1 > maxv:
+                return 0, False
+            q = -mv if neg else mv
+        return q, True
+
+    @njit(inline="always")
+    def code_voxel(mode, x, y, xx, pred, p8, pb, lnorm, kb, row, lev, delta, maxv, st, buf, R,
+                   state, scratch, tabs, moff, CSA, omant, row0, nl, collect, stats):
+        """Voxel (y, xx), given its prediction (``pred``; ``p8``, ``pb`` in 1/8 units), the
+        models' magnitude contexts (``ctx`` of ``scratch``) and sign counters (``csg``): its
+        quantised error coded (zero flag, sign, magnitude), its value reconstructed — checked
+        against the bound (encoder) or stored (decoder) — and the predictors' learning step (the
+        first ``nl`` NLMS taps, bias context ``kb``) → (value, status: 0, or 2 bound violated,
+        3 corrupt stream)."""
+        C, M, A, lw, bsum, bcnt = state
+        Q, E, F, pv, sc, ctx, cts, csg, xin, lu = scratch
+        e_th, ST, SQ, lr = tabs
+        s = 2 * delta + 1
+        cy = y & 1
+        q = _quantise(mode, x, y, xx, pred, delta, s)
+        nzb = decide(mode, st, buf, C, M, cts, ctx, moff, CSA, D_ZERO, row, lev,
+                     1 if q != 0 else 0, ST, SQ, xin, lr, A, row0, collect, stats)
+        if nzb:
+            q, ok = sign_magnitude(mode, q, st, buf, C, M, cts, csg, ctx, moff, CSA, omant, row,
+                                   lev, ST, SQ, xin, lr, A, row0, collect, stats, maxv)
+            if not ok:
+                return 0, 3
+        v, ok = _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv)
+        if not ok:
+            return v, 2
+        R[y, xx] = v
+        Q[cy, xx] = q
+        _learn(E, F, lw, lu, nl, bsum, bcnt, pv, E.shape[2], cy, xx, 8 * v, p8, pb, lnorm, kb)
+        return v, 0
+
+    return code_voxel

@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from ._residual_common import (  # noqa: F401 (re-exported: the coder's constants and tables)
-    D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, LMS_WMAX,
-    MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED, N_PRED_BASE, N_PRED_PLAIN, RATES, RATE_FAST,
-    RATE_SLOW, STRETCH, _activity, _base_predictions, _blend, _bucket, _clamp12, _corrected,
-    _energy, _finish, _iabs, _kd, _learn, _plain_code, _q_neighbours, _quantise, _rc_start,
-    _reconstruct, _refine_code_learn, _sgn3, _sign_contexts, _spatial, _spread, _SQ_T, _squash,
-    _squash_py, _texture, digest, encode_growing, load_tables, njit, stream_buffer)
+    E_TAB, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, MAX_RANGE, N_DEC, N_K, N_LMS, N_PRED,
+    N_PRED_BASE, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, _base_predictions, _bk, _blend, _clamp12,
+    _corrected, _energy, _features, _finish, _plain_code, _rc_start, _refine_code_learn, _sgn3,
+    _sign_contexts, _spatial, _squash, _squash_py, _texture, digest, encode_growing, load_tables,
+    njit, stream_buffer, voxel_coder)
 
 #: context models mixed for every decision and the size of each one's context
 N_MODELS = 4
@@ -93,6 +92,10 @@ def _plain_bit(mode, st, buf, C, c, bit):
     return bit
 
 
+#: a voxel's coding once its prediction and contexts are known, with this coder's mixer
+_code_voxel = voxel_coder(_mix_bit, _plain_bit, N_MODELS)
+
+
 @njit(cache=True, inline="always")
 def _initial_state(prior, prior_mix, prior_apm, n0):
     """The adaptive state a slice starts from: bit counts ``C``, mixer weights ``M``, APM ``A``."""
@@ -112,6 +115,48 @@ def _initial_state(prior, prior_mix, prior_apm, n0):
     return C, M, A
 
 
+@njit(cache=True, nogil=True, _nrt=False)
+def _voxels(mode, x, base, has_base, maxv, delta, buf, st, R, state, scratch, tabs, stats):
+    """The voxels of a slice, in raster order (see :func:`_code_slice`) → (bytes, status),
+    status −1 when every voxel is coded. Allocates nothing, so it is compiled without numba's
+    reference counting (``_nrt=False``; see :func:`bmz.codec.residual3d._voxels`)."""
+    C, M, A, lw, bsum, bcnt = state
+    Q, E, F, pv, sc, ctx, cts, csg, xin, lu = scratch
+    e_th, ST, SQ, lr = tabs
+    H, W = x.shape
+    s = 2 * delta + 1
+    npred = E.shape[2]
+    collect = stats.shape[0] == N_CNT
+    corner = base[0, 0] if has_base else (maxv + 1) // 2  # the first voxel's neighbours
+    omant = _OFF_NB[N_MODELS]
+    for y in range(H):
+        for xx in range(W):
+            # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
+            Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc = _spatial(pv, R, y, xx, W, corner, lw,
+                                                                   lu, s)
+            pv[8] = c0 + (lacc >> 12)
+            if has_base:
+                _base_predictions(pv, base, y, xx, W, Wv, Nv, NWv, NEv)
+            # ---- the blend of the sub-predictions; error energy, texture, bias correction
+            pb, smin = _blend(pv, sc, E, npred, y, xx, W, False)
+            ke = _bk(_energy(F, y, xx, W) // s, e_th)
+            kb = _texture(pb >> 3, Nv, Wv, NWv, NEv, NNv, WWv) * 4 + (ke >> 2)
+            corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
+            # ---- context features
+            b = base[y, xx] if has_base else 0
+            ka, lev, qW, qN, qNW, qNE = _features(ctx, Q, y, xx, W, pv, s, has_base, b, p8,
+                                                  pred, smin, ke, Nv, Wv, NWv, NEv, WWv, NNv, e_th)
+            ctx[3] = ke * 4 + (lev >> 2)
+            # ---- the sign's counters, then the voxel coded (zero flag, sign, magnitude)
+            _sign_contexts(csg, OFFS, CSA, qW, qN, qNW, qNE, _sgn3(p8 - 8 * pred), corr, ke, lev)
+            v, status = _code_voxel(mode, x, y, xx, pred, p8, pb, lnorm, kb, ke, lev, delta, maxv,
+                                    st, buf, R, state, scratch, tabs, OFFS, CSA, omant, 0, N_LMS,
+                                    collect, stats)
+            if status:
+                return st[4], status
+    return 0, -1
+
+
 @njit(cache=True, nogil=True)
 def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix, prior_apm, e_th, ST,
                 SQ, lr, n0, stats, mix_acc, apm_acc):
@@ -122,126 +167,26 @@ def _code_slice(mode, x, rec, base, has_base, maxv, delta, buf, prior, prior_mix
     ``stats`` (N_CNT, 2) int64, when it has rows, accumulates the count of zeros and ones coded in
     every context (to fit :data:`PRIOR`)."""
     H, W = x.shape
-    s = 2 * delta + 1
     npred = N_PRED if has_base else N_PRED_PLAIN
     R = np.zeros((H, W), np.int64)           # reconstruction
-    # rows y − 1 and y only (index y & 1): quantised errors, |8 R − p_i|, |8 R − prediction|
-    Q = np.zeros((2, W), np.int64)
-    E = np.zeros((2, W, npred), np.int64)
-    F = np.zeros((2, W), np.int64)
     C, M, A = _initial_state(prior, prior_mix, prior_apm, n0)
-    collect = stats.shape[0] == N_CNT
-    bsum = np.zeros(N_BIAS, np.int64)
-    bcnt = np.zeros(N_BIAS, np.int64)
-    pv = np.zeros(N_PRED, np.int64)
-    sc = np.zeros(N_PRED, np.int64)
-    ctx = np.zeros(N_MODELS, np.int64)
-    cts = np.zeros(N_MODELS, np.int64)
-    xin = np.zeros(N_IN, np.int64)
-    lw = np.zeros(N_LMS, np.int64)          # NLMS weights, 2^-12 units
-    lu = np.zeros(N_LMS, np.int64)
+    # NLMS weights (2^-12 units), bias sums and counts
+    state = (C, M, A, np.zeros(N_LMS, np.int64), np.zeros(N_BIAS, np.int64),
+             np.zeros(N_BIAS, np.int64))
+    # rows y − 1 and y (index y & 1) of the quantised errors, |8 R − p_i| and |8 R − prediction|;
+    # the voxel's sub-predictions and blend weights, contexts, mixer inputs, NLMS inputs
+    scratch = (np.zeros((2, W), np.int64), np.zeros((2, W, npred), np.int64),
+               np.zeros((2, W), np.int64), np.zeros(N_PRED, np.int64), np.zeros(N_PRED, np.int64),
+               np.zeros(N_MODELS, np.int64), np.zeros(N_MODELS, np.int64),
+               np.zeros(N_MODELS, np.int64),
+               np.zeros(N_IN, np.int64), np.zeros(N_LMS, np.int64))
     st = _rc_start(mode, buf)
-    mid = (maxv + 1) // 2
-    omant = _OFF_NB[N_MODELS]
-    kmax = N_K - 1
-    corner = base[0, 0] if has_base else mid  # the first voxel's neighbours
-    for y in range(H):
-        cy = y & 1
-        py = cy ^ 1
-        for xx in range(W):
-            # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
-            Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc = _spatial(pv, R, y, xx, W, corner, lw,
-                                                                   lu, s)
-            pv[8] = c0 + (lacc >> 12)
-            if has_base:
-                _base_predictions(pv, base, y, xx, W, Wv, Nv, NWv, NEv)
-            # ---- the blend of the sub-predictions; error energy, texture, bias correction
-            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W, False)
-            ke = _bucket(_energy(F, y, xx, cy, py, W) // s, e_th)
-            kb = _texture(pb >> 3, Nv, Wv, NWv, NEv, NNv, WWv) * 4 + (ke >> 2)
-            corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
-            # ---- context features
-            dis = _iabs(8 * base[y, xx] - p8) // s if has_base else _spread(pv, s)
-            ka = _bucket(8 * _activity(Nv, Wv, NWv, NEv, WWv, NNv) // s, e_th)
-            lev = _bucket(pred, LEV_TH)
-            kbest = _bucket(smin // s, e_th)
-            qW, qN, qNW, qNE, nz, nz4 = _q_neighbours(Q, y, xx, cy, py, W)
-            # magnitude-type contexts of the four models
-            ctx[0] = (ke * 4 + _kd(dis)) * 3 + nz
-            ctx[1] = ka * 16 + lev
-            ctx[2] = kbest * 5 + nz4
-            ctx[3] = ke * 4 + (lev >> 2)
-            # ---- the quantised error: zero flag, sign, Elias-gamma magnitude
-            q = _quantise(mode, x, y, xx, pred, delta, s)
-            row = ke
-            for j in range(N_MODELS):
-                cts[j] = OFFS[j] + D_ZERO * CSA[j] + ctx[j]
-            nzb = _mix_bit(mode, st, buf, C, M, cts, D_ZERO * 16 + row,
-                           1 if q != 0 else 0, ST, SQ, xin, lr, A, D_ZERO * 16 + lev)
-            if collect:
-                for j in range(N_MODELS):
-                    stats[cts[j], nzb] += 1
-            if nzb:
-                sf = _sgn3(p8 - 8 * pred)
-                _sign_contexts(cts, OFFS, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev)
-                neg = _mix_bit(mode, st, buf, C, M, cts, D_SIGN * 16 + row,
-                               1 if q < 0 else 0, ST, SQ, xin, lr, A, D_SIGN * 16 + lev)
-                if collect:
-                    for j in range(N_MODELS):
-                        stats[cts[j], neg] += 1
-                # Elias gamma of |q|: exponent k in unary, then k mantissa bits
-                mv = q if q > 0 else -q
-                k = 0
-                if mode == 0:
-                    t = mv
-                    while t > 1:
-                        t >>= 1
-                        k += 1
-                kk = 0
-                while kk < kmax:
-                    d = D_UNARY + kk
-                    for j in range(N_MODELS):
-                        cts[j] = OFFS[j] + d * CSA[j] + ctx[j]
-                    more = _mix_bit(mode, st, buf, C, M, cts, d * 16 + row,
-                                    1 if kk < k else 0, ST, SQ, xin, lr, A, d * 16 + lev)
-                    if collect:
-                        for j in range(N_MODELS):
-                            stats[cts[j], more] += 1
-                    if not more:
-                        break
-                    kk += 1
-                k = kk
-                if mode == 1:
-                    mv = 1
-                for j in range(k - 1, -1, -1):
-                    bitv = (mv >> j) & 1 if mode == 0 else 0
-                    if j == k - 1:
-                        d = D_MTOP + k
-                        for jj in range(N_MODELS):
-                            cts[jj] = OFFS[jj] + d * CSA[jj] + ctx[jj]
-                        bitv = _mix_bit(mode, st, buf, C, M, cts, d * 16 + row, bitv,
-                                        ST, SQ, xin, lr, A, d * 16 + lev)
-                        if collect:
-                            for jj in range(N_MODELS):
-                                stats[cts[jj], bitv] += 1
-                    else:
-                        cm = omant + k * N_K + j
-                        bitv = _plain_bit(mode, st, buf, C, cm, bitv)
-                        if collect:
-                            stats[cm, bitv] += 1
-                    if mode == 1:
-                        mv = (mv << 1) | bitv
-                if mode == 1:
-                    if mv - 1 > maxv:
-                        return st[4], 3
-                    q = -mv if neg else mv
-            v, ok = _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv)
-            if not ok:
-                return st[4], 2
-            R[y, xx] = v
-            Q[cy, xx] = q
-            _learn(E, F, lw, lu, N_LMS, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
-    return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
+    n, status = _voxels(mode, x, base, has_base, maxv, delta, buf, st, R, state, scratch,
+                        (e_th, ST, SQ, lr), stats)
+    if status >= 0:
+        return n, status
+    return _finish(mode, st, buf, rec, R, stats.shape[0] == N_CNT, M, A, mix_acc,
+                   apm_acc)
 
 
 _OFF_NB = np.array(list(_OFF[:N_MODELS]) + [int(_OFF[-1])], dtype=np.int64)
@@ -279,7 +224,7 @@ _NO_ACC = np.zeros((0, 0), np.int64)
 
 def _args(stats=None, mix_acc=None, apm_acc=None, tables=None):
     prior, prior_mix, prior_apm, prior_n0 = tables or (PRIOR, PRIOR_MIX, PRIOR_APM, PRIOR_N0)
-    return (prior, prior_mix, prior_apm, E_THRESH, STRETCH, _SQ_T, LR, prior_n0,
+    return (prior, prior_mix, prior_apm, E_TAB, STRETCH, _SQ_T, LR, prior_n0,
             _NO_STATS if stats is None else stats, _NO_ACC if mix_acc is None else mix_acc,
             _NO_ACC if apm_acc is None else apm_acc)
 

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from ._residual_common import (
-    D_MTOP, D_SIGN, D_UNARY, D_ZERO, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, MAX_RANGE,
-    N_DEC, N_K, N_LMS, N_PRED, N_PRED_PLAIN, RATES, STRETCH, _activity, _base_predictions,
-    _blend, _clamp12, _corrected, _energy, _finish, _iabs, _kd, _learn, _plain_code,
-    _q_neighbours, _quantise, _rc_start, _reconstruct, _refine_code_learn, _sgn3,
-    _sign_contexts, _spatial, _spread, _SQ_T, _squash, _squash_py, _texture, digest,
-    encode_growing, load_tables, njit, stream_buffer)
+    D_SIGN, E_TAB, E_THRESH, LEV_TH, LMS_DX, LMS_DY, LMS_SHIFT, MAX_RANGE, N_DEC, N_K, N_LMS,
+    N_PRED, N_PRED_PLAIN, RATES, STRETCH, _SQ_T, _base_predictions, _bk, _blend, _clamp12,
+    _corrected, _energy, _features, _finish, _iabs, _plain_code, _rc_start, _refine_code_learn,
+    _sgn3, _sign_contexts, _spatial, _squash, _squash_py, _texture, digest, encode_growing,
+    load_tables, njit, stream_buffer, voxel_coder)
 
 __all__ = ["encode", "decode", "CODER_ID", "MAX_RANGE"]
 
@@ -95,21 +94,8 @@ def _plain_bit(mode, st, buf, C, c, bit):
     return bit
 
 
-def _bucket_table(th: np.ndarray) -> np.ndarray:
-    """v → the number of thresholds ≤ v, for 0 ≤ v ≤ the largest threshold (and the last bucket
-    above it): a look-up instead of a search."""
-    return np.array([int(np.sum(th <= v)) for v in range(int(th[-1]) + 1)], dtype=np.int64)
-
-
-E_TAB = _bucket_table(E_THRESH)
-LEV_TAB = _bucket_table(LEV_TH)
-
-
-@njit(cache=True, inline="always")
-def _bk(v, tab):
-    """Bucket of ``v`` ≥ 0 by a table of :func:`_bucket_table`."""
-    n = tab.shape[0]
-    return tab[v] if v < n else tab[n - 1]
+#: a voxel's coding once its prediction and contexts are known, with this coder's mixer
+_code_voxel = voxel_coder(_mix_bit, _plain_bit, N_MODELS)
 
 
 @njit(cache=True, inline="always")
@@ -117,45 +103,28 @@ def _cl(v, n):
     return 0 if v < 0 else (n - 1 if v >= n else v)
 
 
-@njit(cache=True, nogil=True)
-def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A, lw, bsum, bcnt,
-                e_th, ST, SQ, lr, stats, mix_acc, apm_acc):
-    """Encode (mode 0: ``x`` holds the slice, ``buf`` receives the bytes, ``rec`` the
-    reconstruction) or decode (mode 1: ``buf`` holds the bytes, ``x`` receives the slice).
-    ``ref``: the reference (``rkind`` 1: base layer, 2: previous slice; else unused), ``perr``:
-    the previous slice's error map (``rkind`` 2). ``eout`` receives this slice's error map.
-    Returns (bytes written / read, status): 0 ok, 1 buffer too small, 2 bound violated, 3 corrupt."""
+@njit(cache=True, nogil=True, _nrt=False)
+def _voxels(mode, x, ref, rkind, perr, eout, maxv, delta, buf, st, R, state, scratch, tabs, moff,
+            stats):
+    """The voxels of a slice, in raster order (see :func:`_code_slice`) → (bytes, status),
+    status −1 when every voxel is coded. Allocates nothing, so it is compiled without numba's
+    reference counting (``_nrt=False``): counting the arrays that the inlined steps hand each
+    other took about 40 % of the coder's time."""
+    C, M, A, lw, bsum, bcnt = state
+    Q, E, F, pv, sc, ctx, cts, csg, xin, lu = scratch
+    e_th, ST, SQ, lr = tabs
     H, W = x.shape
     s = 2 * delta + 1
     has_ref = rkind != 0
     inter = rkind == 2
     iset = 1 if inter else 0
-    npred = N_PRED if has_ref else N_PRED_PLAIN
+    npred = E.shape[2]
     nl = N_LMS_ALL if inter else N_LMS
-    R = np.zeros((H, W), np.int64)
-    Q = np.zeros((2, W), np.int64)
-    E = np.zeros((2, W, npred), np.int64)
-    F = np.zeros((2, W), np.int64)
     collect = stats.shape[0] == N_CNT
-    pv = np.zeros(N_PRED, np.int64)
-    sc = np.zeros(N_PRED, np.int64)
-    ctx = np.zeros(N_MODELS, np.int64)
-    cts = np.zeros(N_MODELS, np.int64)
-    xin = np.zeros(N_IN, np.int64)
-    lu = np.zeros(N_LMS_ALL, np.int64)
-    st = _rc_start(mode, buf)
-    mid = (maxv + 1) // 2
-    kmax = N_K - 1
-    corner = ref[0, 0] if has_ref else mid  # the first voxel's neighbours
-    base_set = iset * _SET_SIZE
-    omant = base_set + OFFS[N_MODELS]
-    moff = np.empty(N_MODELS, np.int64)
-    for j in range(N_MODELS):
-        moff[j] = base_set + OFFS[j]
-    mrow0 = iset * N_DEC * 16
+    corner = ref[0, 0] if has_ref else (maxv + 1) // 2  # the first voxel's neighbours
+    omant = iset * _SET_SIZE + OFFS[N_MODELS]
+    row0 = iset * N_DEC * 16              # mixer and secondary-estimation rows of the set
     for y in range(H):
-        cy = y & 1
-        py = cy ^ 1
         for xx in range(W):
             # ---- causal neighbours (reconstructed), sub-predictions (1/8 units), NLMS
             Wv, Nv, NWv, NEv, WWv, NNv, c0, lnorm, lacc = _spatial(pv, R, y, xx, W, corner, lw,
@@ -183,9 +152,9 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                     dm = _iabs(rW) + _iabs(rN) + _iabs(rNW) + _iabs(rNE)
             pv[8] = c0 + (lacc >> 12)
             # ---- the blend of the sub-predictions (weights ∝ 1 / error³)
-            pb, smin = _blend(pv, sc, E, npred, y, xx, cy, py, W, True)
+            pb, smin = _blend(pv, sc, E, npred, y, xx, W, True)
             # ---- error energy, texture, bias correction
-            en = _energy(F, y, xx, cy, py, W)
+            en = _energy(F, y, xx, W)
             ke = _bk(en // s, e_th)
             pint = pb >> 3
             tex = _texture(pint, Nv, Wv, NWv, NEv, NNv, WWv)
@@ -194,14 +163,8 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
             kb = tex * 4 + (ke >> 2)
             corr, p8, pred = _corrected(pb, bsum, bcnt, kb, maxv)
             # ---- context features
-            dis = _iabs(8 * b - p8) // s if has_ref else _spread(pv, s)
-            ka = _bk(8 * _activity(Nv, Wv, NWv, NEv, WWv, NNv) // s, e_th)
-            lev = _bk(pred, LEV_TAB)
-            kbest = _bk(smin // s, e_th)
-            qW, qN, qNW, qNE, nz, nz4 = _q_neighbours(Q, y, xx, cy, py, W)
-            ctx[0] = (ke * 4 + _kd(dis)) * 3 + nz
-            ctx[1] = ka * 16 + lev
-            ctx[2] = kbest * 5 + nz4
+            ka, lev, qW, qN, qNW, qNE = _features(ctx, Q, y, xx, W, pv, s, has_ref, b, p8,
+                                                  pred, smin, ke, Nv, Wv, NWv, NEv, WWv, NNv, e_th)
             if inter:
                 kp = _bk((5 * pe) // (6 * s), e_th)
                 km = _bk(2 * dm // s, e_th)
@@ -213,83 +176,49 @@ def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A,
                 ctx[3] = ke * 4 + (lev >> 2)
                 ctx[4] = ke * 16 + ka
                 row = ke
-            # ---- the quantised error: zero flag, sign, Elias-gamma magnitude
-            q = _quantise(mode, x, y, xx, pred, delta, s)
-            for j in range(N_MODELS):
-                cts[j] = moff[j] + D_ZERO * CSA[j] + ctx[j]
-            arow0 = iset * N_DEC * 16
-            nzb = _mix_bit(mode, st, buf, C, M, cts, mrow0 + D_ZERO * 16 + row,
-                           1 if q != 0 else 0, ST, SQ, xin, lr, A, arow0 + D_ZERO * 16 + lev)
-            if collect:
-                for j in range(N_MODELS):
-                    stats[cts[j], nzb] += 1
-            if nzb:
-                sf = _sgn3(p8 - 8 * pred)
-                _sign_contexts(cts, moff, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev)
-                if inter:
-                    cts[4] = moff[4] + D_SIGN * CSA[4] + ((_sgn3(8 * b - p8) * 3
-                                                          + _sgn3(perr[y, xx])) * 3 + sf) * 4 + (kp >> 2)
-                else:
-                    cts[4] = moff[4] + D_SIGN * CSA[4] + (_sgn3(corr) * 3 + sf) * 16 + ke
-                neg = _mix_bit(mode, st, buf, C, M, cts, mrow0 + D_SIGN * 16 + row,
-                               1 if q < 0 else 0, ST, SQ, xin, lr, A, arow0 + D_SIGN * 16 + lev)
-                if collect:
-                    for j in range(N_MODELS):
-                        stats[cts[j], neg] += 1
-                # Elias gamma of |q|: exponent k in unary, then k mantissa bits
-                mv = q if q > 0 else -q
-                k = 0
-                if mode == 0:
-                    t = mv
-                    while t > 1:
-                        t >>= 1
-                        k += 1
-                kk = 0
-                while kk < kmax:
-                    d = D_UNARY + kk
-                    for j in range(N_MODELS):
-                        cts[j] = moff[j] + d * CSA[j] + ctx[j]
-                    more = _mix_bit(mode, st, buf, C, M, cts, mrow0 + d * 16 + row,
-                                    1 if kk < k else 0, ST, SQ, xin, lr, A, arow0 + d * 16 + lev)
-                    if collect:
-                        for j in range(N_MODELS):
-                            stats[cts[j], more] += 1
-                    if not more:
-                        break
-                    kk += 1
-                k = kk
-                if mode == 1:
-                    mv = 1
-                for j in range(k - 1, -1, -1):
-                    bitv = (mv >> j) & 1 if mode == 0 else 0
-                    if j == k - 1:
-                        d = D_MTOP + k
-                        for jj in range(N_MODELS):
-                            cts[jj] = moff[jj] + d * CSA[jj] + ctx[jj]
-                        bitv = _mix_bit(mode, st, buf, C, M, cts, mrow0 + d * 16 + row, bitv,
-                                        ST, SQ, xin, lr, A, arow0 + d * 16 + lev)
-                        if collect:
-                            for jj in range(N_MODELS):
-                                stats[cts[jj], bitv] += 1
-                    else:
-                        cm = omant + k * N_K + j
-                        bitv = _plain_bit(mode, st, buf, C, cm, bitv)
-                        if collect:
-                            stats[cm, bitv] += 1
-                    if mode == 1:
-                        mv = (mv << 1) | bitv
-                if mode == 1:
-                    if mv - 1 > maxv:
-                        return st[4], 3
-                    q = -mv if neg else mv
-            v, ok = _reconstruct(mode, x, y, xx, pred, q, s, delta, maxv)
-            if not ok:
-                return st[4], 2
-            R[y, xx] = v
-            Q[cy, xx] = q
-            _learn(E, F, lw, lu, nl, bsum, bcnt, pv, npred, cy, xx, 8 * v, p8, pb, lnorm, kb)
+            # ---- the sign's counters, then the voxel coded (zero flag, sign, magnitude)
+            sf = _sgn3(p8 - 8 * pred)
+            _sign_contexts(csg, moff, CSA, qW, qN, qNW, qNE, sf, corr, ke, lev)
+            if inter:
+                csg[4] = moff[4] + D_SIGN * CSA[4] + ((_sgn3(8 * b - p8) * 3
+                                                      + _sgn3(perr[y, xx])) * 3 + sf) * 4 + (kp >> 2)
+            else:
+                csg[4] = moff[4] + D_SIGN * CSA[4] + (_sgn3(corr) * 3 + sf) * 16 + ke
+            v, status = _code_voxel(mode, x, y, xx, pred, p8, pb, lnorm, kb, row, lev, delta, maxv,
+                                    st, buf, R, state, scratch, tabs, moff, CSA, omant, row0, nl,
+                                    collect, stats)
+            if status:
+                return st[4], status
             eout[y, xx] = 8 * v - p8
-    return _finish(mode, st, buf, rec, R, collect, M, A, mix_acc, apm_acc)
+    return 0, -1
+
+
+@njit(cache=True, nogil=True)
+def _code_slice(mode, x, rec, ref, rkind, perr, eout, maxv, delta, buf, C, M, A, lw, bsum, bcnt,
+                e_th, ST, SQ, lr, stats, mix_acc, apm_acc):
+    """Encode (mode 0: ``x`` holds the slice, ``buf`` receives the bytes, ``rec`` the
+    reconstruction) or decode (mode 1: ``buf`` holds the bytes, ``x`` receives the slice).
+    ``ref``: the reference (``rkind`` 1: base layer, 2: previous slice; else unused), ``perr``:
+    the previous slice's error map (``rkind`` 2). ``eout`` receives this slice's error map.
+    Returns (bytes written / read, status): 0 ok, 1 buffer too small, 2 bound violated, 3 corrupt."""
+    H, W = x.shape
+    npred = N_PRED if rkind != 0 else N_PRED_PLAIN
+    R = np.zeros((H, W), np.int64)
+    # rows y − 1 and y (index y & 1) of the quantised errors, |8 R − p_i| and |8 R − prediction|;
+    # the voxel's sub-predictions and blend weights, contexts, mixer inputs, NLMS inputs
+    scratch = (np.zeros((2, W), np.int64), np.zeros((2, W, npred), np.int64),
+               np.zeros((2, W), np.int64), np.zeros(N_PRED, np.int64), np.zeros(N_PRED, np.int64),
+               np.zeros(N_MODELS, np.int64), np.zeros(N_MODELS, np.int64),
+               np.zeros(N_MODELS, np.int64),
+               np.zeros(N_IN, np.int64), np.zeros(N_LMS_ALL, np.int64))
+    moff = OFFS[:N_MODELS] + (_SET_SIZE if rkind == 2 else 0)  # each model's table in the set
+    st = _rc_start(mode, buf)
+    n, status = _voxels(mode, x, ref, rkind, perr, eout, maxv, delta, buf, st, R,
+                        (C, M, A, lw, bsum, bcnt), scratch, (e_th, ST, SQ, lr), moff, stats)
+    if status >= 0:
+        return n, status
+    return _finish(mode, st, buf, rec, R, stats.shape[0] == N_CNT, M, A, mix_acc,
+                   apm_acc)
 
 
 def flat_tables():
