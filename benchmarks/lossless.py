@@ -311,10 +311,10 @@ def write(rows: list[dict], deltas: list[int], args) -> None:
                   f"**{'met' if min(ea / eb, da / db) >= 1.8 else 'NOT met'}** on this run — see "
                   "*Threads* below).")
     L += ["", "**Threads.** Groups are coded and decoded on all cores (the bytes and values are the "
-          "same, checked in this run and by `tests/test_lossless_groups.py`). On the shared 2-core "
-          "machine of this run the second core was not available to one process: two threads of a "
-          "trivial numba loop that releases the GIL take 2.0× the time of one there, so the "
-          "all-cores rows measure the machine, not the code; they need re-measuring on free cores.",
+          "same, checked in this run and by `tests/test_lossless_groups.py`). On 2 cores the "
+          f"all-cores rows are bounded by whatever else runs: the load average was {load} during "
+          "this run (above 1, the second core was partly taken), so they are lower bounds of the "
+          "scaling on free cores.",
           "", "**Group size.** The default G = 8 (the lossy default too: one random-access cost for "
           "both modes) takes most of what groups gain on 3-D volumes (−4.5 % lossless, −7.3 % at "
           "δ = 2 against G = 1; G = 32: −5.4 % / −8.8 %, see *Slice group size G*) while decoding one "
